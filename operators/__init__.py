@@ -1,0 +1,1 @@
+"""shardflow.operators: one module per capability, each usable as a Ray Data operator."""

@@ -1,0 +1,78 @@
+"""The operator contract: a row-local stage over Arrow batches, with its bookkeeping in one place.
+
+A subclass holds only its rule: ``annotate(docs)`` gets the rows still in play (neither quarantined by the
+reader nor dropped by an earlier stage) and returns the columns it adds, plus a drop reason per row
+(``None`` keeps the row). Skipping rows that are out of play, putting the results back in row order and
+prefixing reasons with the stage name live here, once. Models are loaded in ``__init__``, which Ray runs
+once per actor, never per batch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from shardflow.schema import DROP_REASON, QUARANTINE_REASON
+from shardflow.storage import StorageConfig
+
+
+@dataclass
+class Annotations:
+    """What an operator adds to the rows it was given, in the same order."""
+
+    columns: dict[str, pa.Array]
+    drop_reasons: list[str | None] = field(default_factory=list)
+
+
+class Operator(ABC):
+    """A callable class for ``Dataset.map_batches(..., batch_format="pyarrow")``."""
+
+    name: ClassVar[str]
+    added_fields: ClassVar[list[pa.Field]]
+
+    @staticmethod
+    def preflight(config: Any, storage: StorageConfig, key: str) -> None:
+        """Check on the driver what validation of the config alone cannot (a model file exists)."""
+
+    @abstractmethod
+    def annotate(self, docs: pa.Table) -> Annotations:
+        """Columns for ``docs`` (all in play) and, optionally, a drop reason per row."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        in_play = _in_play(batch)
+        docs = batch.filter(in_play) if not in_play.all() else batch
+        found = self.annotate(docs) if docs.num_rows else self._empty_annotations()
+        positions = _positions(in_play)
+        for spec in self.added_fields:
+            column = found.columns[spec.name]
+            batch = batch.append_column(spec, column if positions is None else column.take(positions))
+        if found.drop_reasons:
+            reasons = pa.array([None if r is None else f"{self.name}:{r}" for r in found.drop_reasons], pa.string())
+            if positions is not None:
+                reasons = reasons.take(positions)
+            index = batch.schema.get_field_index(DROP_REASON)
+            merged = pc.coalesce(batch[DROP_REASON], reasons)
+            batch = batch.set_column(index, DROP_REASON, merged)
+        return batch
+
+    def _empty_annotations(self) -> Annotations:
+        return Annotations({spec.name: pa.array([], spec.type) for spec in self.added_fields})
+
+
+def _in_play(batch: pa.Table) -> np.ndarray:
+    """Rows neither quarantined nor dropped, as a boolean mask."""
+    mask = pc.and_(pc.is_null(batch[QUARANTINE_REASON]), pc.is_null(batch[DROP_REASON]))
+    return mask.to_numpy(zero_copy_only=False)
+
+
+def _positions(in_play: np.ndarray) -> pa.Array | None:
+    """For each row, its index among the rows in play (null when out of play); ``None`` when all are in play."""
+    if in_play.all():
+        return None
+    index = np.cumsum(in_play) - 1
+    return pa.array(index, type=pa.int64(), mask=~in_play)

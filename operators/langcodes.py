@@ -1,0 +1,73 @@
+"""Language labels in one scheme: ``xxx_Scri`` (ISO 639-3 + ISO 15924), as OpenLID, GlotLID and HPLT use.
+
+fastText's lid.176 answers ``__label__fi``; its table (``lid176_labels.tsv``) maps each label to the
+FLORES/OpenLID code. Where a language is written in several scripts (Serbian, Chinese, Uzbek...) the
+script is read off the text itself, so ``sr`` becomes ``srp_Cyrl`` or ``srp_Latn`` as the document is.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import Counter
+from functools import cache
+from importlib.resources import files
+
+LABEL_PREFIX = "__label__"
+SCRIPT_SAMPLE_CHARS = 400
+
+# First word of a Unicode character name -> ISO 15924 code, for the scripts the label table mentions.
+_SCRIPT_BY_NAME = {
+    "LATIN": "Latn", "CYRILLIC": "Cyrl", "ARABIC": "Arab", "DEVANAGARI": "Deva", "GURMUKHI": "Guru",
+    "MONGOLIAN": "Mong", "CJK": "Hani", "HEBREW": "Hebr", "GREEK": "Grek", "BENGALI": "Beng",
+    "GEORGIAN": "Geor", "ARMENIAN": "Armn", "THAI": "Thai", "HANGUL": "Hang", "HIRAGANA": "Jpan",
+    "KATAKANA": "Jpan", "ETHIOPIC": "Ethi", "TAMIL": "Taml", "TELUGU": "Telu", "KANNADA": "Knda",
+    "MALAYALAM": "Mlym", "GUJARATI": "Gujr", "ORIYA": "Orya", "SINHALA": "Sinh", "KHMER": "Khmr",
+    "LAO": "Laoo", "MYANMAR": "Mymr", "TIBETAN": "Tibt", "THAANA": "Thaa",
+}
+# Frequent characters that exist in only one of the two Chinese standards.
+_SIMPLIFIED = set("这个们来时国说会为对发经学过还进动种长开东见问关点现体应实从产无样机权义务该护条约议让认给没请书车门马鸟鱼币华语记论识译读谁调谈贵费资质")
+_TRADITIONAL = set("這個們來時國說會為對發經學過還進動種長開東見問關點現體應實從產無樣機權義務該護條約議讓認給沒請書車門馬鳥魚幣華語記論識譯讀誰調談貴費資質")
+
+
+@cache
+def lid176_table() -> dict[str, tuple[str, dict[str, str]]]:
+    """lid.176 label -> (default code, {script: code})."""
+    table: dict[str, tuple[str, dict[str, str]]] = {}
+    text = files("shardflow.operators").joinpath("lid176_labels.tsv").read_text(encoding="utf-8")
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        label, code, *alternatives = line.split("\t")
+        by_script = dict(pair.split("=") for pair in alternatives[0].split(",")) if alternatives else {}
+        table[label] = (code, by_script)
+    return table
+
+
+def dominant_script(text: str) -> str | None:
+    """The ISO 15924 script of most letters in the first characters of ``text``; Han splits into Hans/Hant."""
+    counts: Counter[str] = Counter()
+    for char in text[:SCRIPT_SAMPLE_CHARS]:
+        if char.isalpha():
+            counts[_SCRIPT_BY_NAME.get(unicodedata.name(char, "").split(" ", 1)[0], "Zyyy")] += 1
+    if not counts:
+        return None
+    script = counts.most_common(1)[0][0]
+    if script == "Hani":
+        simplified = sum(char in _SIMPLIFIED for char in text[:SCRIPT_SAMPLE_CHARS])
+        traditional = sum(char in _TRADITIONAL for char in text[:SCRIPT_SAMPLE_CHARS])
+        return "Hant" if traditional > simplified else "Hans"
+    return script
+
+
+def normalise_label(label: str, text: str) -> str:
+    """``__label__sr`` + a Latin-script text -> ``srp_Latn``; ``__label__fin_Latn`` stays ``fin_Latn``."""
+    code = label.removeprefix(LABEL_PREFIX)
+    if "_" in code:
+        return code
+    entry = lid176_table().get(code)
+    if entry is None:
+        return f"{code}_{dominant_script(text) or 'Zyyy'}"
+    default, by_script = entry
+    if not by_script:
+        return default
+    return by_script.get(dominant_script(text) or "", default)

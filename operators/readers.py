@@ -1,0 +1,469 @@
+"""Readers: HPLT shards (v1.2, v2, v3, v4), plain JSONL and parquet -> the document table.
+
+Shards are listed on the driver (names and sizes only) and read in Ray read tasks, one task per shard,
+streaming: a shard is decompressed chunk by chunk and emitted in batches of ``batch_rows`` rows, so no
+process ever holds a whole shard. Every line becomes exactly one row: a document, or a quarantine row that
+says where it came from (``source`` = ``URI:line``) and why it was rejected. A shard whose stream breaks
+(truncated or corrupt zstd/gzip) ends with one quarantine row holding the bytes of the broken tail.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, BinaryIO, Literal
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+import zstandard
+from pydantic import Field
+from ray.data import Datasource, ReadTask
+from ray.data.block import BlockMetadata
+
+from shardflow.config import StrictModel
+from shardflow.errors import InputError
+from shardflow.schema import READ_SCHEMA
+from shardflow.storage import StorageConfig, filesystem, join, put_bytes, to_uri
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+COMPRESSED_SUFFIXES = ("", ".zst", ".zstd", ".gz")
+SHARD_SUFFIXES = tuple(s + c for s in JSONL_SUFFIXES for c in COMPRESSED_SUFFIXES) + (".parquet",)
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+GZIP_MAGIC = b"\x1f\x8b"
+CHUNK_BYTES = 1 << 20
+RAW_KEEP_BYTES = 1 << 20  # of a line too long to parse, the quarantine row keeps this much
+
+
+class ReaderConfig(StrictModel):
+    """The ``input`` section: what to read and how."""
+
+    paths: list[str] = Field(min_length=1, description="Files, directories, globs; local or s3://.")
+    format: Literal["auto", "hplt", "jsonl", "parquet"] = "auto"
+    batch_rows: int = Field(2000, ge=1, description="Rows per block a read task emits.")
+    max_doc_bytes: int = Field(16 << 20, ge=1, description="Longer documents are quarantined as too_large.")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One input file: where it is, how big, and a version tag (etag or mtime) for change detection."""
+
+    uri: str
+    size: int
+    version: str | None = None
+
+    @property
+    def key(self) -> str:
+        """A short stable name for file names and markers."""
+        return shard_key(self.uri)
+
+    @property
+    def is_parquet(self) -> bool:
+        return self.uri.endswith(".parquet")
+
+
+def shard_key(uri: str) -> str:
+    """A short stable name for a shard, used in file and marker names."""
+    return xxhash.xxh64_hexdigest(uri.encode())
+
+
+class StreamError(Exception):
+    """A compressed stream ended early or is corrupt; ``reason`` is the quarantine reason."""
+
+    def __init__(self, reason: str, pending: bytes = b"") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.pending = pending
+
+
+# ---------------------------------------------------------------- listing (driver)
+
+
+def list_shards(config: ReaderConfig, storage: StorageConfig) -> list[Shard]:
+    """Expand ``input.paths`` to shards, sorted by URI; a path that matches nothing is an ``InputError``."""
+    shards: dict[str, Shard] = {}
+    for position, pattern in enumerate(config.paths):
+        found = _expand(pattern, storage)
+        if not found:
+            raise InputError(
+                f"input.paths[{position}]: {pattern!r} matches no shard files "
+                f"(looked for {', '.join(SHARD_SUFFIXES)})"
+            )
+        for shard in found:
+            shards[shard.uri] = shard
+    return sorted(shards.values(), key=lambda shard: shard.uri)
+
+
+def _expand(pattern: str, storage: StorageConfig) -> list[Shard]:
+    fs, path = filesystem(pattern, storage)
+    if any(ch in path for ch in "*?["):
+        entries = fs.glob(path, detail=True)
+    elif fs.isdir(path):
+        entries = fs.find(path, detail=True)
+    elif fs.exists(path):
+        return [_shard(fs, path, fs.info(path))]
+    else:
+        raise InputError(f"input path does not exist: {pattern}")
+    return [
+        _shard(fs, name, info)
+        for name, info in sorted(entries.items())
+        if info.get("type") == "file" and name.endswith(SHARD_SUFFIXES)
+    ]
+
+
+def _shard(fs: Any, path: str, info: dict[str, Any]) -> Shard:
+    version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+    return Shard(uri=to_uri(fs, path), size=int(info.get("size") or 0), version=str(version) if version else None)
+
+
+# ---------------------------------------------------------------- Ray datasource
+
+
+class ShardDatasource(Datasource):
+    """One read task per shard; each streams its shard as Arrow blocks of the document table."""
+
+    def __init__(
+        self, shards: list[Shard], config: ReaderConfig, storage: StorageConfig, marker_dir: str | None = None
+    ) -> None:
+        self.shards = shards
+        self.config = config
+        self.storage = storage
+        self.marker_dir = marker_dir
+
+    def get_name(self) -> str:
+        return "Shards"
+
+    def estimate_inmemory_data_size(self) -> int:
+        return sum(shard.size for shard in self.shards) * 4
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None):
+        return [
+            ReadTask(
+                partial(read_shard, shard, self.config, self.storage, self.marker_dir),
+                BlockMetadata(num_rows=None, size_bytes=shard.size * 4, exec_stats=None, input_files=(shard.uri,)),
+                schema=READ_SCHEMA,
+            )
+            for shard in self.shards
+        ]
+
+
+def read_shard(
+    shard: Shard, config: ReaderConfig, storage: StorageConfig, marker_dir: str | None = None
+) -> Iterator[pa.Table]:
+    """Stream one shard as tables of ``config.batch_rows`` rows; then record how many rows it held.
+
+    The marker (``<marker_dir>/<shard key>.json``) is what lets a rerun tell a finished shard from one
+    that was cut off: a shard counts as done only when the rows written for it add up to this number.
+    """
+    rows: list[dict[str, Any]] = []
+    total = 0
+    for row in shard_rows(shard, config, storage):
+        rows.append(row)
+        if len(rows) >= config.batch_rows:
+            total += len(rows)
+            yield pa.Table.from_pylist(rows, schema=READ_SCHEMA)
+            rows = []
+    total += len(rows)
+    if rows or not total:
+        yield pa.Table.from_pylist(rows, schema=READ_SCHEMA)
+    if marker_dir is not None:
+        marker = {"uri": shard.uri, "size": shard.size, "version": shard.version, "rows": total}
+        put_bytes(join(marker_dir, f"{shard.key}.json"), orjson.dumps(marker), storage)
+
+
+def shard_rows(shard: Shard, config: ReaderConfig, storage: StorageConfig) -> Iterator[dict[str, Any]]:
+    """Every record of a shard as a row dict (document or quarantine), in file order."""
+    fs, path = filesystem(shard.uri, storage)
+    try:
+        handle = fs.open(path, "rb")
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
+        yield quarantine_row(shard.uri, 0, f"unreadable_shard: {type(err).__name__}: {err}")
+        return
+    with handle:
+        if shard.is_parquet or config.format == "parquet":
+            yield from _parquet_rows(handle, shard.uri, config)
+        else:
+            yield from _jsonl_rows(handle, shard.uri, config)
+
+
+def _jsonl_rows(handle: BinaryIO, uri: str, config: ReaderConfig) -> Iterator[dict[str, Any]]:
+    line_no = 0
+    max_line = config.max_doc_bytes * 4 + 4096  # JSON escapes may take several bytes per text byte
+    try:
+        for line_no, line, oversize in iter_lines(decompressed_chunks(handle), max_line):
+            if oversize:
+                yield quarantine_row(uri, line_no, f"too_large: line of {oversize} bytes", line)
+                continue
+            obj, problem = parse_json(line)
+            yield (
+                quarantine_row(uri, line_no, problem, line)
+                if problem
+                else record_row(obj, uri, line_no, config, raw=line)
+            )
+    except StreamError as err:
+        yield quarantine_row(uri, line_no + 1, err.reason, err.pending)
+
+
+def _parquet_rows(handle: BinaryIO, uri: str, config: ReaderConfig) -> Iterator[dict[str, Any]]:
+    row_no = 0
+    try:
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=config.batch_rows):
+            for obj in batch.to_pylist():
+                row_no += 1
+                yield record_row(obj, uri, row_no, config, raw=None)
+    except (pa.ArrowException, OSError) as err:
+        yield quarantine_row(uri, row_no + 1, f"corrupt_parquet: {err}")
+
+
+# ---------------------------------------------------------------- bytes -> lines
+
+
+def decompressed_chunks(handle: BinaryIO) -> Iterator[bytes]:
+    """Decompressed bytes of ``handle``, codec sniffed from magic bytes (zstd, gzip, or none)."""
+    head = handle.read(4)
+    if head.startswith(ZSTD_MAGIC):
+        yield from _zstd_chunks(head, handle)
+    elif head.startswith(GZIP_MAGIC):
+        yield from _gzip_chunks(head, handle)
+    else:
+        yield head
+        yield from iter(partial(handle.read, CHUNK_BYTES), b"")
+
+
+def _zstd_chunks(head: bytes, handle: BinaryIO) -> Iterator[bytes]:
+    """zstd frames one after another; a frame that is cut off raises ``StreamError`` (zstandard would not)."""
+    codec = zstandard.ZstdDecompressor()
+    frame = codec.decompressobj()
+    fed = False
+    data = head
+    while data:
+        while data:
+            try:
+                out = frame.decompress(data)
+            except zstandard.ZstdError as err:
+                raise StreamError(f"corrupt_stream: zstd: {err}") from None
+            fed = True
+            if out:
+                yield out
+            data = b""
+            if frame.eof:  # a frame ended: the rest of the input starts the next one
+                data, frame, fed = frame.unused_data, codec.decompressobj(), False
+        data = handle.read(CHUNK_BYTES)
+    if fed and not frame.eof:
+        raise StreamError("truncated_stream: zstd frame ends before its end mark")
+
+
+class _Prefixed:
+    """A file object that first returns ``head``, then the rest of ``handle`` (gzip needs the magic back)."""
+
+    def __init__(self, head: bytes, handle: BinaryIO) -> None:
+        self.head, self.handle = head, handle
+
+    def read(self, size: int = -1) -> bytes:
+        if self.head:
+            out, self.head = (self.head, b"") if size < 0 or size >= len(self.head) else (
+                self.head[:size], self.head[size:]
+            )
+            return out
+        return self.handle.read(size)
+
+
+def _gzip_chunks(head: bytes, handle: BinaryIO) -> Iterator[bytes]:
+    stream = gzip.GzipFile(fileobj=_Prefixed(head, handle))  # type: ignore[arg-type]
+    try:
+        yield from iter(partial(stream.read, CHUNK_BYTES), b"")
+    except EOFError as err:
+        raise StreamError(f"truncated_stream: gzip: {err}") from None
+    except (gzip.BadGzipFile, zlib.error) as err:
+        raise StreamError(f"corrupt_stream: gzip: {err}") from None
+
+
+def iter_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes, int]]:
+    """``(line number, line, 0)`` for each non-blank line; ``(n, head, size)`` for a line over the limit.
+
+    A line longer than ``max_line_bytes`` is not held in memory: its first bytes are kept, the rest is
+    skipped up to the next newline. A ``StreamError`` from ``chunks`` carries the unfinished line with it.
+    """
+    parts: list[bytes] = []  # the unfinished line (only its head once it is over the limit)
+    size = 0  # the unfinished line's full length
+    line_no = 0
+    try:
+        for chunk in chunks:
+            start = 0
+            while (end := chunk.find(b"\n", start)) >= 0:
+                line_no += 1
+                yield from _finish_line(line_no, parts, chunk[start:end], size, max_line_bytes)
+                parts, size, start = [], 0, end + 1
+            rest = chunk[start:]
+            if size < RAW_KEEP_BYTES or size + len(rest) <= max_line_bytes:
+                parts.append(rest)
+            size += len(rest)
+    except StreamError as err:
+        err.pending = b"".join(parts)[:max_line_bytes]
+        raise
+    if size:
+        yield from _finish_line(line_no + 1, parts, b"", size, max_line_bytes)
+
+
+def _finish_line(
+    line_no: int, parts: list[bytes], tail: bytes, size: int, max_line_bytes: int
+) -> Iterator[tuple[int, bytes, int]]:
+    size += len(tail)
+    if size > max_line_bytes:
+        yield line_no, (b"".join(parts) + tail[:RAW_KEEP_BYTES])[:RAW_KEEP_BYTES], size
+        return
+    line = b"".join(parts) + tail if parts else tail
+    if line and not line.isspace():
+        yield line_no, line, 0
+
+
+def parse_json(line: bytes) -> tuple[Any, str | None]:
+    """The parsed value, or ``None`` and the reason it is not a valid JSON record."""
+    try:
+        return orjson.loads(line), None
+    except orjson.JSONDecodeError as err:
+        return None, _diagnose(line, err)
+
+
+def _diagnose(line: bytes, err: Exception) -> str:
+    """Tell invalid UTF-8 from invalid JSON from valid JSON that escapes a lone surrogate."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"invalid_utf8: {bad.reason} at byte {bad.start}"
+    try:
+        json.loads(text)
+    except ValueError as bad:
+        return f"invalid_json: {bad}"
+    return f"invalid_unicode: {err}"
+
+
+# ---------------------------------------------------------------- record -> row
+
+
+def quarantine_row(uri: str, line_no: int, reason: str, raw: bytes | None = None) -> dict[str, Any]:
+    """A row that never became a document: where it was, why, and its bytes."""
+    return {"source": f"{uri}:{line_no}", "quarantine_reason": reason, "raw": raw}
+
+
+def record_row(obj: Any, uri: str, line_no: int, config: ReaderConfig, raw: bytes | None) -> dict[str, Any]:
+    """Map one parsed record to a document row, or to a quarantine row if it cannot be one."""
+    if not isinstance(obj, dict):
+        return quarantine_row(uri, line_no, f"wrong_type: record is a JSON {type(obj).__name__}, not an object", raw)
+    try:
+        row = map_record(obj, config.format, config.max_doc_bytes)
+    except RecordError as err:
+        return quarantine_row(uri, line_no, str(err), raw if raw is not None else orjson.dumps(obj, default=str))
+    row["source"] = f"{uri}:{line_no}"
+    return row
+
+
+class RecordError(ValueError):
+    """A record that parses but cannot be a document; the message is the quarantine reason."""
+
+
+Layout = Literal["v1.2", "v2", "v3", "v4", "plain"]
+V4_LID_MODELS = ("openlid_v3", "openlid_v2", "glotlid_v3")  # the first present one fills source_lang
+
+
+def detect_layout(obj: dict[str, Any]) -> Layout:
+    """Which HPLT release wrote this record, from the field names that only that release uses."""
+    if "document_lang" in obj:
+        return "v1.2"
+    if any(name in obj for name in V4_LID_MODELS):
+        return "v4"
+    if "crawl_id" in obj or "web-register" in obj:
+        return "v3"
+    if "lang" in obj and ("prob" in obj or "u" in obj):
+        return "v2"
+    return "plain"
+
+
+def map_record(obj: dict[str, Any], fmt: str, max_doc_bytes: int) -> dict[str, Any]:
+    """The document columns of ``obj``; every field it does not map goes to ``meta`` as JSON."""
+    layout: Layout = "plain" if fmt == "jsonl" else detect_layout(obj)
+    rest = dict(obj)
+    text = rest.pop("text", None)
+    if text is None:
+        raise RecordError("missing_text: record has no 'text' field" if "text" not in obj else "missing_text: 'text' is null")
+    if not isinstance(text, str):
+        raise RecordError(f"wrong_type: 'text' is a {type(text).__name__}, expected a string")
+    if not text.strip():
+        raise RecordError("empty_text: 'text' is empty or only whitespace")
+    size = _utf8_size(text)
+    if size > max_doc_bytes:
+        raise RecordError(f"too_large: text of {size} bytes > max_doc_bytes {max_doc_bytes}")
+    raw_id = rest.pop("id", None)
+    url = _optional_str(rest.pop("u" if layout in ("v2", "v3", "v4") else "url", None), "url")
+    row: dict[str, Any] = {
+        "text": text,
+        "url": url,
+        "crawl_ts": _optional_str(rest.pop("ts", None), "ts") if layout != "plain" else None,
+    }
+    row["source_lang"], row["source_prob"] = _source_labels(layout, rest)
+    if layout == "v1.2" or raw_id is None:
+        # v1.2 ids count lines within one shard, so they are not unique across a corpus
+        if raw_id is not None:
+            rest["id"] = raw_id
+        row["doc_id"] = xxhash.xxh128_hexdigest(f"{url or ''}\x00{text}".encode())
+    elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool):
+        row["doc_id"] = str(raw_id)
+    else:
+        raise RecordError(f"wrong_type: 'id' is a {type(raw_id).__name__}, expected a string")
+    row["meta"] = orjson.dumps(rest).decode() if rest else None
+    return row
+
+
+def _source_labels(layout: Layout, rest: dict[str, Any]) -> tuple[list[str] | None, list[float] | None]:
+    """The shard's own language labels and probabilities, as the release stored them."""
+    if layout == "v1.2":
+        label = rest.pop("document_lang", None)
+        return ([_optional_str(label, "document_lang")] if label is not None else None), None
+    if layout == "v4":
+        for name in V4_LID_MODELS:
+            if isinstance(rest.get(name), dict):
+                found = rest[name]
+                return _str_list(found.get("lang"), f"{name}.lang"), _float_list(found.get("prob"), f"{name}.prob")
+        return None, None
+    if layout in ("v2", "v3"):
+        return _str_list(rest.pop("lang", None), "lang"), _float_list(rest.pop("prob", None), "prob")
+    return None, None
+
+
+def _optional_str(value: Any, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise RecordError(f"wrong_type: '{name}' is a {type(value).__name__}, expected a string")
+
+
+def _str_list(value: Any, name: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise RecordError(f"wrong_type: '{name}' must be a string or a list of strings")
+
+
+def _float_list(value: Any, name: str) -> list[float] | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [float(value)]
+    if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return [float(v) for v in value]
+    raise RecordError(f"wrong_type: '{name}' must be a number or a list of numbers")
+
+
+def _utf8_size(text: str) -> int:
+    """Bytes of ``text`` in UTF-8; a lone surrogate (legal in JSON escapes, not in Unicode) is an error."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise RecordError("invalid_unicode: 'text' holds a lone surrogate") from None

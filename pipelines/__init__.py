@@ -1,0 +1,1 @@
+"""shardflow.pipelines: the jobs, each a Ray Data DAG built from a validated config."""

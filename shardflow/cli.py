@@ -1,0 +1,97 @@
+"""The ``shardflow`` command.
+
+    shardflow run CONFIG [--set a.b=value ...] [--address ADDR]
+
+Errors that are the user's to fix (config, inputs, output state) print as one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from shardflow import __version__
+from shardflow.errors import ShardflowError
+
+TOP_LANGUAGES = 15
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ShardflowError as err:
+        print(f"shardflow: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("shardflow: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="shardflow", description=__doc__.split("\n\n")[0])
+    root.add_argument("--version", action="version", version=f"shardflow {__version__}")
+    commands = root.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="build a corpus from shards, as CONFIG says",
+        description="Build a corpus: read shards, run the config's stages, write parquet and manifest.json. "
+        "Running the same command again resumes an interrupted run and does nothing after a finished one.",
+    )
+    run.add_argument("config", help="YAML config (see configs/sample.yaml)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set output.path=/tmp/out --set stages.0.keep=[fin_Latn]")
+    run.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
+    run.set_defaults(handler=run_command)
+    return root
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from shardflow.cluster.runtime import ray_session
+    from shardflow.config import load_config
+    from shardflow.pipelines.corpus import CorpusConfig, run_corpus
+
+    config = load_config(args.config, CorpusConfig, args.overrides)
+    console = Console(stderr=True)
+    with ray_session(args.address or config.ray.address, config.ray.num_cpus):
+        result = run_corpus(config)
+    if result.already_done:
+        console.print(f"[yellow]{config.output.path} is already complete for this config; nothing to do.[/]")
+    print_summary(console, result.manifest, config.output.path)
+    return 0
+
+
+def print_summary(console: Console, manifest: dict[str, Any], output: str) -> None:
+    """Stages, languages and where the output is: what a person checks after a run."""
+    stages = Table(title="Stages", title_justify="left")
+    for column in ("stage", "in", "out", "dropped", "quarantined", "reasons"):
+        stages.add_column(column, justify="left" if column in ("stage", "reasons") else "right")
+    for stage in manifest["stages"]:
+        reasons = ", ".join(f"{reason.split(':', 1)[-1]}={n}" for reason, n in sorted(stage["reasons"].items()))
+        stages.add_row(stage["name"], *(f"{stage[k]:,}" for k in ("in", "out", "dropped", "quarantined")), reasons)
+    console.print(stages)
+
+    languages = Table(title=f"Languages (top {TOP_LANGUAGES} by kept documents)", title_justify="left")
+    for column in ("lang", "kept", "dropped"):
+        languages.add_column(column, justify="left" if column == "lang" else "right")
+    ranked = sorted(manifest["languages"].items(), key=lambda item: -item[1]["kept"])
+    for lang, counts in ranked[:TOP_LANGUAGES]:
+        languages.add_row(lang, f"{counts['kept']:,}", f"{counts['dropped']:,}")
+    console.print(languages)
+
+    counts = manifest["counts"]
+    seconds = manifest["seconds"]
+    rate = counts["read"] / seconds if seconds > 0 else 0.0
+    console.print(
+        f"read {counts['read']:,} = kept {counts['kept']:,} + dropped {counts['dropped']:,} "
+        f"+ quarantined {counts['quarantined']:,}  |  {len(manifest['languages'])} languages  |  "
+        f"{seconds:.1f} s, {rate:,.0f} docs/s\noutput: {output} (manifest.json, corpus/, removed/, quarantine/)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

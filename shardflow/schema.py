@@ -1,0 +1,46 @@
+"""Arrow schemas of the document table (see DESIGN.md) and of the rows that travel with it.
+
+Every row read from a shard flows through the whole DAG, good or bad, so that counts always reconcile:
+a row is *quarantined* (``quarantine_reason`` set by the reader: it never became a document), *dropped*
+(``drop_reason`` set by a stage, ``"<stage>:<reason>"``) or *kept*. The writer routes each to its own output.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+DOC_ID = "doc_id"
+TEXT = "text"
+SOURCE = "source"
+LANG = "lang"
+DROP_REASON = "drop_reason"
+QUARANTINE_REASON = "quarantine_reason"
+RAW = "raw"
+
+READ_SCHEMA = pa.schema(
+    [
+        pa.field(DOC_ID, pa.string()),
+        pa.field(TEXT, pa.large_string()),
+        pa.field("url", pa.string()),
+        pa.field("crawl_ts", pa.string()),
+        pa.field(SOURCE, pa.string(), nullable=False),
+        pa.field("source_lang", pa.list_(pa.string())),
+        pa.field("source_prob", pa.list_(pa.float32())),
+        pa.field("meta", pa.large_string()),
+        pa.field(DROP_REASON, pa.string()),
+        pa.field(QUARANTINE_REASON, pa.string()),
+        pa.field(RAW, pa.large_binary()),
+    ]
+)
+
+LANG_TOPK_TYPE = pa.list_(pa.struct([pa.field("lang", pa.string()), pa.field("score", pa.float32())]))
+
+LANGID_FIELDS = [
+    pa.field(LANG, pa.string()),
+    pa.field("lang_score", pa.float32()),
+    pa.field("lang_topk", LANG_TOPK_TYPE),
+]
+
+# Columns that exist only while rows are in flight; the writer keeps each where it explains the row.
+BOOKKEEPING = (DROP_REASON, QUARANTINE_REASON, RAW)
+QUARANTINE_COLUMNS = (SOURCE, QUARANTINE_REASON, RAW)

@@ -1,0 +1,122 @@
+"""One place that turns a URI (local path, glob, ``s3://``) into an fsspec filesystem.
+
+Credentials come from the ``storage`` config section or, when it leaves them unset, from the usual AWS
+environment variables and files that s3fs/botocore read themselves. They are held as ``SecretStr`` so that
+they never show up in a repr, a log line or a manifest.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import posixpath
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import fsspec
+import xxhash
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+
+class StorageConfig(BaseModel):
+    """Object-store settings, applied to ``s3://`` URIs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    key: SecretStr | None = None
+    secret: SecretStr | None = None
+    token: SecretStr | None = None
+    anon: bool = False
+
+    def options_for(self, protocol: str) -> dict[str, Any]:
+        """fsspec keyword arguments for a filesystem of ``protocol``; empty for local files."""
+        if protocol not in ("s3", "s3a"):
+            return {}
+        options: dict[str, Any] = {"anon": self.anon}
+        client_kwargs: dict[str, Any] = {}
+        if self.endpoint_url:
+            client_kwargs["endpoint_url"] = self.endpoint_url
+        if self.region:
+            client_kwargs["region_name"] = self.region
+        if client_kwargs:
+            options["client_kwargs"] = client_kwargs
+        for name in ("key", "secret", "token"):
+            value = getattr(self, name)
+            if value is not None:
+                options[name] = value.get_secret_value()
+        return options
+
+
+def protocol_of(uri: str) -> str:
+    """``s3`` for ``s3://bucket/key``, ``file`` for a plain path."""
+    return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
+def filesystem(uri: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem that serves ``uri`` and the path inside it."""
+    fs, path = url_to_fs(uri, **storage.options_for(protocol_of(uri)))
+    return fs, path
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI parts with ``/`` whatever the protocol (``os.path.join`` would break ``s3://``)."""
+    return posixpath.join(base.rstrip("/"), *parts)
+
+
+def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A path returned by ``fs`` (``bucket/key``) as a full URI (``s3://bucket/key``); local paths stay plain."""
+    if isinstance(fs, LocalFileSystem):
+        return path
+    return fs.unstrip_protocol(path)
+
+
+def cache_dir() -> Path:
+    """Where remote model files are copied to: ``$SHARDFLOW_CACHE`` or ``~/.cache/shardflow``."""
+    return Path(os.environ.get("SHARDFLOW_CACHE") or Path.home() / ".cache" / "shardflow")
+
+
+def local_copy(uri: str, storage: StorageConfig) -> Path:
+    """A local path for ``uri``: the path itself if local, else a cached copy (downloaded once, atomically)."""
+    if protocol_of(uri) == "file":
+        return Path(uri.removeprefix("file://"))
+    target = cache_dir() / "files" / xxhash.xxh64_hexdigest(uri.encode()) / posixpath.basename(uri)
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs, path = filesystem(uri, storage)
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        fs.get_file(path, str(partial))
+        partial.replace(target)
+    return target
+
+
+def exists(uri: str, storage: StorageConfig) -> bool:
+    fs, path = filesystem(uri, storage)
+    return fs.exists(path)
+
+
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, write: Callable[[Any], Any]) -> None:
+    """Write through ``write(file)`` so that ``path`` is never seen half-written.
+
+    Object stores publish an object only when its upload completes; a local file goes to a temporary
+    name first and is renamed.
+    """
+    if not isinstance(fs, LocalFileSystem):
+        with fs.open(path, "wb") as handle:
+            write(handle)
+        return
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    temporary = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    with fs.open(temporary, "wb") as handle:
+        write(handle)
+    fs.mv(temporary, path)
+
+
+def put_bytes(uri: str, data: bytes, storage: StorageConfig) -> None:
+    """Write a small file (marker, stats, manifest) atomically."""
+    fs, path = filesystem(uri, storage)
+    write_atomic(fs, path, lambda handle: handle.write(data))

@@ -276,8 +276,9 @@ def commit(layout: OutputLayout, shards: list[Shard], stage_names: list[str], ex
             fs.mv(source, join(root, entry["path"]))
     put_bytes(join(layout.root, MANIFEST), json.dumps(manifest, indent=2).encode(), layout.storage)
     fs.rm(staging, recursive=True)
-    if not fs.ls(join(root, "_staging")):
-        fs.rm(join(root, "_staging"), recursive=True)
+    parent = join(root, "_staging")
+    if fs.exists(parent) and not fs.ls(parent):  # object stores have no empty folders to remove
+        fs.rm(parent, recursive=True)
     return manifest
 
 

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Union
 import ray
 from pydantic import Field
 
+from shardflow.cluster.runtime import ray_session
 from shardflow.config import Resources, StrictModel
 from shardflow.operators.base import Operator
 from shardflow.operators.langid import LangIdConfig, LanguageId
@@ -65,7 +66,11 @@ class RunResult:
 
 
 def run_corpus(config: CorpusConfig) -> RunResult:
-    """Run (or resume, or recognise as done) the corpus job; Ray must be initialised."""
+    """Run (or resume, or recognise as done) the corpus job.
+
+    Everything that can fail on the user's input (output state, model files, input paths) is checked
+    before Ray starts; Ray is joined or started (``config.ray``) only for the data to flow.
+    """
     started = time.monotonic()
     layout = OutputLayout(config.output.path, config.fingerprint(), config.storage)
     if prepare(layout, config.output.if_exists) == "done":
@@ -75,11 +80,12 @@ def run_corpus(config: CorpusConfig) -> RunResult:
     shards = list_shards(config.input, config.storage)
     todo = resume(layout, shards)
     if todo:
-        ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress
-        dataset = ray.data.read_datasource(ShardDatasource(todo, config.input, config.storage, layout.markers))
-        for stage in config.stages:
-            dataset = apply_stage(dataset, stage, config.storage)
-        dataset.write_datasink(CorpusSink(layout, config.output.compression))
+        with ray_session(config.ray.address, config.ray.num_cpus):
+            ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress
+            dataset = ray.data.read_datasource(ShardDatasource(todo, config.input, config.storage, layout.markers))
+            for stage in config.stages:
+                dataset = apply_stage(dataset, stage, config.storage)
+            dataset.write_datasink(CorpusSink(layout, config.output.compression))
     seconds = time.monotonic() - started
     extra = {"config": config.redacted(), "versions": versions(), "seconds": round(seconds, 3),
              "shards_this_attempt": len(todo)}

@@ -51,14 +51,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from shardflow.cluster.runtime import ray_session
     from shardflow.config import load_config
     from shardflow.pipelines.corpus import CorpusConfig, run_corpus
 
-    config = load_config(args.config, CorpusConfig, args.overrides)
-    console = Console(stderr=True)
-    with ray_session(args.address or config.ray.address, config.ray.num_cpus):
-        result = run_corpus(config)
+    overrides = args.overrides + ([f"ray.address={args.address}"] if args.address else [])
+    config = load_config(args.config, CorpusConfig, overrides)
+    console = Console(stderr=True, soft_wrap=True)
+    result = run_corpus(config)
     if result.already_done:
         console.print(f"[yellow]{config.output.path} is already complete for this config; nothing to do.[/]")
     print_summary(console, result.manifest, config.output.path)

@@ -1,0 +1,88 @@
+"""Language ID: accuracy on real UDHR text, GlotLID-style models, keep-list and minimum scores."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from shardflow.errors import ConfigError
+from shardflow.operators.langid import LangIdConfig, LanguageId
+from shardflow.operators.readers import map_record
+from shardflow.schema import READ_SCHEMA
+from shardflow.storage import StorageConfig, put_bytes
+from support import sample_records, write_fasttext_model
+
+STORAGE = StorageConfig()
+LARGEST_25 = {
+    "eng_Latn", "zho_Hans", "hin_Deva", "spa_Latn", "fra_Latn", "arb_Arab", "ben_Beng", "rus_Cyrl", "por_Latn",
+    "urd_Arab", "ind_Latn", "deu_Latn", "jpn_Jpan", "mar_Deva", "tel_Telu", "tur_Latn", "tam_Taml", "vie_Latn",
+    "kor_Hang", "ita_Latn", "tha_Thai", "guj_Gujr", "pes_Arab", "pol_Latn", "ukr_Cyrl",
+}
+
+
+def batch(texts: list[str], **columns: list) -> pa.Table:
+    rows = [{"doc_id": str(i), "text": t, "source": f"mem:{i + 1}"} for i, t in enumerate(texts)]
+    for name, values in columns.items():
+        for row, value in zip(rows, values):
+            row[name] = value
+    return pa.Table.from_pylist(rows, schema=READ_SCHEMA)
+
+
+def test_accuracy_on_the_25_largest_languages_of_the_sample() -> None:
+    records = [r for r in sample_records() if r["lang"][0] in LARGEST_25]
+    assert {r["lang"][0] for r in records} == LARGEST_25
+    docs = batch([map_record(r, "auto", 1 << 20)["text"] for r in records])
+    found = LanguageId(LangIdConfig(), STORAGE)(docs)["lang"].to_pylist()
+    misses = Counter((r["lang"][0], lang) for r, lang in zip(records, found) if r["lang"][0] != lang)
+    accuracy = 1 - sum(misses.values()) / len(records)
+    assert accuracy >= 0.95, f"accuracy {accuracy:.3f}; misses {misses.most_common(8)}"
+
+
+def test_outputs_scores_and_top_k_alternatives() -> None:
+    out = LanguageId(LangIdConfig(top_k=3), STORAGE)(batch(["Tämä on suomenkielinen lause kielentunnistusta varten."]))
+    (top,) = out["lang_topk"].to_pylist()
+    assert out["lang"][0].as_py() == "fin_Latn" == top[0]["lang"] and len(top) == 3
+    assert abs(out["lang_score"][0].as_py() - top[0]["score"]) < 1e-6 and top[0]["score"] >= top[1]["score"]
+
+
+def test_glotlid_style_model_from_s3_labels_pass_through(tmp_path: Path, s3_storage) -> None:
+    storage, bucket = s3_storage
+    model = write_fasttext_model(
+        tmp_path / "glotlid-tiny.bin",
+        ["__label__fin_Latn", "__label__eng_Latn", "__label__cmn_Hani"],
+        {"hyvää": [4, 0, 0], "päivää": [3, 0, 0], "hello": [0, 4, 0], "world": [0, 3, 0], "你好": [0, 0, 5]},
+    )
+    uri = f"s3://{bucket}/models/glotlid-tiny.bin"
+    put_bytes(uri, model.read_bytes(), storage)
+    LanguageId.preflight(LangIdConfig(model=uri), storage, "stages.0")
+    op = LanguageId(LangIdConfig(model=uri, top_k=2), storage)
+    out = op(batch(["hyvää päivää", "hello world", "你好", "zzz qqq"]))
+    assert out["lang"].to_pylist() == ["fin_Latn", "eng_Latn", "cmn_Hani", "und_Zyyy"]
+    assert out["lang_score"][0].as_py() > 0.9 and out["lang_score"][3].as_py() == 0.0
+
+
+def test_keep_list_and_minimum_scores_drop_with_reasons(tmp_path: Path) -> None:
+    model = write_fasttext_model(
+        tmp_path / "m.bin", ["__label__fin_Latn", "__label__eng_Latn"],
+        {"hyvää": [4, 0], "moi": [0.3, 0], "hello": [0, 4]},
+    )
+    config = LangIdConfig(model=str(model), keep=["fin_Latn"], min_score=0.5, min_score_per_lang={"fin_Latn": 0.9})
+    out = LanguageId(config, STORAGE)(batch(["hyvää hyvää", "moi", "hello"]))
+    assert out["drop_reason"].to_pylist() == [None, "langid:below_min_score", "langid:not_in_keep_list"]
+
+
+def test_rows_out_of_play_are_passed_through_untouched(tmp_path: Path) -> None:
+    docs = batch(["Hyvää päivää kaikille", "x", "Good morning everyone"],
+                 quarantine_reason=[None, "invalid_json: x", None], drop_reason=[None, None, "earlier:stage"])
+    out = LanguageId(LangIdConfig(), STORAGE)(docs)
+    assert out["lang"].to_pylist() == ["fin_Latn", None, None]
+    assert out["drop_reason"].to_pylist() == [None, None, "earlier:stage"]
+    assert out.num_rows == 3 and out.schema.names[: len(READ_SCHEMA)] == READ_SCHEMA.names
+
+
+def test_missing_model_fails_before_the_run(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"stages.2.model: no such file: .*absent.bin"):
+        LanguageId.preflight(LangIdConfig(model=str(tmp_path / "absent.bin")), STORAGE, "stages.2")

@@ -1,0 +1,180 @@
+"""Readers: every HPLT layout, plain JSONL and parquet, every compression, and bad input -> quarantine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from shardflow.errors import InputError
+from shardflow.operators.readers import ReaderConfig, Shard, list_shards, read_shard, shard_rows
+from shardflow.schema import READ_SCHEMA
+from shardflow.storage import StorageConfig
+from support import SHARED_DATA, write_shard
+
+STORAGE = StorageConfig()
+TEXT = "Kaikki ihmiset syntyvät vapaina ja tasavertaisina arvoltaan ja oikeuksiltaan."
+
+V12 = {"id": 7, "document_lang": "fi", "scores": [0.9], "langs": ["fi"], "text": TEXT,
+       "url": "https://a.example/1", "collection": "wide5"}
+V2 = {"f": "x.warc.gz", "o": 1, "s": 2, "rs": 3, "u": "https://b.example/2", "c": "text/html",
+      "ts": "2021-05-09T10:26:25Z", "collection": "wide17", "lang": ["fin_Latn", "est_Latn", "eng_Latn"],
+      "prob": [0.9, 0.05, 0.01], "text": TEXT, "seg_langs": ["fin_Latn"], "id": "b8ff3519",
+      "filter": "keep", "pii": [[1, 3]], "doc_scores": [7.7], "robots": "allowed"}
+V3 = {**{k: v for k, v in V2.items() if k not in ("collection", "robots")}, "id": "c3",
+      "crawl_id": "cc40", "robotstxt": "allowed", "de": "x", "xml": "<p/>", "html_lang": ["fi"],
+      "cluster_size": 2, "web-register": {"IN": 0.8}}
+V4 = {"id": "d4", "u": "https://d.example/4", "ts": "2024-01-01T00:00:00Z", "text": TEXT,
+      "openlid_v2": {"lang": "fin_Latn", "prob": 0.97}, "glotlid_v3": {"lang": ["fin_Latn"], "prob": [0.99]},
+      "openlid_v3": {"lang": ["fin_Latn", "est_Latn"], "prob": [0.95, 0.03]}, "md": "# t", "allowed": True}
+PLAIN = {"text": TEXT, "id": 42, "extra": {"k": [1, 2]}}
+
+
+def rows_of(path: Path, **settings) -> list[dict]:
+    config = ReaderConfig(paths=[str(path)], **settings)
+    rows = shard_rows(Shard(str(path), path.stat().st_size), config, STORAGE)
+    return [{name: row.get(name) for name in READ_SCHEMA.names} for row in rows]
+
+
+def meta(row: dict) -> dict:
+    return json.loads(row["meta"]) if row["meta"] else {}
+
+
+def test_every_hplt_layout_maps_to_the_document_table(tmp_path: Path) -> None:
+    path = write_shard(tmp_path / "mixed.jsonl.zst", [V12, V2, V3, V4, PLAIN])
+    v12, v2, v3, v4, plain = rows_of(path)
+    assert all(r["text"] == TEXT and r["quarantine_reason"] is None for r in (v12, v2, v3, v4, plain))
+    # v1.2 ids number lines within a shard, so the doc_id is a content hash and the id stays in meta
+    assert len(v12["doc_id"]) == 32 and meta(v12)["id"] == 7
+    assert v12["url"] == "https://a.example/1" and v12["source_lang"] == ["fi"]
+    assert meta(v12)["scores"] == [0.9] and meta(v12)["collection"] == "wide5"
+    assert (v2["doc_id"], v2["url"], v2["crawl_ts"]) == ("b8ff3519", V2["u"], V2["ts"])
+    assert v2["source_lang"] == V2["lang"] and v2["source_prob"] == V2["prob"]
+    assert set(meta(v2)) == {"f", "o", "s", "rs", "c", "collection", "seg_langs", "filter", "pii", "doc_scores", "robots"}
+    assert meta(v3)["crawl_id"] == "cc40" and meta(v3)["web-register"] == {"IN": 0.8} and v3["doc_id"] == "c3"
+    assert v4["source_lang"] == ["fin_Latn", "est_Latn"] and v4["source_prob"] == [0.95, 0.03]
+    assert meta(v4)["openlid_v2"] == V4["openlid_v2"] and meta(v4)["md"] == "# t"
+    assert plain["doc_id"] == "42" and meta(plain) == {"extra": {"k": [1, 2]}}
+    assert [r["source"] for r in (v12, plain)] == [f"{path}:1", f"{path}:5"]
+
+
+def test_jsonl_format_maps_only_text_and_id(tmp_path: Path) -> None:
+    (row,) = rows_of(write_shard(tmp_path / "a.jsonl", [V2]), format="jsonl")
+    assert row["doc_id"] == "b8ff3519" and row["source_lang"] is None and meta(row)["lang"] == V2["lang"]
+
+
+@pytest.mark.parametrize("name,frames", [("a.jsonl", 1), ("a.jsonl.gz", 1), ("a.jsonl.zst", 1), ("a.jsonl.zst", 7)])
+def test_compression_does_not_change_rows(tmp_path: Path, name: str, frames: int) -> None:
+    records = [{**PLAIN, "id": i, "text": f"{TEXT} {i}"} for i in range(500)]
+    rows = rows_of(write_shard(tmp_path / name, records, frames=frames))
+    assert [r["doc_id"] for r in rows] == [str(i) for i in range(500)]
+    assert all(r["quarantine_reason"] is None for r in rows)
+
+
+def test_parquet_shards_read_like_jsonl(tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": "p1", "text": TEXT, "url": "https://p.example", "score": 0.5},
+                                         {"id": "p2", "text": None, "url": None, "score": 0.1}]), path)
+    good, bad = rows_of(path)
+    assert (good["doc_id"], good["url"], meta(good)) == ("p1", "https://p.example", {"score": 0.5})
+    assert bad["quarantine_reason"].startswith("missing_text") and bad["source"] == f"{path}:2"
+
+
+def test_bad_records_are_quarantined_with_source_and_reason(tmp_path: Path) -> None:
+    lines = [
+        json.dumps(PLAIN).encode(),
+        b'{"text": "cut off',
+        b'{"text": "bad \xff byte"}',
+        b'{"text": "lone \\udc80 surrogate"}',
+        b'{"text": "   "}',
+        b'{"id": "no-text"}',
+        b'{"text": 5}',
+        b'[1, 2]',
+        json.dumps({"text": "x" * 200}).encode(),
+        json.dumps({"text": TEXT, "u": 3, "lang": ["fin_Latn"], "prob": [1]}).encode(),
+        b"",
+        json.dumps(PLAIN).encode(),
+    ]
+    path = write_shard(tmp_path / "bad.jsonl.zst", b"\n".join(lines) + b"\n")
+    rows = rows_of(path, max_doc_bytes=100)
+    reasons = [r["quarantine_reason"] and r["quarantine_reason"].split(":")[0] for r in rows]
+    assert reasons == [None, "invalid_json", "invalid_utf8", "invalid_unicode", "empty_text", "missing_text",
+                       "wrong_type", "wrong_type", "too_large", "wrong_type", None]
+    assert rows[2]["raw"] == lines[2] and rows[2]["source"] == f"{path}:3"
+    assert rows[-1]["source"] == f"{path}:12"  # the blank line is not a record, but line numbers stay true
+
+
+def test_truncated_zstd_keeps_what_was_read_and_quarantines_the_tail(tmp_path: Path) -> None:
+    records = [{"id": str(i), "text": f"{TEXT} {i}"} for i in range(3000)]
+    whole = write_shard(tmp_path / "whole.jsonl.zst", records)
+    cut = tmp_path / "cut.jsonl.zst"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    rows = rows_of(cut)
+    *documents, tail = rows
+    assert tail["quarantine_reason"].startswith("truncated_stream")
+    assert all(r["quarantine_reason"] is None for r in documents)
+    assert [r["doc_id"] for r in documents] == [str(i) for i in range(len(documents))]
+    assert 0 < len(documents) < 3000 and tail["raw"] is not None
+
+
+def test_corrupt_gzip_is_quarantined(tmp_path: Path) -> None:
+    good = write_shard(tmp_path / "a.jsonl.gz", [PLAIN] * 50).read_bytes()
+    broken = tmp_path / "b.jsonl.gz"
+    broken.write_bytes(good[:20] + b"\x00garbage\x00" * 10)
+    (row,) = [r for r in rows_of(broken) if r["quarantine_reason"]]
+    assert row["quarantine_reason"].split(":")[0] in ("corrupt_stream", "truncated_stream")
+
+
+def test_a_line_over_the_limit_is_skipped_in_bounded_memory(tmp_path: Path) -> None:
+    huge = json.dumps({"text": "y" * 3_000_000}).encode()
+    path = write_shard(tmp_path / "huge.jsonl", b"\n".join([json.dumps(PLAIN).encode(), huge, json.dumps(PLAIN).encode()]))
+    first, big, last = rows_of(path, max_doc_bytes=1000)
+    assert big["quarantine_reason"].startswith("too_large") and len(big["raw"]) <= 1 << 20
+    assert first["quarantine_reason"] is None and last["quarantine_reason"] is None and last["source"].endswith(":3")
+
+
+def test_read_shard_streams_batches_and_leaves_a_marker(tmp_path: Path) -> None:
+    path = write_shard(tmp_path / "s.jsonl.zst", [{"id": str(i), "text": TEXT} for i in range(2500)])
+    config = ReaderConfig(paths=[str(path)], batch_rows=1000)
+    tables = list(read_shard(Shard(str(path), 1), config, STORAGE, marker_dir=str(tmp_path / "markers")))
+    assert [t.num_rows for t in tables] == [1000, 1000, 500] and tables[0].schema == READ_SCHEMA
+    (marker,) = (tmp_path / "markers").iterdir()
+    assert orjson.loads(marker.read_bytes())["rows"] == 2500
+
+
+def test_listing_expands_dirs_and_globs_and_names_what_is_missing(tmp_path: Path) -> None:
+    for name in ("fin_Latn/1.jsonl.zst", "fin_Latn/2.jsonl.zst", "eng_Latn/1.jsonl.gz", "eng_Latn/README.md"):
+        write_shard(tmp_path / name, [PLAIN])
+    found = list_shards(ReaderConfig(paths=[str(tmp_path)]), STORAGE)
+    assert [Path(s.uri).relative_to(tmp_path).as_posix() for s in found] == [
+        "eng_Latn/1.jsonl.gz", "fin_Latn/1.jsonl.zst", "fin_Latn/2.jsonl.zst"]
+    assert len(list_shards(ReaderConfig(paths=[f"{tmp_path}/fin_*/*.zst"]), STORAGE)) == 2
+    with pytest.raises(InputError, match="does not exist: .*nope.jsonl"):
+        list_shards(ReaderConfig(paths=[str(tmp_path / "nope.jsonl")]), STORAGE)
+    with pytest.raises(InputError, match=r"input.paths\[1\].*matches no shard files"):
+        list_shards(ReaderConfig(paths=[str(tmp_path), f"{tmp_path}/*.parquet"]), STORAGE)
+
+
+def test_a_shard_deleted_after_listing_is_quarantined(tmp_path: Path) -> None:
+    (row,) = shard_rows(Shard(str(tmp_path / "gone.jsonl"), 0), ReaderConfig(paths=["x"]), STORAGE)
+    assert row["quarantine_reason"].startswith("unreadable_shard: FileNotFoundError")
+
+
+@pytest.mark.shared_data
+def test_real_hplt_records_from_shared_data() -> None:
+    folder = SHARED_DATA / "hplt-format"
+    v12 = rows_of(folder / "monotextor_sample1_hplt_v1.2_fi_20docs.jsonl.zst")
+    assert len(v12) == 20 and all(r["quarantine_reason"] is None and r["source_lang"] == ["fi"] for r in v12)
+    assert all("scores" in meta(r) and "langs" in meta(r) for r in v12)
+    (example,) = rows_of(folder / "hplt_v2_documented_example_ILLUSTRATIVE.jsonl")
+    assert example["doc_id"] == "b8ff3519ba78334d6f63ed20239c42ce" and example["crawl_ts"] == "2021-05-09T10:26:25Z"
+    assert example["source_lang"] == ["eng_Latn", "fra_Latn", "deu_Latn"] and "pii" in meta(example)
+    excerpts = folder / "../hplt-v2-excerpts/fin_Latn.jsonl.zst"
+    if excerpts.exists():
+        body = zstandard.ZstdDecompressor().stream_reader(excerpts.open("rb")).read().decode().splitlines()
+        assert len(rows_of(excerpts)) == len(body)

@@ -1,0 +1,151 @@
+"""The corpus job end to end on a real local Ray: sample, bad input, S3 in and out, rerun, crash + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from shardflow.config import load_config, validate
+from shardflow.errors import OutputStateError
+from shardflow.pipelines.corpus import CorpusConfig, run_corpus
+from shardflow.storage import StorageConfig, filesystem, join
+from support import SAMPLE, sample_records, write_shard
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def corpus_config(
+    paths: list[str], output: str, keep: list[str] | None = None, if_exists: str = "resume", **sections: Any
+) -> CorpusConfig:
+    raw = {"input": {"paths": paths}, "output": {"path": output, "if_exists": if_exists},
+           "stages": [{"op": "langid", "keep": keep or []}], **sections}
+    return validate(raw, CorpusConfig)
+
+
+def read_files(root: str, manifest: dict[str, Any], kind: str, storage: StorageConfig | None = None) -> list[dict]:
+    rows = []
+    for entry in manifest["files"]:
+        if entry["kind"] == kind:
+            fs, path = filesystem(join(root, entry["path"]), storage or StorageConfig())
+            with fs.open(path, "rb") as handle:
+                table = pq.read_table(handle)
+            assert table.num_rows == entry["rows"]
+            rows += [{**row, "_lang_dir": entry["lang"]} for row in table.to_pylist()]
+    return rows
+
+
+def test_sample_run_writes_a_language_partitioned_corpus(tmp_path: Path) -> None:
+    result = run_corpus(corpus_config([str(SAMPLE)], str(tmp_path / "out")))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest == result.manifest and not result.already_done
+    records = sample_records()
+    assert manifest["counts"] == {"read": len(records), "kept": len(records), "dropped": 0, "quarantined": 0}
+    docs = read_files(str(tmp_path / "out"), manifest, "corpus")
+    assert sorted(d["doc_id"] for d in docs) == sorted(r["id"] for r in records)
+    assert all(d["lang"] == d["_lang_dir"] for d in docs)
+    assert {"raw", "quarantine_reason", "drop_reason"}.isdisjoint(docs[0])
+    assert json.loads(docs[0]["meta"])["collection"] == "udhr-sample"
+    assert sum(lang["kept"] for lang in manifest["languages"].values()) == len(records)
+    assert [s["name"] for s in manifest["stages"]] == ["read", "langid"]
+    assert len(manifest["inputs"]) == 56 and manifest["versions"]["ray"]
+    assert not (tmp_path / "out" / "_staging").exists()
+
+
+def test_bad_input_is_quarantined_and_counts_reconcile(tmp_path: Path) -> None:
+    good = [{"id": r["id"], "text": r["text"]} for r in sample_records()[:300]]
+    write_shard(tmp_path / "in" / "good.jsonl.zst", good)
+    whole = write_shard(tmp_path / "whole.jsonl.zst", good).read_bytes()
+    (tmp_path / "in" / "cut.jsonl.zst").write_bytes(whole[: len(whole) // 2])
+    write_shard(tmp_path / "in" / "bad.jsonl", b'{"text": "ok fine words here"}\n{"text": \n{"id": 1}\n{"text": "\xff"}\n{"text": ""}\n')
+    config = corpus_config([str(tmp_path / "in")], str(tmp_path / "out"), keep=["eng_Latn", "fra_Latn"])
+    manifest = run_corpus(config).manifest
+    counts = manifest["counts"]
+    assert counts["read"] == counts["kept"] + counts["dropped"] + counts["quarantined"]
+    assert counts["quarantined"] == 5  # 4 bad lines + the truncated tail of cut.jsonl.zst
+    assert manifest["stages"][0]["reasons"] == {"invalid_json": 1, "missing_text": 1, "invalid_utf8": 1,
+                                                 "empty_text": 1, "truncated_stream": 1}
+    assert manifest["stages"][1]["reasons"] == {"langid:not_in_keep_list": counts["dropped"]}
+    quarantined = read_files(str(tmp_path / "out"), manifest, "quarantine")
+    assert {q["source"].rsplit("/", 1)[1] for q in quarantined} >= {"bad.jsonl:2", "bad.jsonl:3"}
+    assert all(q["quarantine_reason"] and q["raw"] is not None for q in quarantined)
+    removed = read_files(str(tmp_path / "out"), manifest, "removed")
+    assert len(removed) == counts["dropped"] and all(r["drop_reason"] == "langid:not_in_keep_list" for r in removed)
+    assert {d["lang"] for d in read_files(str(tmp_path / "out"), manifest, "corpus")} <= {"eng_Latn", "fra_Latn"}
+
+
+def test_reads_shards_from_s3_and_writes_the_corpus_to_s3(s3_storage) -> None:
+    storage, bucket = s3_storage
+    fs, _ = filesystem(f"s3://{bucket}", storage)
+    for lang in ("fin_Latn", "rus_Cyrl", "zho_Hans"):
+        fs.put_file(str(SAMPLE / lang / "1.jsonl.zst"), f"{bucket}/shards/{lang}/1.jsonl.zst")
+    fs.pipe_file(f"{bucket}/shards/bad.jsonl", b'{"text": \n')
+    output = f"s3://{bucket}/corpus-out"
+    config = corpus_config([f"s3://{bucket}/shards/"], output, storage=storage.model_dump(mode="json") | {
+        "key": "testing", "secret": "testing"})
+    manifest = run_corpus(config).manifest
+    stored = json.loads(fs.cat_file(f"{bucket}/corpus-out/manifest.json"))
+    assert stored["counts"] == manifest["counts"] and manifest["counts"]["quarantined"] == 1
+    docs = read_files(output, manifest, "corpus", storage)
+    assert {d["lang"] for d in docs} >= {"fin_Latn", "rus_Cyrl", "zho_Hans"}
+    assert len(docs) == manifest["counts"]["kept"] == manifest["counts"]["read"] - 1
+    assert all(d["source"].startswith(f"s3://{bucket}/shards/") for d in docs)
+    assert "testing" not in json.dumps(stored)  # credentials never reach outputs
+    assert not fs.exists(f"{bucket}/corpus-out/_staging")
+
+
+def test_rerun_is_a_no_op_another_config_is_refused_and_overwrite_replaces(tmp_path: Path) -> None:
+    shard = str(SAMPLE / "fin_Latn")
+    output = str(tmp_path / "out")
+    first = run_corpus(corpus_config([shard], output)).manifest
+    again = run_corpus(corpus_config([shard], output))
+    assert again.already_done and again.manifest == first
+    with pytest.raises(OutputStateError, match="made with a different config.*if_exists=overwrite"):
+        run_corpus(corpus_config([shard], output, keep=["eng_Latn"]))
+    replaced = run_corpus(corpus_config([shard], output, keep=["eng_Latn"], if_exists="overwrite"))
+    assert replaced.manifest["counts"]["dropped"] == first["counts"]["read"]
+    assert not list((tmp_path / "out" / "corpus").glob("**/*.parquet"))
+
+
+def _staged_stats(output: Path) -> list[Path]:
+    return list(output.glob("_staging/*/stats/*.json"))
+
+
+def test_a_killed_run_resumes_without_losing_or_duplicating_documents(tmp_path: Path) -> None:
+    texts = [r["text"] for r in sample_records()]
+    for shard in range(40):
+        records = [{"id": f"{shard}-{i}", "text": f"{texts[(shard * 37 + i) % len(texts)]} {i}"} for i in range(1500)]
+        write_shard(tmp_path / "in" / f"{shard:02d}.jsonl.zst", records)
+    output = tmp_path / "out"
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump({
+        "input": {"paths": [str(tmp_path / "in")], "batch_rows": 500},
+        "stages": [{"op": "langid"}], "output": {"path": str(output)}, "ray": {"num_cpus": 2, "progress": False}}))
+
+    driver = subprocess.Popen([sys.executable, "-m", "shardflow.cli", "run", str(config_file)],
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not _staged_stats(output) and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert _staged_stats(output), "the run was killed before it wrote anything"
+    assert not (output / "manifest.json").exists() and not (output / "corpus").exists()
+
+    resumed = run_corpus(load_config(config_file, CorpusConfig)).manifest
+    assert resumed["shards_this_attempt"] < 40  # finished shards were kept, not read again
+    fresh = run_corpus(load_config(config_file, CorpusConfig, [f"output.path={tmp_path / 'fresh'}"])).manifest
+    resumed_ids = [d["doc_id"] for d in read_files(str(output), resumed, "corpus")]
+    fresh_ids = [d["doc_id"] for d in read_files(str(tmp_path / "fresh"), fresh, "corpus")]
+    assert len(resumed_ids) == len(set(resumed_ids)) == 40 * 1500
+    assert sorted(resumed_ids) == sorted(fresh_ids)
+    assert resumed["counts"] == fresh["counts"] and resumed["languages"] == fresh["languages"]

@@ -1,0 +1,67 @@
+"""Test helpers: shard writers in every layout and compression, and a tiny real fastText model."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zstandard
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "configs" / "sample" / "hplt-v2"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def jsonl_bytes(records: list[Any]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+
+
+def write_shard(path: Path, records: list[Any] | bytes, frames: int = 1) -> Path:
+    """Write records as JSON lines, compressed by the suffix (.zst in ``frames`` frames, .gz, or plain)."""
+    body = records if isinstance(records, bytes) else jsonl_bytes(records)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".zst":
+        step = max(1, len(body) // frames + 1)
+        path.write_bytes(b"".join(zstandard.ZstdCompressor().compress(body[i : i + step]) for i in range(0, len(body), step)))
+    elif path.suffix == ".gz":
+        path.write_bytes(gzip.compress(body))
+    else:
+        path.write_bytes(body)
+    return path
+
+
+def sample_records(limit: int | None = None) -> list[dict[str, Any]]:
+    """The bundled sample's HPLT v2 records (true language in ``lang[0]``)."""
+    records = []
+    for shard in sorted(SAMPLE.glob("*/1.jsonl.zst")):
+        body = zstandard.ZstdDecompressor().stream_reader(shard.open("rb")).read()
+        records += [json.loads(line) for line in body.decode("utf-8").splitlines()]
+    return records[:limit]
+
+
+def write_fasttext_model(path: Path, labels: list[str], words: dict[str, list[float]]) -> Path:
+    """Write a supervised fastText model (binary format, version 12) with softmax loss, no subwords.
+
+    ``words`` maps each word to its input vector; the output matrix is the identity, so a word's vector
+    is its score per label (in the order of ``labels``) before the softmax. Small enough to reason about,
+    real enough that fastText's own loader and predictor run on it.
+    """
+    dim = len(labels)
+    out = bytearray()
+    out += struct.pack("<ii", 793712314, 12)
+    # args: dim ws epoch minCount neg wordNgrams loss(softmax=3) model(sup=3) bucket minn maxn lrUpdateRate, t
+    out += struct.pack("<12i", dim, 5, 1, 1, 5, 1, 3, 3, 0, 0, 0, 100) + struct.pack("<d", 1e-4)
+    entries = [(word, 0) for word in words] + [(label, 1) for label in labels]
+    out += struct.pack("<iiiqq", len(entries), len(words), len(labels), 1000, -1)
+    for name, kind in entries:
+        out += name.encode("utf-8") + b"\0" + struct.pack("<qb", 10, kind)
+    input_matrix = np.array([words[w] for w in words], dtype=np.float32)
+    out += struct.pack("<?qq", False, *input_matrix.shape) + input_matrix.tobytes()
+    output_matrix = np.eye(dim, dtype=np.float32)
+    out += struct.pack("<?qq", False, *output_matrix.shape) + output_matrix.tobytes()
+    path.write_bytes(bytes(out))
+    return path

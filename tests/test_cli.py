@@ -1,0 +1,44 @@
+"""The ``shardflow`` command as a user runs it: a subprocess with its own embedded Ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from support import REPO, sample_records
+
+
+def shardflow(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shardflow.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_run_the_sample_then_rerun_it(tmp_path: Path) -> None:
+    output = tmp_path / "corpus"
+    first = shardflow("run", "configs/sample.yaml", "--set", f"output.path={output}", "--set", "ray.progress=false")
+    assert first.returncode == 0, first.stderr[-3000:]
+    read = len(sample_records())
+    assert f"read {read:,} = kept {read:,} + dropped 0 + quarantined 0" in first.stderr
+    assert "langid" in first.stderr and "eng_Latn" in first.stderr
+    assert json.loads((output / "manifest.json").read_text())["counts"]["kept"] == read
+
+    again = shardflow("run", "configs/sample.yaml", "--set", f"output.path={output}")
+    assert again.returncode == 0 and "already complete" in again.stderr
+
+
+def test_user_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
+    typo = shardflow("run", "configs/sample.yaml", "--set", "output.pth=x")
+    assert typo.returncode == 2 and typo.stderr.strip() == "shardflow: config error: output.pth: unknown key"
+    missing = shardflow("run", "configs/sample.yaml", "--set", f"input.paths=[{tmp_path}/none.jsonl.zst]",
+                        "--set", f"output.path={tmp_path}/out")
+    assert missing.returncode == 2 and missing.stderr.strip().endswith(f"input path does not exist: {tmp_path}/none.jsonl.zst")
+    assert "Traceback" not in missing.stderr
+    no_file = shardflow("run", str(tmp_path / "nope.yaml"))
+    assert no_file.returncode == 2 and "config file not found" in no_file.stderr
+
+
+def test_help_documents_the_command() -> None:
+    helped = shardflow("run", "--help")
+    assert helped.returncode == 0 and "--set KEY=VALUE" in helped.stdout and "--address" in helped.stdout

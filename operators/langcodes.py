@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
-from functools import cache
+from functools import cache, lru_cache
 from importlib.resources import files
 
 LABEL_PREFIX = "__label__"
-SCRIPT_SAMPLE_CHARS = 400
+SCRIPT_SAMPLE_CHARS = 300
 
 # First word of a Unicode character name -> ISO 15924 code, for the scripts the label table mentions.
 _SCRIPT_BY_NAME = {
@@ -43,31 +43,45 @@ def lid176_table() -> dict[str, tuple[str, dict[str, str]]]:
     return table
 
 
+@lru_cache(maxsize=1 << 16)
+def _script_of(char: str) -> str:
+    return _SCRIPT_BY_NAME.get(unicodedata.name(char, "").split(" ", 1)[0], "Zyyy")
+
+
 def dominant_script(text: str) -> str | None:
     """The ISO 15924 script of most letters in the first characters of ``text``; Han splits into Hans/Hant."""
-    counts: Counter[str] = Counter()
-    for char in text[:SCRIPT_SAMPLE_CHARS]:
-        if char.isalpha():
-            counts[_SCRIPT_BY_NAME.get(unicodedata.name(char, "").split(" ", 1)[0], "Zyyy")] += 1
+    sample = text[:SCRIPT_SAMPLE_CHARS]
+    counts = Counter(_script_of(char) for char in sample if char.isalpha())
     if not counts:
         return None
     script = counts.most_common(1)[0][0]
     if script == "Hani":
-        simplified = sum(char in _SIMPLIFIED for char in text[:SCRIPT_SAMPLE_CHARS])
-        traditional = sum(char in _TRADITIONAL for char in text[:SCRIPT_SAMPLE_CHARS])
+        simplified = sum(char in _SIMPLIFIED for char in sample)
+        traditional = sum(char in _TRADITIONAL for char in sample)
         return "Hant" if traditional > simplified else "Hans"
     return script
 
 
+def normalise_labels(labels: list[str], text: str) -> list[str]:
+    """Normalise a model's labels for one text; the text's script is read at most once, and only if needed."""
+    script: str | None = None
+    script_read = False
+    codes = []
+    for label in labels:
+        code = label.removeprefix(LABEL_PREFIX)
+        entry = None if "_" in code else lid176_table().get(code)
+        if "_" in code or (entry is not None and not entry[1]):
+            codes.append(entry[0] if entry else code)
+            continue
+        if not script_read:
+            script, script_read = dominant_script(text), True
+        if entry is None:
+            codes.append(f"{code}_{script or 'Zyyy'}")
+        else:
+            codes.append(entry[1].get(script or "", entry[0]))
+    return codes
+
+
 def normalise_label(label: str, text: str) -> str:
     """``__label__sr`` + a Latin-script text -> ``srp_Latn``; ``__label__fin_Latn`` stays ``fin_Latn``."""
-    code = label.removeprefix(LABEL_PREFIX)
-    if "_" in code:
-        return code
-    entry = lid176_table().get(code)
-    if entry is None:
-        return f"{code}_{dominant_script(text) or 'Zyyy'}"
-    default, by_script = entry
-    if not by_script:
-        return default
-    return by_script.get(dominant_script(text) or "", default)
+    return normalise_labels([label], text)[0]

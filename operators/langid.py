@@ -20,7 +20,7 @@ from pydantic import Field
 from shardflow.config import Resources, StrictModel
 from shardflow.errors import ConfigError
 from shardflow.operators.base import Annotations, Operator
-from shardflow.operators.langcodes import normalise_label
+from shardflow.operators.langcodes import normalise_labels
 from shardflow.schema import LANG_TOPK_TYPE, LANGID_FIELDS
 from shardflow.storage import StorageConfig, exists, local_copy
 
@@ -90,7 +90,8 @@ class LanguageId(Operator):
         """Top-k ``(language, probability)`` for one document, best first."""
         line = text[: self.config.max_chars].replace("\n", " ") + "\n"
         predictions = self.predict(line, self.config.top_k, 0.0, "replace")
-        return [(normalise_label(label, text), min(float(prob), 1.0)) for prob, label in predictions]
+        codes = normalise_labels([label for _, label in predictions], text)
+        return [(code, min(float(prob), 1.0)) for code, (prob, _) in zip(codes, predictions)]
 
     def drop_reason(self, lang: str, score: float) -> str | None:
         if self.keep and lang not in self.keep:

@@ -13,7 +13,7 @@ from functools import cache, lru_cache
 from importlib.resources import files
 
 LABEL_PREFIX = "__label__"
-SCRIPT_SAMPLE_CHARS = 300
+SCRIPT_SAMPLE_CHARS = 120  # letters enough to tell a script; read only for multi-script labels
 
 # First word of a Unicode character name -> ISO 15924 code, for the scripts the label table mentions.
 _SCRIPT_BY_NAME = {

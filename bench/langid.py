@@ -56,8 +56,12 @@ def pipeline_stage(docs: pa.Table, actors: int) -> float:
     # num_cpus below 1 lets the pool share the cores with the rest of the job (here: nothing else runs)
     stage = LangIdConfig(resources={"concurrency": actors, "num_cpus": 0.5, "batch_size": 1000})
     started = time.perf_counter()
-    rows = sum(batch.num_rows for batch in apply_stage(dataset, stage, StorageConfig(), "langid").iter_batches(
-        batch_size=None, batch_format="pyarrow"))
+    rows = sum(
+        batch.num_rows
+        for batch in apply_stage(dataset, stage, StorageConfig(), "langid").iter_batches(
+            batch_size=None, batch_format="pyarrow"
+        )
+    )
     assert rows == docs.num_rows
     return time.perf_counter() - started
 
@@ -65,8 +69,15 @@ def pipeline_stage(docs: pa.Table, actors: int) -> float:
 def whole_job(folder: Path, actors: int | None) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as output:
         stage = {"op": "langid", "resources": {"concurrency": actors, "num_cpus": 0.5} if actors else {}}
-        config = validate({"input": {"paths": [str(folder)]}, "output": {"path": output},
-                           "stages": [stage], "ray": {"progress": False}}, CorpusConfig)
+        config = validate(
+            {
+                "input": {"paths": [str(folder)]},
+                "output": {"path": output},
+                "stages": [stage],
+                "ray": {"progress": False},
+            },
+            CorpusConfig,
+        )
         result = run_corpus(config)
         return result.seconds, result.manifest["counts"]["read"]
 
@@ -82,8 +93,10 @@ def main() -> None:
     docs = load_documents(args.data)
     texts = docs["text"].to_pylist()
     chars = sum(len(t) for t in texts)
-    print(f"{len(texts):,} documents, {chars / len(texts):,.0f} characters each on average; "
-          f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()}")
+    print(
+        f"{len(texts):,} documents, {chars / len(texts):,.0f} characters each on average; "
+        f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
+    )
 
     raw = min(raw_fasttext(texts) for _ in range(args.repeat))
     print(f"raw fastText, 1 process        : {len(texts) / raw:10,.0f} docs/s  ({raw:.2f} s)")
@@ -91,13 +104,17 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     for actors in (1, 2):
         stage = min(pipeline_stage(docs, actors) for _ in range(args.repeat))
-        print(f"pipeline langid, {actors} actor(s)    : {len(texts) / stage:10,.0f} docs/s  ({stage:.2f} s)  "
-              f"= {raw / stage:.2f}x raw")
+        print(
+            f"pipeline langid, {actors} actor(s)    : {len(texts) / stage:10,.0f} docs/s  ({stage:.2f} s)  "
+            f"= {raw / stage:.2f}x raw"
+        )
     for actors in (None, 2):
         seconds, read = whole_job(args.data, actors)
         pool = "default pool" if actors is None else f"{actors} actors x 0.5 CPU"
-        print(f"whole job, {pool:16}: {read / seconds:10,.0f} docs/s  ({seconds:.2f} s for {read:,} docs, "
-              "read + langid + write + commit)")
+        print(
+            f"whole job, {pool:16}: {read / seconds:10,.0f} docs/s  ({seconds:.2f} s for {read:,} docs, "
+            "read + langid + write + commit)"
+        )
     print(f"driver peak RSS                 : {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
     ray.shutdown()
 

@@ -17,16 +17,43 @@ SCRIPT_SAMPLE_CHARS = 120  # letters enough to tell a script; read only for mult
 
 # First word of a Unicode character name -> ISO 15924 code, for the scripts the label table mentions.
 _SCRIPT_BY_NAME = {
-    "LATIN": "Latn", "CYRILLIC": "Cyrl", "ARABIC": "Arab", "DEVANAGARI": "Deva", "GURMUKHI": "Guru",
-    "MONGOLIAN": "Mong", "CJK": "Hani", "HEBREW": "Hebr", "GREEK": "Grek", "BENGALI": "Beng",
-    "GEORGIAN": "Geor", "ARMENIAN": "Armn", "THAI": "Thai", "HANGUL": "Hang", "HIRAGANA": "Jpan",
-    "KATAKANA": "Jpan", "ETHIOPIC": "Ethi", "TAMIL": "Taml", "TELUGU": "Telu", "KANNADA": "Knda",
-    "MALAYALAM": "Mlym", "GUJARATI": "Gujr", "ORIYA": "Orya", "SINHALA": "Sinh", "KHMER": "Khmr",
-    "LAO": "Laoo", "MYANMAR": "Mymr", "TIBETAN": "Tibt", "THAANA": "Thaa",
+    "LATIN": "Latn",
+    "CYRILLIC": "Cyrl",
+    "ARABIC": "Arab",
+    "DEVANAGARI": "Deva",
+    "GURMUKHI": "Guru",
+    "MONGOLIAN": "Mong",
+    "CJK": "Hani",
+    "HEBREW": "Hebr",
+    "GREEK": "Grek",
+    "BENGALI": "Beng",
+    "GEORGIAN": "Geor",
+    "ARMENIAN": "Armn",
+    "THAI": "Thai",
+    "HANGUL": "Hang",
+    "HIRAGANA": "Jpan",
+    "KATAKANA": "Jpan",
+    "ETHIOPIC": "Ethi",
+    "TAMIL": "Taml",
+    "TELUGU": "Telu",
+    "KANNADA": "Knda",
+    "MALAYALAM": "Mlym",
+    "GUJARATI": "Gujr",
+    "ORIYA": "Orya",
+    "SINHALA": "Sinh",
+    "KHMER": "Khmr",
+    "LAO": "Laoo",
+    "MYANMAR": "Mymr",
+    "TIBETAN": "Tibt",
+    "THAANA": "Thaa",
 }
 # Frequent characters that exist in only one of the two Chinese standards.
-_SIMPLIFIED = set("这个们来时国说会为对发经学过还进动种长开东见问关点现体应实从产无样机权义务该护条约议让认给没请书车门马鸟鱼币华语记论识译读谁调谈贵费资质")
-_TRADITIONAL = set("這個們來時國說會為對發經學過還進動種長開東見問關點現體應實從產無樣機權義務該護條約議讓認給沒請書車門馬鳥魚幣華語記論識譯讀誰調談貴費資質")
+_SIMPLIFIED = set(
+    "这个们来时国说会为对发经学过还进动种长开东见问关点现体应实从产无样机权义务该护条约议让认给没请书车门马鸟鱼币华语记论识译读谁调谈贵费资质"
+)
+_TRADITIONAL = set(
+    "這個們來時國說會為對發經學過還進動種長開東見問關點現體應實從產無樣機權義務該護條約議讓認給沒請書車門馬鳥魚幣華語記論識譯讀誰調談貴費資質"
+)
 
 
 @cache

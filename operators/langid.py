@@ -91,7 +91,7 @@ class LanguageId(Operator):
         line = text[: self.config.max_chars].replace("\n", " ") + "\n"
         predictions = self.predict(line, self.config.top_k, 0.0, "replace")
         codes = normalise_labels([label for _, label in predictions], text)
-        return [(code, min(float(prob), 1.0)) for code, (prob, _) in zip(codes, predictions)]
+        return [(code, min(float(prob), 1.0)) for code, (prob, _) in zip(codes, predictions, strict=True)]
 
     def drop_reason(self, lang: str, score: float) -> str | None:
         if self.keep and lang not in self.keep:

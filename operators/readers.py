@@ -91,8 +91,7 @@ def list_shards(config: ReaderConfig, storage: StorageConfig) -> list[Shard]:
         found = _expand(pattern, storage)
         if not found:
             raise InputError(
-                f"input.paths[{position}]: {pattern!r} matches no shard files "
-                f"(looked for {', '.join(SHARD_SUFFIXES)})"
+                f"input.paths[{position}]: {pattern!r} matches no shard files (looked for {', '.join(SHARD_SUFFIXES)})"
             )
         for shard in found:
             shards[shard.uri] = shard
@@ -266,8 +265,8 @@ class _Prefixed:
 
     def read(self, size: int = -1) -> bytes:
         if self.head:
-            out, self.head = (self.head, b"") if size < 0 or size >= len(self.head) else (
-                self.head[:size], self.head[size:]
+            out, self.head = (
+                (self.head, b"") if size < 0 or size >= len(self.head) else (self.head[:size], self.head[size:])
             )
             return out
         return self.handle.read(size)
@@ -390,7 +389,9 @@ def map_record(obj: dict[str, Any], fmt: str, max_doc_bytes: int) -> dict[str, A
     rest = dict(obj)
     text = rest.pop("text", None)
     if text is None:
-        raise RecordError("missing_text: record has no 'text' field" if "text" not in obj else "missing_text: 'text' is null")
+        raise RecordError(
+            "missing_text: record has no 'text' field" if "text" not in obj else "missing_text: 'text' is null"
+        )
     if not isinstance(text, str):
         raise RecordError(f"wrong_type: 'text' is a {type(text).__name__}, expected a string")
     if not text.strip():
@@ -415,7 +416,7 @@ def map_record(obj: dict[str, Any], fmt: str, max_doc_bytes: int) -> dict[str, A
         row["doc_id"] = str(raw_id)
     else:
         raise RecordError(f"wrong_type: 'id' is a {type(raw_id).__name__}, expected a string")
-    row["meta"] = orjson.dumps(rest).decode() if rest else None
+    row["meta"] = orjson.dumps(rest, default=str).decode() if rest else None  # parquet may hold bytes
     return row
 
 

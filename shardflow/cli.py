@@ -43,8 +43,14 @@ def parser() -> argparse.ArgumentParser:
         "Running the same command again resumes an interrupted run and does nothing after a finished one.",
     )
     run.add_argument("config", help="YAML config (see configs/sample.yaml)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value, e.g. --set output.path=/tmp/out --set stages.0.keep=[fin_Latn]")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set output.path=/tmp/out --set stages.0.keep=[fin_Latn]",
+    )
     run.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
     run.set_defaults(handler=run_command)
     return root

@@ -67,7 +67,9 @@ def format_error(error: dict[str, Any], raw: dict[str, Any]) -> str:
         return f"config error: {key}: unknown key"
     if error["type"] == "union_tag_invalid":
         context = error["ctx"]
-        return f"config error: {key}.op: unknown operator {context['tag']!r} (expected one of: {context['expected_tags']})"
+        return (
+            f"config error: {key}.op: unknown operator {context['tag']!r} (expected one of: {context['expected_tags']})"
+        )
     if error["type"] == "missing":
         return f"config error: {key}: required key is missing"
     got = error.get("input")
@@ -82,7 +84,13 @@ def key_path(raw: Any, loc: tuple[Any, ...]) -> list[Any]:
         if isinstance(node, dict) and part not in node and node.get("op") == part:
             continue
         path.append(part)
-        node = node.get(part) if isinstance(node, dict) else node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None
+        node = (
+            node.get(part)
+            if isinstance(node, dict)
+            else node[part]
+            if isinstance(node, list) and isinstance(part, int) and part < len(node)
+            else None
+        )
     return path
 
 

@@ -8,10 +8,10 @@ they never show up in a repr, a log line or a manifest.
 from __future__ import annotations
 
 import os
-import uuid
 import posixpath
-from pathlib import Path
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import fsspec

@@ -57,7 +57,12 @@ def s3_storage(s3_endpoint: str, request: pytest.FixtureRequest) -> Iterator[tup
     import boto3
 
     bucket = "test-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
-    client = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     client.create_bucket(Bucket=bucket)
     yield StorageConfig(endpoint_url=s3_endpoint, key="testing", secret="testing", region="us-east-1"), bucket

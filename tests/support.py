@@ -26,7 +26,9 @@ def write_shard(path: Path, records: list[Any] | bytes, frames: int = 1) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".zst":
         step = max(1, len(body) // frames + 1)
-        path.write_bytes(b"".join(zstandard.ZstdCompressor().compress(body[i : i + step]) for i in range(0, len(body), step)))
+        path.write_bytes(
+            b"".join(zstandard.ZstdCompressor().compress(body[i : i + step]) for i in range(0, len(body), step))
+        )
     elif path.suffix == ".gz":
         path.write_bytes(gzip.compress(body))
     else:

@@ -11,8 +11,9 @@ from support import REPO, sample_records
 
 
 def shardflow(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shardflow.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "shardflow.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_run_the_sample_then_rerun_it(tmp_path: Path) -> None:
@@ -31,9 +32,17 @@ def test_run_the_sample_then_rerun_it(tmp_path: Path) -> None:
 def test_user_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
     typo = shardflow("run", "configs/sample.yaml", "--set", "output.pth=x")
     assert typo.returncode == 2 and typo.stderr.strip() == "shardflow: config error: output.pth: unknown key"
-    missing = shardflow("run", "configs/sample.yaml", "--set", f"input.paths=[{tmp_path}/none.jsonl.zst]",
-                        "--set", f"output.path={tmp_path}/out")
-    assert missing.returncode == 2 and missing.stderr.strip().endswith(f"input path does not exist: {tmp_path}/none.jsonl.zst")
+    missing = shardflow(
+        "run",
+        "configs/sample.yaml",
+        "--set",
+        f"input.paths=[{tmp_path}/none.jsonl.zst]",
+        "--set",
+        f"output.path={tmp_path}/out",
+    )
+    assert missing.returncode == 2 and missing.stderr.strip().endswith(
+        f"input path does not exist: {tmp_path}/none.jsonl.zst"
+    )
     assert "Traceback" not in missing.stderr
     no_file = shardflow("run", str(tmp_path / "nope.yaml"))
     assert no_file.returncode == 2 and "config file not found" in no_file.stderr

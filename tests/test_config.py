@@ -30,10 +30,15 @@ def test_the_bundled_sample_config_is_valid() -> None:
     "text,message",
     [
         (MINIMAL.replace("stages:", "stagez:"), r"^config error: stagez: unknown key$"),
-        (MINIMAL.replace("{op: langid}", "{op: langid, min_score: high}"), r"^config error: stages\.0\.min_score: .*'high'"),
+        (
+            MINIMAL.replace("{op: langid}", "{op: langid, min_score: high}"),
+            r"^config error: stages\.0\.min_score: .*'high'",
+        ),
         (MINIMAL.replace("{op: langid}", "{op: langidd}"), r"^config error: stages\.0\.op: unknown operator 'langidd'"),
-        (MINIMAL.replace("{op: langid}", "{op: langid, resources: {num_cpus: -2}}"),
-         r"^config error: stages\.0\.resources\.num_cpus: .*greater than or equal to 0"),
+        (
+            MINIMAL.replace("{op: langid}", "{op: langid, resources: {num_cpus: -2}}"),
+            r"^config error: stages\.0\.resources\.num_cpus: .*greater than or equal to 0",
+        ),
         (MINIMAL.replace("output: {path: out}\n", ""), r"^config error: output: required key is missing$"),
         (MINIMAL.replace("[a.jsonl]", "[]"), r"^config error: input\.paths: "),
         ("input: [1, 2", r"not valid YAML"),
@@ -49,14 +54,28 @@ def test_bad_configs_give_one_line_naming_the_key(tmp_path: Path, text: str, mes
 
 
 def test_overrides_set_nested_values_lists_and_new_sections(tmp_path: Path) -> None:
-    config = load(tmp_path, MINIMAL, ["output.path=s3://b/x", "stages.0.keep=[fin_Latn, eng_Latn]",
-                                      "stages.0.min_score=0.5", "storage.endpoint_url=http://127.0.0.1:9"])
+    config = load(
+        tmp_path,
+        MINIMAL,
+        [
+            "output.path=s3://b/x",
+            "stages.0.keep=[fin_Latn, eng_Latn]",
+            "stages.0.min_score=0.5",
+            "storage.endpoint_url=http://127.0.0.1:9",
+        ],
+    )
     assert config.output.path == "s3://b/x" and config.stages[0].keep == ["fin_Latn", "eng_Latn"]
     assert config.stages[0].min_score == 0.5 and config.storage.endpoint_url == "http://127.0.0.1:9"
 
 
-@pytest.mark.parametrize("override,message", [("output.path", "expected KEY=VALUE"), ("stages.3.keep=[]", "not an index"),
-                                              ("output.path.deeper=1", "is a value, not a section")])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("output.path", "expected KEY=VALUE"),
+        ("stages.3.keep=[]", "not an index"),
+        ("output.path.deeper=1", "is a value, not a section"),
+    ],
+)
 def test_bad_overrides_are_explained(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         apply_override({"output": {"path": "x"}, "stages": [{}]}, override)
@@ -64,8 +83,10 @@ def test_bad_overrides_are_explained(override: str, message: str) -> None:
 
 def test_fingerprint_ignores_where_it_runs_and_credentials_but_not_what_it_does(tmp_path: Path) -> None:
     base = load(tmp_path, MINIMAL)
-    assert base.fingerprint() == load(tmp_path, MINIMAL, ["ray.address=auto", "storage.key=AKIA",
-                                                          "output.if_exists=error"]).fingerprint()
+    assert (
+        base.fingerprint()
+        == load(tmp_path, MINIMAL, ["ray.address=auto", "storage.key=AKIA", "output.if_exists=error"]).fingerprint()
+    )
     assert base.fingerprint() != load(tmp_path, MINIMAL, ["stages.0.keep=[fin_Latn]"]).fingerprint()
 
 

@@ -11,7 +11,6 @@ and crawl fields are made up and say so (``sample.invalid``).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import sys
 from pathlib import Path
@@ -21,20 +20,64 @@ import zstandard
 # The 25 most spoken languages that lid.176 knows and UDHR has, then others for variety (scripts,
 # related languages, two Chinese and two Serbian scripts). udhr_code -> OpenLID label.
 LARGEST = {
-    "eng": "eng_Latn", "cmn_hans": "zho_Hans", "hin": "hin_Deva", "spa": "spa_Latn", "fra": "fra_Latn",
-    "arb": "arb_Arab", "ben": "ben_Beng", "rus": "rus_Cyrl", "por_PT": "por_Latn", "urd": "urd_Arab",
-    "ind": "ind_Latn", "deu_1996": "deu_Latn", "jpn": "jpn_Jpan", "mar": "mar_Deva", "tel": "tel_Telu",
-    "tur": "tur_Latn", "tam": "tam_Taml", "vie": "vie_Latn", "kor": "kor_Hang", "ita": "ita_Latn",
-    "tha": "tha_Thai", "guj": "guj_Gujr", "pes_1": "pes_Arab", "pol": "pol_Latn", "ukr": "ukr_Cyrl",
+    "eng": "eng_Latn",
+    "cmn_hans": "zho_Hans",
+    "hin": "hin_Deva",
+    "spa": "spa_Latn",
+    "fra": "fra_Latn",
+    "arb": "arb_Arab",
+    "ben": "ben_Beng",
+    "rus": "rus_Cyrl",
+    "por_PT": "por_Latn",
+    "urd": "urd_Arab",
+    "ind": "ind_Latn",
+    "deu_1996": "deu_Latn",
+    "jpn": "jpn_Jpan",
+    "mar": "mar_Deva",
+    "tel": "tel_Telu",
+    "tur": "tur_Latn",
+    "tam": "tam_Taml",
+    "vie": "vie_Latn",
+    "kor": "kor_Hang",
+    "ita": "ita_Latn",
+    "tha": "tha_Thai",
+    "guj": "guj_Gujr",
+    "pes_1": "pes_Arab",
+    "pol": "pol_Latn",
+    "ukr": "ukr_Cyrl",
 }
 OTHERS = {
-    "cmn_hant": "zho_Hant", "srp_cyrl": "srp_Cyrl", "srp_latn": "srp_Latn", "swh": "swh_Latn",
-    "nld": "nld_Latn", "fin": "fin_Latn", "ell_monotonic": "ell_Grek", "heb": "heb_Hebr", "kat": "kat_Geor",
-    "hye": "hye_Armn", "khm": "khm_Khmr", "lao": "lao_Laoo", "mya": "mya_Mymr", "amh": "amh_Ethi",
-    "sin": "sin_Sinh", "yor": "yor_Latn", "est": "est_Latn", "lav": "lvs_Latn", "lit": "lit_Latn",
-    "ces": "ces_Latn", "hun": "hun_Latn", "swe": "swe_Latn", "cat": "cat_Latn", "eus": "eus_Latn",
-    "glg": "glg_Latn", "kaz": "kaz_Cyrl", "uzn_latn": "uzn_Latn", "als": "als_Latn", "nep": "npi_Deva",
-    "zul": "zul_Latn", "hau_NG": "hau_Latn",
+    "cmn_hant": "zho_Hant",
+    "srp_cyrl": "srp_Cyrl",
+    "srp_latn": "srp_Latn",
+    "swh": "swh_Latn",
+    "nld": "nld_Latn",
+    "fin": "fin_Latn",
+    "ell_monotonic": "ell_Grek",
+    "heb": "heb_Hebr",
+    "kat": "kat_Geor",
+    "hye": "hye_Armn",
+    "khm": "khm_Khmr",
+    "lao": "lao_Laoo",
+    "mya": "mya_Mymr",
+    "amh": "amh_Ethi",
+    "sin": "sin_Sinh",
+    "yor": "yor_Latn",
+    "est": "est_Latn",
+    "lav": "lvs_Latn",
+    "lit": "lit_Latn",
+    "ces": "ces_Latn",
+    "hun": "hun_Latn",
+    "swe": "swe_Latn",
+    "cat": "cat_Latn",
+    "eus": "eus_Latn",
+    "glg": "glg_Latn",
+    "kaz": "kaz_Cyrl",
+    "uzn_latn": "uzn_Latn",
+    "als": "als_Latn",
+    "nep": "npi_Deva",
+    "zul": "zul_Latn",
+    "hau_NG": "hau_Latn",
 }
 
 
@@ -60,12 +103,23 @@ def hplt_v2_record(record: dict, label: str, position: int) -> dict:
     text = record["text"]
     lines = text.split("\n")
     return {
-        "f": f"sample/udhr-{record['udhr_code']}.warc.gz", "o": position, "s": len(text.encode()), "rs": len(text.encode()),
+        "f": f"sample/udhr-{record['udhr_code']}.warc.gz",
+        "o": position,
+        "s": len(text.encode()),
+        "rs": len(text.encode()),
         "u": f"https://sample.invalid/udhr/{record['udhr_code']}/{record['section']}",
-        "c": "text/plain", "ts": "2024-01-01T00:00:00Z", "collection": "udhr-sample",
-        "lang": [label], "prob": [1.0], "text": text, "seg_langs": [label] * len(lines),
-        "id": hashlib.md5(f"{record['id']}".encode()).hexdigest(), "filter": "keep", "pii": [],
-        "doc_scores": [], "robots": "allowed",
+        "c": "text/plain",
+        "ts": "2024-01-01T00:00:00Z",
+        "collection": "udhr-sample",
+        "lang": [label],
+        "prob": [1.0],
+        "text": text,
+        "seg_langs": [label] * len(lines),
+        "id": hashlib.md5(f"{record['id']}".encode()).hexdigest(),
+        "filter": "keep",
+        "pii": [],
+        "doc_scores": [],
+        "robots": "allowed",
     }
 
 

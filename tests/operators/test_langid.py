@@ -17,16 +17,38 @@ from support import sample_records, write_fasttext_model
 
 STORAGE = StorageConfig()
 LARGEST_25 = {
-    "eng_Latn", "zho_Hans", "hin_Deva", "spa_Latn", "fra_Latn", "arb_Arab", "ben_Beng", "rus_Cyrl", "por_Latn",
-    "urd_Arab", "ind_Latn", "deu_Latn", "jpn_Jpan", "mar_Deva", "tel_Telu", "tur_Latn", "tam_Taml", "vie_Latn",
-    "kor_Hang", "ita_Latn", "tha_Thai", "guj_Gujr", "pes_Arab", "pol_Latn", "ukr_Cyrl",
+    "eng_Latn",
+    "zho_Hans",
+    "hin_Deva",
+    "spa_Latn",
+    "fra_Latn",
+    "arb_Arab",
+    "ben_Beng",
+    "rus_Cyrl",
+    "por_Latn",
+    "urd_Arab",
+    "ind_Latn",
+    "deu_Latn",
+    "jpn_Jpan",
+    "mar_Deva",
+    "tel_Telu",
+    "tur_Latn",
+    "tam_Taml",
+    "vie_Latn",
+    "kor_Hang",
+    "ita_Latn",
+    "tha_Thai",
+    "guj_Gujr",
+    "pes_Arab",
+    "pol_Latn",
+    "ukr_Cyrl",
 }
 
 
 def batch(texts: list[str], **columns: list) -> pa.Table:
     rows = [{"doc_id": str(i), "text": t, "source": f"mem:{i + 1}"} for i, t in enumerate(texts)]
     for name, values in columns.items():
-        for row, value in zip(rows, values):
+        for row, value in zip(rows, values, strict=True):
             row[name] = value
     return pa.Table.from_pylist(rows, schema=READ_SCHEMA)
 
@@ -36,7 +58,7 @@ def test_accuracy_on_the_25_largest_languages_of_the_sample() -> None:
     assert {r["lang"][0] for r in records} == LARGEST_25
     docs = batch([map_record(r, "auto", 1 << 20)["text"] for r in records])
     found = LanguageId(LangIdConfig(), STORAGE)(docs)["lang"].to_pylist()
-    misses = Counter((r["lang"][0], lang) for r, lang in zip(records, found) if r["lang"][0] != lang)
+    misses = Counter((r["lang"][0], lang) for r, lang in zip(records, found, strict=True) if r["lang"][0] != lang)
     accuracy = 1 - sum(misses.values()) / len(records)
     assert accuracy >= 0.95, f"accuracy {accuracy:.3f}; misses {misses.most_common(8)}"
 
@@ -66,7 +88,8 @@ def test_glotlid_style_model_from_s3_labels_pass_through(tmp_path: Path, s3_stor
 
 def test_keep_list_and_minimum_scores_drop_with_reasons(tmp_path: Path) -> None:
     model = write_fasttext_model(
-        tmp_path / "m.bin", ["__label__fin_Latn", "__label__eng_Latn"],
+        tmp_path / "m.bin",
+        ["__label__fin_Latn", "__label__eng_Latn"],
         {"hyvää": [4, 0], "moi": [0.3, 0], "hello": [0, 4]},
     )
     config = LangIdConfig(model=str(model), keep=["fin_Latn"], min_score=0.5, min_score_per_lang={"fin_Latn": 0.9})
@@ -75,8 +98,11 @@ def test_keep_list_and_minimum_scores_drop_with_reasons(tmp_path: Path) -> None:
 
 
 def test_rows_out_of_play_are_passed_through_untouched(tmp_path: Path) -> None:
-    docs = batch(["Hyvää päivää kaikille", "x", "Good morning everyone"],
-                 quarantine_reason=[None, "invalid_json: x", None], drop_reason=[None, None, "earlier:stage"])
+    docs = batch(
+        ["Hyvää päivää kaikille", "x", "Good morning everyone"],
+        quarantine_reason=[None, "invalid_json: x", None],
+        drop_reason=[None, None, "earlier:stage"],
+    )
     out = LanguageId(LangIdConfig(), STORAGE)(docs)
     assert out["lang"].to_pylist() == ["fin_Latn", None, None]
     assert out["drop_reason"].to_pylist() == [None, None, "earlier:stage"]

@@ -20,18 +20,56 @@ from support import SHARED_DATA, write_shard
 STORAGE = StorageConfig()
 TEXT = "Kaikki ihmiset syntyvät vapaina ja tasavertaisina arvoltaan ja oikeuksiltaan."
 
-V12 = {"id": 7, "document_lang": "fi", "scores": [0.9], "langs": ["fi"], "text": TEXT,
-       "url": "https://a.example/1", "collection": "wide5"}
-V2 = {"f": "x.warc.gz", "o": 1, "s": 2, "rs": 3, "u": "https://b.example/2", "c": "text/html",
-      "ts": "2021-05-09T10:26:25Z", "collection": "wide17", "lang": ["fin_Latn", "est_Latn", "eng_Latn"],
-      "prob": [0.9, 0.05, 0.01], "text": TEXT, "seg_langs": ["fin_Latn"], "id": "b8ff3519",
-      "filter": "keep", "pii": [[1, 3]], "doc_scores": [7.7], "robots": "allowed"}
-V3 = {**{k: v for k, v in V2.items() if k not in ("collection", "robots")}, "id": "c3",
-      "crawl_id": "cc40", "robotstxt": "allowed", "de": "x", "xml": "<p/>", "html_lang": ["fi"],
-      "cluster_size": 2, "web-register": {"IN": 0.8}}
-V4 = {"id": "d4", "u": "https://d.example/4", "ts": "2024-01-01T00:00:00Z", "text": TEXT,
-      "openlid_v2": {"lang": "fin_Latn", "prob": 0.97}, "glotlid_v3": {"lang": ["fin_Latn"], "prob": [0.99]},
-      "openlid_v3": {"lang": ["fin_Latn", "est_Latn"], "prob": [0.95, 0.03]}, "md": "# t", "allowed": True}
+V12 = {
+    "id": 7,
+    "document_lang": "fi",
+    "scores": [0.9],
+    "langs": ["fi"],
+    "text": TEXT,
+    "url": "https://a.example/1",
+    "collection": "wide5",
+}
+V2 = {
+    "f": "x.warc.gz",
+    "o": 1,
+    "s": 2,
+    "rs": 3,
+    "u": "https://b.example/2",
+    "c": "text/html",
+    "ts": "2021-05-09T10:26:25Z",
+    "collection": "wide17",
+    "lang": ["fin_Latn", "est_Latn", "eng_Latn"],
+    "prob": [0.9, 0.05, 0.01],
+    "text": TEXT,
+    "seg_langs": ["fin_Latn"],
+    "id": "b8ff3519",
+    "filter": "keep",
+    "pii": [[1, 3]],
+    "doc_scores": [7.7],
+    "robots": "allowed",
+}
+V3 = {
+    **{k: v for k, v in V2.items() if k not in ("collection", "robots")},
+    "id": "c3",
+    "crawl_id": "cc40",
+    "robotstxt": "allowed",
+    "de": "x",
+    "xml": "<p/>",
+    "html_lang": ["fi"],
+    "cluster_size": 2,
+    "web-register": {"IN": 0.8},
+}
+V4 = {
+    "id": "d4",
+    "u": "https://d.example/4",
+    "ts": "2024-01-01T00:00:00Z",
+    "text": TEXT,
+    "openlid_v2": {"lang": "fin_Latn", "prob": 0.97},
+    "glotlid_v3": {"lang": ["fin_Latn"], "prob": [0.99]},
+    "openlid_v3": {"lang": ["fin_Latn", "est_Latn"], "prob": [0.95, 0.03]},
+    "md": "# t",
+    "allowed": True,
+}
 PLAIN = {"text": TEXT, "id": 42, "extra": {"k": [1, 2]}}
 
 
@@ -55,7 +93,19 @@ def test_every_hplt_layout_maps_to_the_document_table(tmp_path: Path) -> None:
     assert meta(v12)["scores"] == [0.9] and meta(v12)["collection"] == "wide5"
     assert (v2["doc_id"], v2["url"], v2["crawl_ts"]) == ("b8ff3519", V2["u"], V2["ts"])
     assert v2["source_lang"] == V2["lang"] and v2["source_prob"] == V2["prob"]
-    assert set(meta(v2)) == {"f", "o", "s", "rs", "c", "collection", "seg_langs", "filter", "pii", "doc_scores", "robots"}
+    assert set(meta(v2)) == {
+        "f",
+        "o",
+        "s",
+        "rs",
+        "c",
+        "collection",
+        "seg_langs",
+        "filter",
+        "pii",
+        "doc_scores",
+        "robots",
+    }
     assert meta(v3)["crawl_id"] == "cc40" and meta(v3)["web-register"] == {"IN": 0.8} and v3["doc_id"] == "c3"
     assert v4["source_lang"] == ["fin_Latn", "est_Latn"] and v4["source_prob"] == [0.95, 0.03]
     assert meta(v4)["openlid_v2"] == V4["openlid_v2"] and meta(v4)["md"] == "# t"
@@ -78,8 +128,15 @@ def test_compression_does_not_change_rows(tmp_path: Path, name: str, frames: int
 
 def test_parquet_shards_read_like_jsonl(tmp_path: Path) -> None:
     path = tmp_path / "p.parquet"
-    pq.write_table(pa.Table.from_pylist([{"id": "p1", "text": TEXT, "url": "https://p.example", "score": 0.5},
-                                         {"id": "p2", "text": None, "url": None, "score": 0.1}]), path)
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {"id": "p1", "text": TEXT, "url": "https://p.example", "score": 0.5},
+                {"id": "p2", "text": None, "url": None, "score": 0.1},
+            ]
+        ),
+        path,
+    )
     good, bad = rows_of(path)
     assert (good["doc_id"], good["url"], meta(good)) == ("p1", "https://p.example", {"score": 0.5})
     assert bad["quarantine_reason"].startswith("missing_text") and bad["source"] == f"{path}:2"
@@ -94,7 +151,7 @@ def test_bad_records_are_quarantined_with_source_and_reason(tmp_path: Path) -> N
         b'{"text": "   "}',
         b'{"id": "no-text"}',
         b'{"text": 5}',
-        b'[1, 2]',
+        b"[1, 2]",
         json.dumps({"text": "x" * 200}).encode(),
         json.dumps({"text": TEXT, "u": 3, "lang": ["fin_Latn"], "prob": [1]}).encode(),
         b"",
@@ -103,8 +160,19 @@ def test_bad_records_are_quarantined_with_source_and_reason(tmp_path: Path) -> N
     path = write_shard(tmp_path / "bad.jsonl.zst", b"\n".join(lines) + b"\n")
     rows = rows_of(path, max_doc_bytes=100)
     reasons = [r["quarantine_reason"] and r["quarantine_reason"].split(":")[0] for r in rows]
-    assert reasons == [None, "invalid_json", "invalid_utf8", "invalid_unicode", "empty_text", "missing_text",
-                       "wrong_type", "wrong_type", "too_large", "wrong_type", None]
+    assert reasons == [
+        None,
+        "invalid_json",
+        "invalid_utf8",
+        "invalid_unicode",
+        "empty_text",
+        "missing_text",
+        "wrong_type",
+        "wrong_type",
+        "too_large",
+        "wrong_type",
+        None,
+    ]
     assert rows[2]["raw"] == lines[2] and rows[2]["source"] == f"{path}:3"
     assert rows[-1]["source"] == f"{path}:12"  # the blank line is not a record, but line numbers stay true
 
@@ -132,7 +200,9 @@ def test_corrupt_gzip_is_quarantined(tmp_path: Path) -> None:
 
 def test_a_line_over_the_limit_is_skipped_in_bounded_memory(tmp_path: Path) -> None:
     huge = json.dumps({"text": "y" * 3_000_000}).encode()
-    path = write_shard(tmp_path / "huge.jsonl", b"\n".join([json.dumps(PLAIN).encode(), huge, json.dumps(PLAIN).encode()]))
+    path = write_shard(
+        tmp_path / "huge.jsonl", b"\n".join([json.dumps(PLAIN).encode(), huge, json.dumps(PLAIN).encode()])
+    )
     first, big, last = rows_of(path, max_doc_bytes=1000)
     assert big["quarantine_reason"].startswith("too_large") and len(big["raw"]) <= 1 << 20
     assert first["quarantine_reason"] is None and last["quarantine_reason"] is None and last["source"].endswith(":3")
@@ -152,7 +222,10 @@ def test_listing_expands_dirs_and_globs_and_names_what_is_missing(tmp_path: Path
         write_shard(tmp_path / name, [PLAIN])
     found = list_shards(ReaderConfig(paths=[str(tmp_path)]), STORAGE)
     assert [Path(s.uri).relative_to(tmp_path).as_posix() for s in found] == [
-        "eng_Latn/1.jsonl.gz", "fin_Latn/1.jsonl.zst", "fin_Latn/2.jsonl.zst"]
+        "eng_Latn/1.jsonl.gz",
+        "fin_Latn/1.jsonl.zst",
+        "fin_Latn/2.jsonl.zst",
+    ]
     assert len(list_shards(ReaderConfig(paths=[f"{tmp_path}/fin_*/*.zst"]), STORAGE)) == 2
     with pytest.raises(InputError, match="does not exist: .*nope.jsonl"):
         list_shards(ReaderConfig(paths=[str(tmp_path / "nope.jsonl")]), STORAGE)

@@ -14,9 +14,10 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from fsspec.implementations.local import LocalFileSystem
 
 from shardflow.config import load_config, validate
-from shardflow.errors import OutputStateError
+from shardflow.errors import ConfigError, OutputStateError
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
 from shardflow.storage import StorageConfig, filesystem, join
 from support import SAMPLE, sample_records, write_shard
@@ -27,8 +28,12 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 def corpus_config(
     paths: list[str], output: str, keep: list[str] | None = None, if_exists: str = "resume", **sections: Any
 ) -> CorpusConfig:
-    raw = {"input": {"paths": paths}, "output": {"path": output, "if_exists": if_exists},
-           "stages": [{"op": "langid", "keep": keep or []}], **sections}
+    raw = {
+        "input": {"paths": paths},
+        "output": {"path": output, "if_exists": if_exists},
+        "stages": [{"op": "langid", "keep": keep or []}],
+        **sections,
+    }
     return validate(raw, CorpusConfig)
 
 
@@ -66,14 +71,22 @@ def test_bad_input_is_quarantined_and_counts_reconcile(tmp_path: Path) -> None:
     write_shard(tmp_path / "in" / "good.jsonl.zst", good)
     whole = write_shard(tmp_path / "whole.jsonl.zst", good).read_bytes()
     (tmp_path / "in" / "cut.jsonl.zst").write_bytes(whole[: len(whole) // 2])
-    write_shard(tmp_path / "in" / "bad.jsonl", b'{"text": "ok fine words here"}\n{"text": \n{"id": 1}\n{"text": "\xff"}\n{"text": ""}\n')
+    write_shard(
+        tmp_path / "in" / "bad.jsonl",
+        b'{"text": "ok fine words here"}\n{"text": \n{"id": 1}\n{"text": "\xff"}\n{"text": ""}\n',
+    )
     config = corpus_config([str(tmp_path / "in")], str(tmp_path / "out"), keep=["eng_Latn", "fra_Latn"])
     manifest = run_corpus(config).manifest
     counts = manifest["counts"]
     assert counts["read"] == counts["kept"] + counts["dropped"] + counts["quarantined"]
     assert counts["quarantined"] == 5  # 4 bad lines + the truncated tail of cut.jsonl.zst
-    assert manifest["stages"][0]["reasons"] == {"invalid_json": 1, "missing_text": 1, "invalid_utf8": 1,
-                                                 "empty_text": 1, "truncated_stream": 1}
+    assert manifest["stages"][0]["reasons"] == {
+        "invalid_json": 1,
+        "missing_text": 1,
+        "invalid_utf8": 1,
+        "empty_text": 1,
+        "truncated_stream": 1,
+    }
     assert manifest["stages"][1]["reasons"] == {"langid:not_in_keep_list": counts["dropped"]}
     quarantined = read_files(str(tmp_path / "out"), manifest, "quarantine")
     assert {q["source"].rsplit("/", 1)[1] for q in quarantined} >= {"bad.jsonl:2", "bad.jsonl:3"}
@@ -90,8 +103,11 @@ def test_reads_shards_from_s3_and_writes_the_corpus_to_s3(s3_storage) -> None:
         fs.put_file(str(SAMPLE / lang / "1.jsonl.zst"), f"{bucket}/shards/{lang}/1.jsonl.zst")
     fs.pipe_file(f"{bucket}/shards/bad.jsonl", b'{"text": \n')
     output = f"s3://{bucket}/corpus-out"
-    config = corpus_config([f"s3://{bucket}/shards/"], output, storage=storage.model_dump(mode="json") | {
-        "key": "testing", "secret": "testing"})
+    config = corpus_config(
+        [f"s3://{bucket}/shards/"],
+        output,
+        storage=storage.model_dump(mode="json") | {"key": "testing", "secret": "testing"},
+    )
     manifest = run_corpus(config).manifest
     stored = json.loads(fs.cat_file(f"{bucket}/corpus-out/manifest.json"))
     assert stored["counts"] == manifest["counts"] and manifest["counts"]["quarantined"] == 1
@@ -127,12 +143,23 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_documents(tmp_path: 
         write_shard(tmp_path / "in" / f"{shard:02d}.jsonl.zst", records)
     output = tmp_path / "out"
     config_file = tmp_path / "run.yaml"
-    config_file.write_text(yaml.safe_dump({
-        "input": {"paths": [str(tmp_path / "in")], "batch_rows": 500},
-        "stages": [{"op": "langid"}], "output": {"path": str(output)}, "ray": {"num_cpus": 2, "progress": False}}))
+    config_file.write_text(
+        yaml.safe_dump(
+            {
+                "input": {"paths": [str(tmp_path / "in")], "batch_rows": 500},
+                "stages": [{"op": "langid"}],
+                "output": {"path": str(output)},
+                "ray": {"num_cpus": 2, "progress": False},
+            }
+        )
+    )
 
-    driver = subprocess.Popen([sys.executable, "-m", "shardflow.cli", "run", str(config_file)],
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "shardflow.cli", "run", str(config_file)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not _staged_stats(output) and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -149,3 +176,42 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_documents(tmp_path: 
     assert len(resumed_ids) == len(set(resumed_ids)) == 40 * 1500
     assert sorted(resumed_ids) == sorted(fresh_ids)
     assert resumed["counts"] == fresh["counts"] and resumed["languages"] == fresh["languages"]
+
+
+def test_a_crash_while_committing_is_finished_by_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shards = [str(SAMPLE / lang) for lang in ("fin_Latn", "eng_Latn", "rus_Cyrl", "jpn_Jpan")]
+    output = tmp_path / "out"
+    real_mv, moves = LocalFileSystem.mv, []
+
+    def failing_mv(self, source, target, **kwargs):
+        if "/_staging/" in str(source) and str(source).endswith(".parquet") and len(moves) == 2:
+            raise OSError("disk went away")
+        moves.append(source)
+        return real_mv(self, source, target, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "mv", failing_mv)
+    with pytest.raises(OSError, match="disk went away"):
+        run_corpus(corpus_config(shards, str(output)))
+    assert not (output / "manifest.json").exists() and list(output.glob("_staging/*/COMMIT.json"))
+    monkeypatch.setattr(LocalFileSystem, "mv", real_mv)
+
+    finished = run_corpus(corpus_config(shards, str(output)))
+    assert finished.manifest["shards_this_attempt"] == 4  # from the plan written by the first attempt
+    expected = sorted(
+        r["id"] for r in sample_records() if r["lang"][0] in ("fin_Latn", "eng_Latn", "rus_Cyrl", "jpn_Jpan")
+    )
+    assert sorted(d["doc_id"] for d in read_files(str(output), finished.manifest, "corpus")) == expected
+    assert finished.manifest["counts"]["read"] == len(expected) and not (output / "_staging").exists()
+
+
+def test_a_pool_that_takes_every_cpu_is_refused(tmp_path: Path) -> None:
+    config = validate(
+        {
+            "input": {"paths": [str(SAMPLE / "fin_Latn")]},
+            "output": {"path": str(tmp_path / "o")},
+            "stages": [{"op": "langid", "resources": {"concurrency": 2}}],
+        },
+        CorpusConfig,
+    )
+    with pytest.raises(ConfigError, match=r"stages\.0\.resources: 2 actors x 1 CPU .* would hang"):
+        run_corpus(config)

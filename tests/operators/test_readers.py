@@ -14,7 +14,7 @@ import zstandard
 from shardflow.errors import InputError
 from shardflow.operators.readers import ReaderConfig, Shard, list_shards, read_shard, shard_rows
 from shardflow.schema import READ_SCHEMA
-from shardflow.storage import StorageConfig
+from shardflow.storage import StorageConfig, put_bytes
 from support import SHARED_DATA, write_shard
 
 STORAGE = StorageConfig()
@@ -251,3 +251,21 @@ def test_real_hplt_records_from_shared_data() -> None:
     if excerpts.exists():
         body = zstandard.ZstdDecompressor().stream_reader(excerpts.open("rb")).read().decode().splitlines()
         assert len(rows_of(excerpts)) == len(body)
+
+
+def test_s3_credentials_and_endpoint_from_the_aws_environment(
+    s3_storage: tuple[StorageConfig, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage, bucket = s3_storage
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": storage.endpoint_url,
+    }.items():
+        monkeypatch.setenv(name, value)
+    put_bytes(f"s3://{bucket}/env/a.jsonl", b'{"text": "from the environment"}\n', storage)
+    environment_only = StorageConfig()
+    (shard,) = list_shards(ReaderConfig(paths=[f"s3://{bucket}/env/*.jsonl"]), environment_only)
+    (row,) = shard_rows(shard, ReaderConfig(paths=["x"]), environment_only)
+    assert row["text"] == "from the environment" and row["source"] == f"s3://{bucket}/env/a.jsonl:1"

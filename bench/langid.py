@@ -26,7 +26,7 @@ import ray
 from shardflow.config import validate
 from shardflow.operators.langid import LangIdConfig, default_model_path
 from shardflow.operators.readers import ReaderConfig, list_shards, shard_rows
-from shardflow.pipelines.corpus import CorpusConfig, apply_stage, run_corpus
+from shardflow.pipelines.corpus import CorpusConfig, apply_stages, run_corpus
 from shardflow.schema import READ_SCHEMA
 from shardflow.storage import StorageConfig
 
@@ -58,7 +58,7 @@ def pipeline_stage(docs: pa.Table, actors: int) -> float:
     started = time.perf_counter()
     rows = sum(
         batch.num_rows
-        for batch in apply_stage(dataset, stage, StorageConfig(), "langid").iter_batches(
+        for batch in apply_stages(dataset, [stage], StorageConfig()).iter_batches(
             batch_size=None, batch_format="pyarrow"
         )
     )

@@ -378,7 +378,7 @@ def detect_layout(obj: dict[str, Any]) -> Layout:
         return "v4"
     if "crawl_id" in obj or "web-register" in obj:
         return "v3"
-    if "lang" in obj and ("prob" in obj or "u" in obj):
+    if "lang" in obj:  # v2 proper, or the HPLT inspection samples that keep only id, lang and text
         return "v2"
     return "plain"
 

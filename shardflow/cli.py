@@ -76,7 +76,7 @@ def print_summary(console: Console, manifest: dict[str, Any], output: str) -> No
     for column in ("stage", "in", "out", "dropped", "quarantined", "reasons"):
         stages.add_column(column, justify="left" if column in ("stage", "reasons") else "right")
     for stage in manifest["stages"]:
-        reasons = ", ".join(f"{reason.split(':', 1)[-1]}={n}" for reason, n in sorted(stage["reasons"].items()))
+        reasons = _top_reasons(stage["reasons"])
         stages.add_row(stage["name"], *(f"{stage[k]:,}" for k in ("in", "out", "dropped", "quarantined")), reasons)
     console.print(stages)
 
@@ -96,6 +96,13 @@ def print_summary(console: Console, manifest: dict[str, Any], output: str) -> No
         f"+ quarantined {counts['quarantined']:,}  |  {len(manifest['languages'])} languages  |  "
         f"{seconds:.1f} s, {rate:,.0f} docs/s\noutput: {output} (manifest.json, corpus/, removed/, quarantine/)"
     )
+
+
+def _top_reasons(reasons: dict[str, int], shown: int = 3) -> str:
+    """The most frequent reasons, ``name=count``, stage prefix dropped; the rest as ``+N more``."""
+    ranked = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+    text = ", ".join(f"{reason.split(':', 1)[-1]}={n:,}" for reason, n in ranked[:shown])
+    return text + (f", +{len(ranked) - shown} more" if len(ranked) > shown else "")
 
 
 if __name__ == "__main__":

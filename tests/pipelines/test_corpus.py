@@ -213,5 +213,31 @@ def test_a_pool_that_takes_every_cpu_is_refused(tmp_path: Path) -> None:
         },
         CorpusConfig,
     )
-    with pytest.raises(ConfigError, match=r"stages\.0\.resources: 2 actors x 1 CPU .* would hang"):
+    with pytest.raises(ConfigError, match=r"stages\.0\.resources: the actor pools ask for 2 CPU of .* would hang"):
         run_corpus(config)
+
+
+def test_quality_stage_drops_with_reasons_per_language(tmp_path: Path) -> None:
+    spam = [{"id": f"spam-{i}", "text": "buy cheap pills now\n" * 20} for i in range(5)]
+    write_shard(tmp_path / "in" / "spam.jsonl", spam)
+    long_docs = [
+        {"id": f"{lang}-all", "text": "\n".join(r["text"] for r in sample_records() if r["lang"][0] == lang)}
+        for lang in ("eng_Latn", "fin_Latn", "zho_Hans")
+    ]
+    write_shard(tmp_path / "in" / "long.jsonl.zst", long_docs)
+    config = validate(
+        {
+            "input": {"paths": [str(tmp_path / "in")]},
+            "output": {"path": str(tmp_path / "out")},
+            "stages": [{"op": "langid"}, {"op": "quality"}],
+        },
+        CorpusConfig,
+    )
+    manifest = run_corpus(config).manifest
+    quality = manifest["stages"][2]
+    assert quality["name"] == "quality" and quality["in"] == 8 and quality["dropped"] == 5
+    assert quality["reasons"] == {"quality:gopher_repetition.dup_line_frac": 5}
+    assert manifest["languages"]["eng_Latn"]["drop_reasons"] == {"quality:gopher_repetition.dup_line_frac": 5}
+    kept = read_files(str(tmp_path / "out"), manifest, "corpus")
+    assert sorted(d["doc_id"] for d in kept) == ["eng_Latn-all", "fin_Latn-all", "zho_Hans-all"]
+    assert all(d["quality"]["reason"] is None for d in kept)

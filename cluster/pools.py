@@ -1,0 +1,54 @@
+"""Sizing the actor pools of a job's model stages so that the job cannot starve itself.
+
+Ray Data runs read and write tasks beside the actor pools; if the pools' actors hold every CPU, no task
+can be scheduled and the job hangs without an error. So the pools share what is left after reserving CPU
+for those tasks: a fixed pool (``concurrency`` set, as GPU stages should) takes what it asks for, and each
+autoscaled pool gets an equal share, its actors asking for fewer logical CPUs if need be (a logical CPU
+is a scheduling token, not a thread limit, so this costs no speed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shardflow.config import Resources
+from shardflow.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Pool:
+    """What one stage's actor pool asks Ray for."""
+
+    num_cpus: float
+    min_size: int
+    max_size: int
+
+
+def reserved_for_tasks(cluster_cpus: float) -> float:
+    """One CPU for read and write tasks (half of a one-CPU machine)."""
+    return min(1.0, cluster_cpus / 2)
+
+
+def plan_pools(stages: list[tuple[str, Resources]], cluster_cpus: float) -> list[Pool]:
+    """One ``Pool`` per ``(config key, resources)``, in order; a config that would hang is a ``ConfigError``."""
+    spare = cluster_cpus - reserved_for_tasks(cluster_cpus)
+    fixed = sum(r.concurrency * r.num_cpus for _, r in stages if r.concurrency)
+    autoscaled = [r for _, r in stages if not r.concurrency and r.num_cpus > 0]
+    share = (spare - fixed) / len(autoscaled) if autoscaled else spare - fixed
+    if share <= 0 if autoscaled else share < 0:
+        keys = ", ".join(f"{key}.resources" for key, _ in stages)
+        raise ConfigError(
+            f"config error: {keys}: the actor pools ask for {fixed:g} CPU of the cluster's {cluster_cpus:g}, "
+            f"leaving less than {reserved_for_tasks(cluster_cpus):g} to read and write, and the job would hang; "
+            "lower concurrency or num_cpus (fractions such as 0.5 are fine)"
+        )
+    pools = []
+    for _, resources in stages:
+        if resources.concurrency:
+            pools.append(Pool(resources.num_cpus, resources.concurrency, resources.concurrency))
+        elif resources.num_cpus > 0:
+            per_actor = min(resources.num_cpus, share)
+            pools.append(Pool(per_actor, 1, max(1, int(share / per_actor))))
+        else:
+            pools.append(Pool(0.0, 1, max(1, int(cluster_cpus))))
+    return pools

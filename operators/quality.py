@@ -1,0 +1,233 @@
+"""Quality filtering: datatrove's Gopher, C4 and FineWeb filters with per-language thresholds.
+
+The rules are datatrove's own filter classes, called on each document; this module only chooses their
+thresholds and word tokenizer by the document's ``lang`` and turns their verdicts into columns. Thresholds
+are FineWeb-2 style YAML files, one per ``lang_Script`` (``quality_thresholds/``, each citing its source),
+with ``default.yaml`` for languages that have none; a folder of the user's files can override them.
+
+Scripts written without spaces (Chinese, Japanese, Thai...) get a real word tokenizer (jieba, SudachiPy,
+PyThaiNLP through datatrove) when the ``tokenizers`` extra is installed, and otherwise a character
+tokenizer, so that "too few words" never means "the tokenizer could not split this script".
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import suppress
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import yaml
+from datatrove.data import Document
+from datatrove.pipeline.filters import (
+    C4QualityFilter,
+    FineWebQualityFilter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+)
+from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
+from datatrove.utils.word_tokenizers import WhitespaceTokenizer, WordTokenizer, load_word_tokenizer
+from pydantic import Field
+
+from shardflow.config import Resources, StrictModel
+from shardflow.errors import ConfigError
+from shardflow.operators.base import Annotations, Operator
+from shardflow.schema import LANG
+from shardflow.storage import StorageConfig
+
+FILTER_NAMES = ("language_score", "gopher_repetition", "gopher_quality", "c4", "fineweb")
+QUALITY_TYPE = pa.struct([pa.field(name, pa.bool_()) for name in FILTER_NAMES] + [pa.field("reason", pa.string())])
+# Our labels -> datatrove's tokenizer table, where they differ (it files Chinese under Mandarin, Hani).
+TOKENIZER_ALIASES = {"zho_Hans": "cmn_Hani", "zho_Hant": "cmn_Hani", "yue_Hans": "yue_Hani", "yue_Hant": "yue_Hani"}
+UNSPACED_SCRIPTS = frozenset({"Hani", "Hans", "Hant", "Jpan", "Thai", "Khmr", "Laoo", "Mymr", "Tibt"})
+
+
+class QualityConfig(StrictModel):
+    """A ``quality`` stage."""
+
+    op: Literal["quality"] = "quality"
+    mode: Literal["filter", "annotate"] = Field(
+        "filter", description="filter: drop failing documents to removed/; annotate: keep all, record verdicts."
+    )
+    filters: list[Literal["language_score", "gopher_repetition", "gopher_quality", "c4", "fineweb"]] = Field(
+        default_factory=lambda: list(FILTER_NAMES), description="Which rules run, in this order."
+    )
+    thresholds: str | None = Field(None, description="Folder of <lang_Script>.yaml files that override ours.")
+    resources: Resources = Resources()
+
+
+class Thresholds(StrictModel):
+    """One language's numbers, as FineWeb-2 publishes them (plus the C4 line rule for unspaced scripts)."""
+
+    language_score: float = 0.0
+    dup_line_frac: float = 0.3
+    top_n_grams: list[tuple[int, float]] = [(2, 0.2), (3, 0.18), (4, 0.16)]
+    dup_n_grams: list[tuple[int, float]] = [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.1)]
+    line_punct_thr: float = 0.12
+    new_line_ratio: float = 0.3
+    char_duplicates_ratio: float = 0.1
+    min_avg_word_length: float | None = 3
+    max_avg_word_length: float | None = 10
+    max_non_alpha_words_ratio: float = 0.8
+    min_doc_words: int = 50
+    stopwords: list[str] = Field(default_factory=list)
+    min_stop_words: int = 2
+    short_line_thr: float = Field(1.0, description="FineWeb's short-line rule; 1.0 turns it off, as FineWeb-2 did.")
+
+
+class QualityFilter(Operator):
+    """Adds ``quality`` (each rule's verdict and the first failing reason); drops failures in filter mode."""
+
+    name = "quality"
+    added_fields = [pa.field("quality", QUALITY_TYPE)]
+
+    def __init__(self, config: QualityConfig, storage: StorageConfig | None = None) -> None:
+        self.config = config
+        self.override = Path(config.thresholds) if config.thresholds else None
+
+    @staticmethod
+    def preflight(config: QualityConfig, storage: StorageConfig, key: str) -> None:
+        if config.thresholds and not Path(config.thresholds).is_dir():
+            raise ConfigError(f"config error: {key}.thresholds: not a folder: {config.thresholds}")
+
+    def annotate(self, docs: pa.Table) -> Annotations:
+        langs = docs[LANG].to_pylist() if LANG in docs.column_names else [None] * docs.num_rows
+        scores = docs["lang_score"].to_pylist() if "lang_score" in docs.column_names else [None] * docs.num_rows
+        verdicts, reasons = [], []
+        for text, lang, score in zip(docs["text"].to_pylist(), langs, scores, strict=True):
+            verdict = self.judge(text, lang or "und_Zyyy", score)
+            verdicts.append(verdict)
+            reasons.append(verdict["reason"] if self.config.mode == "filter" else None)
+        return Annotations({"quality": pa.array(verdicts, QUALITY_TYPE)}, drop_reasons=reasons)
+
+    def judge(self, text: str, lang: str, lang_score: float | None) -> dict[str, Any]:
+        """Each configured rule's verdict (True = pass); in filter mode stop at the first failure."""
+        verdict: dict[str, Any] = dict.fromkeys(FILTER_NAMES)
+        verdict["reason"] = None
+        thresholds = self.thresholds(lang)
+        for name in self.config.filters:
+            if name == "language_score":
+                passed, why = lang_score is None or lang_score >= thresholds.language_score, "below_threshold"
+            else:
+                passed, why = get_filter_result(self.filters(lang)[name].filter(Document(text=text, id="")))
+            verdict[name] = bool(passed)
+            if not passed and verdict["reason"] is None:
+                verdict["reason"] = f"{name}.{why or 'rejected'}"
+                if self.config.mode == "filter":
+                    break
+        return verdict
+
+    def thresholds(self, lang: str) -> Thresholds:
+        return load_thresholds(lang, self.override)
+
+    def filters(self, lang: str) -> dict[str, BaseFilter]:
+        return build_filters(lang, self.override)
+
+
+@cache
+def load_thresholds(lang: str, override: Path | None) -> Thresholds:
+    """The user's file for ``lang``, else ours, else ``default.yaml``."""
+    bundled = files("shardflow.operators").joinpath("quality_thresholds")
+    for folder in ([override] if override else []) + [bundled]:
+        candidate = folder.joinpath(f"{lang}.yaml")
+        if candidate.is_file():
+            return Thresholds.model_validate(yaml.safe_load(candidate.read_text(encoding="utf-8")) or {})
+    return Thresholds.model_validate(yaml.safe_load(bundled.joinpath("default.yaml").read_text(encoding="utf-8")))
+
+
+@cache
+def build_filters(lang: str, override: Path | None) -> dict[str, BaseFilter]:
+    """datatrove's filter objects for one language, built once per actor and language.
+
+    They share one tokenizer that remembers its last text: datatrove's filters each split the same text
+    into words again, and tokenizing is most of their cost.
+    """
+    return filters_for(load_thresholds(lang, override), lang, SharedTokens(word_tokenizer(lang)))
+
+
+def filters_for(t: Thresholds, lang: str, words: WordTokenizer) -> dict[str, BaseFilter]:
+    """The four datatrove filters with ``t``'s numbers, splitting words with ``words``."""
+    return {
+        "gopher_repetition": GopherRepetitionFilter(
+            dup_line_frac=t.dup_line_frac,
+            top_n_grams=tuple(t.top_n_grams),
+            dup_n_grams=tuple(t.dup_n_grams),
+            language=words,
+        ),
+        "gopher_quality": GopherQualityFilter(
+            min_doc_words=t.min_doc_words,
+            min_avg_word_length=t.min_avg_word_length,
+            max_avg_word_length=t.max_avg_word_length,
+            max_non_alpha_words_ratio=t.max_non_alpha_words_ratio,
+            stop_words=t.stopwords,
+            min_stop_words=t.min_stop_words if t.stopwords else None,
+            language=words,
+        ),
+        # C4 counts words per line by spaces, which unspaced scripts do not have: that one rule is off there
+        "c4": C4QualityFilter(
+            filter_no_terminal_punct=False, min_words_per_line=-1 if unspaced(lang) else 3, language=words
+        ),
+        "fineweb": FineWebQualityFilter(
+            line_punct_thr=t.line_punct_thr,
+            new_line_ratio=t.new_line_ratio,
+            short_line_thr=t.short_line_thr,
+            char_duplicates_ratio=t.char_duplicates_ratio,
+            language=words,
+        ),
+    }
+
+
+@cache
+def word_tokenizer(lang: str) -> WordTokenizer:
+    """datatrove's tokenizer for ``lang`` if it and its package are available; else a fallback by script."""
+    with suppress(ImportError):
+        import jieba  # logs at DEBUG level on every actor otherwise
+
+        jieba.setLogLevel(logging.WARNING)
+    try:
+        tokenizer = load_word_tokenizer(TOKENIZER_ALIASES.get(lang, lang))
+        tokenizer.word_tokenize("probe")  # the packages load on first use
+        tokenizer.sent_tokenize("probe. probe.")
+        return tokenizer
+    except Exception:  # noqa: BLE001  (unknown language, missing package, spaCy without that language)
+        return CharacterTokenizer() if unspaced(lang) else WhitespaceTokenizer()
+
+
+class SharedTokens(WordTokenizer):
+    """A tokenizer that answers a repeated question about the same text from memory."""
+
+    def __init__(self, inner: WordTokenizer) -> None:
+        super().__init__(inner.language)
+        self.inner = inner
+        self.last: dict[str, tuple[str, list[Any]]] = {}
+
+    def _remembered(self, method: str, text: str) -> list[Any]:
+        found = self.last.get(method)
+        if found is None or found[0] is not text and found[0] != text:
+            found = (text, getattr(self.inner, method)(text))
+            self.last[method] = found
+        return found[1]
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return self._remembered("word_tokenize", text)
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return self._remembered("sent_tokenize", text)
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return self._remembered("span_tokenize", text)
+
+
+def unspaced(lang: str) -> bool:
+    """Whether ``lang``'s script is written without spaces between words."""
+    return lang.rsplit("_", 1)[-1] in UNSPACED_SCRIPTS
+
+
+class CharacterTokenizer(WhitespaceTokenizer):
+    """Each letter a word: the fallback for unspaced scripts when their real tokenizer is not installed."""
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return [char for char in text if not char.isspace()]

@@ -1,0 +1,30 @@
+"""Actor pool sizing: pools never take the CPUs that read and write tasks need."""
+
+from __future__ import annotations
+
+import pytest
+
+from shardflow.cluster.pools import Pool, plan_pools
+from shardflow.config import Resources
+from shardflow.errors import ConfigError
+
+
+def test_autoscaled_pools_share_what_is_left_after_the_tasks() -> None:
+    stages = [("stages.0", Resources()), ("stages.1", Resources())]
+    assert plan_pools(stages, 2) == [Pool(0.5, 1, 1), Pool(0.5, 1, 1)]
+    assert plan_pools(stages, 16) == [Pool(1.0, 1, 7), Pool(1.0, 1, 7)]
+    assert plan_pools(stages[:1], 1) == [Pool(0.5, 1, 1)]
+
+
+def test_a_fixed_pool_takes_what_it_asks_and_the_rest_is_shared() -> None:
+    gpu = Resources(num_cpus=2, num_gpus=1, concurrency=4)
+    assert plan_pools([("stages.0", Resources()), ("stages.1", gpu)], 16) == [Pool(1.0, 1, 7), Pool(2, 4, 4)]
+
+
+@pytest.mark.parametrize(
+    "stages",
+    [[("stages.0", Resources(concurrency=2))], [("stages.0", Resources(concurrency=1)), ("stages.1", Resources())]],
+)
+def test_pools_that_leave_nothing_to_read_and_write_are_refused(stages) -> None:
+    with pytest.raises(ConfigError, match=r"stages\.0\.resources.*would hang"):
+        plan_pools(stages, 2)

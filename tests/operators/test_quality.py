@@ -1,0 +1,144 @@
+"""Quality filtering: the same verdicts as datatrove, per-language thresholds, unspaced scripts."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+import pyarrow as pa
+import pytest
+import yaml
+from datatrove.data import Document
+from datatrove.pipeline.filters import (
+    C4QualityFilter,
+    FineWebQualityFilter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+)
+from datatrove.pipeline.filters.base_filter import get_filter_result
+
+from shardflow.operators.quality import (
+    CharacterTokenizer,
+    QualityConfig,
+    QualityFilter,
+    Thresholds,
+    load_thresholds,
+    word_tokenizer,
+)
+from shardflow.schema import LANGID_FIELDS, READ_SCHEMA
+from support import sample_records
+
+SCHEMA = pa.schema(list(READ_SCHEMA) + LANGID_FIELDS)
+SPAM = "buy cheap pills\nbuy cheap pills\nbuy cheap pills\nbuy cheap pills"
+
+
+def by_language() -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for record in sample_records():
+        found.setdefault(record["lang"][0], []).append(record["text"])
+    return found
+
+
+def table(docs: list[tuple[str, str]]) -> pa.Table:
+    rows = [{"text": text, "lang": lang, "lang_score": 0.99, "source": f"m:{i}"} for i, (text, lang) in enumerate(docs)]
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def datatrove_filters(lang: str) -> dict[str, object]:
+    """The four filters built straight from datatrove with the YAML's numbers, independent of our wiring."""
+    t = yaml.safe_load(files("shardflow.operators").joinpath("quality_thresholds", f"{lang}.yaml").read_text())
+    return {
+        "gopher_repetition": GopherRepetitionFilter(
+            dup_line_frac=t["dup_line_frac"],
+            top_n_grams=tuple(map(tuple, t["top_n_grams"])),
+            dup_n_grams=tuple(map(tuple, t["dup_n_grams"])),
+            language=lang,
+        ),
+        "gopher_quality": GopherQualityFilter(
+            min_doc_words=50,
+            min_avg_word_length=t["min_avg_word_length"],
+            max_avg_word_length=t["max_avg_word_length"],
+            max_non_alpha_words_ratio=t["max_non_alpha_words_ratio"],
+            stop_words=t["stopwords"],
+            min_stop_words=2,
+            language=lang,
+        ),
+        "c4": C4QualityFilter(filter_no_terminal_punct=False, language=lang),
+        "fineweb": FineWebQualityFilter(
+            line_punct_thr=t["line_punct_thr"],
+            new_line_ratio=t["new_line_ratio"],
+            short_line_thr=t.get("short_line_thr", 1.0),
+            char_duplicates_ratio=t.get("char_duplicates_ratio", 0.1),
+            language=lang,
+        ),
+    }
+
+
+@pytest.mark.parametrize("lang", ["eng_Latn", "fin_Latn", "rus_Cyrl"])
+def test_each_wrapped_filter_gives_datatrove_s_verdict(lang: str) -> None:
+    articles = by_language()[lang]
+    docs = [
+        "\n".join(articles[:12]),
+        "\n".join(articles[12:]),
+        "\n\n".join(articles),
+        articles[0],
+        SPAM,
+        "... ... ...\n" * 30,
+        "# # # title\n" * 40 + " ".join(articles),
+    ]
+    ours = QualityFilter(QualityConfig(mode="annotate"))(table([(d, lang) for d in docs]))["quality"].to_pylist()
+    reference = datatrove_filters(lang)
+    for text, verdict in zip(docs, ours, strict=True):
+        for name, rule in reference.items():
+            expected, _ = get_filter_result(rule.filter(Document(text=text, id="x")))
+            assert verdict[name] == bool(expected), (name, text[:60])
+    assert not all(v["gopher_repetition"] for v in ours) and any(v["reason"] is None for v in ours)
+
+
+@pytest.mark.parametrize("lang", ["zho_Hans", "jpn_Jpan", "tha_Thai"])
+def test_unspaced_scripts_are_not_dropped_by_word_count_rules(lang: str) -> None:
+    articles = by_language()[lang]
+    tokenizer = word_tokenizer(lang)
+    assert not isinstance(tokenizer, CharacterTokenizer), "the tokenizers extra should be installed for tests"
+    assert len(tokenizer.word_tokenize(articles[1])) >= 10  # real words, not one run of characters
+    annotated = QualityFilter(QualityConfig(mode="annotate"))(table([("\n".join(articles), lang)]))
+    (verdict,) = annotated["quality"].to_pylist()
+    assert verdict["gopher_quality"] is True, verdict
+
+
+def test_an_obviously_bad_document_is_dropped_with_its_reason() -> None:
+    good = "\n".join(by_language()["eng_Latn"])
+    out = QualityFilter(QualityConfig(mode="filter"))(table([(SPAM, "eng_Latn"), (good, "eng_Latn")]))
+    assert out["drop_reason"].to_pylist() == ["quality:gopher_repetition.dup_line_frac", None]
+    short = QualityFilter(QualityConfig(filters=["gopher_quality"]))(table([("Buy pills now", "eng_Latn")]))
+    assert short["drop_reason"].to_pylist() == ["quality:gopher_quality.gopher_short_doc"]
+
+
+def test_annotate_mode_keeps_everything_and_records_the_reason() -> None:
+    out = QualityFilter(QualityConfig(mode="annotate"))(table([(SPAM, "eng_Latn")]))
+    assert out["drop_reason"].to_pylist() == [None]
+    assert out["quality"][0].as_py()["reason"] == "gopher_repetition.dup_line_frac"
+
+
+def test_language_score_threshold_comes_from_the_language_file() -> None:
+    text = "\n".join(by_language()["fin_Latn"])
+    rows = table([(text, "fin_Latn")]).set_column(
+        SCHEMA.get_field_index("lang_score"), "lang_score", pa.array([0.5], pa.float32())
+    )
+    out = QualityFilter(QualityConfig(filters=["language_score"]))(rows)
+    assert out["drop_reason"].to_pylist() == ["quality:language_score.below_threshold"]
+
+
+def test_at_least_20_languages_ship_thresholds_that_say_where_they_come_from() -> None:
+    folder = files("shardflow.operators").joinpath("quality_thresholds")
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".yaml"))
+    assert "default.yaml" in names and len(names) >= 21
+    for name in names:
+        text = folder.joinpath(name).read_text(encoding="utf-8")
+        assert "Source" in text.split("\n", 1)[0] or text.startswith("# "), name
+        Thresholds.model_validate(yaml.safe_load(text))
+    assert load_thresholds("xyz_Latn", None) == load_thresholds("default", None)
+
+
+def test_an_unspaced_script_without_its_tokenizer_falls_back_to_characters() -> None:
+    assert isinstance(word_tokenizer("khm_Khmr"), CharacterTokenizer)  # khmer-nltk is not a dependency
+    assert CharacterTokenizer().word_tokenize("ក ខ គ") == ["ក", "ខ", "គ"]

@@ -9,6 +9,7 @@ once per actor, never per batch.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -17,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shardflow.schema import DROP_REASON, QUARANTINE_REASON
+from shardflow.schema import DROP_REASON, QUARANTINE_REASON, with_seconds
 from shardflow.storage import StorageConfig
 
 
@@ -44,6 +45,7 @@ class Operator(ABC):
         """Columns for ``docs`` (all in play) and, optionally, a drop reason per row."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        started = time.perf_counter()
         in_play = _in_play(batch)
         docs = batch.filter(in_play) if not in_play.all() else batch
         found = self.annotate(docs) if docs.num_rows else self._empty_annotations()
@@ -58,7 +60,7 @@ class Operator(ABC):
             index = batch.schema.get_field_index(DROP_REASON)
             merged = pc.coalesce(batch[DROP_REASON], reasons)
             batch = batch.set_column(index, DROP_REASON, merged)
-        return batch
+        return with_seconds(batch, self.name, time.perf_counter() - started)
 
     def _empty_annotations(self) -> Annotations:
         return Annotations({spec.name: pa.array([], spec.type) for spec in self.added_fields})

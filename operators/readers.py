@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from ray.data.block import BlockMetadata
 
 from shardflow.config import StrictModel
 from shardflow.errors import InputError
-from shardflow.schema import READ_SCHEMA
+from shardflow.schema import READ_SCHEMA, with_seconds
 from shardflow.storage import StorageConfig, filesystem, join, put_bytes, to_uri
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -161,15 +162,16 @@ def read_shard(
     """
     rows: list[dict[str, Any]] = []
     total = 0
+    started = time.perf_counter()
     for row in shard_rows(shard, config, storage):
         rows.append(row)
         if len(rows) >= config.batch_rows:
             total += len(rows)
-            yield pa.Table.from_pylist(rows, schema=READ_SCHEMA)
-            rows = []
+            yield with_seconds(pa.Table.from_pylist(rows, schema=READ_SCHEMA), "read", time.perf_counter() - started)
+            rows, started = [], time.perf_counter()
     total += len(rows)
     if rows or not total:
-        yield pa.Table.from_pylist(rows, schema=READ_SCHEMA)
+        yield with_seconds(pa.Table.from_pylist(rows, schema=READ_SCHEMA), "read", time.perf_counter() - started)
     if marker_dir is not None:
         marker = {"uri": shard.uri, "size": shard.size, "version": shard.version, "rows": total}
         put_bytes(join(marker_dir, f"{shard.key}.json"), orjson.dumps(marker), storage)

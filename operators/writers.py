@@ -35,7 +35,16 @@ from ray.data import Datasink
 from shardflow.config import StrictModel
 from shardflow.errors import OutputStateError
 from shardflow.operators.readers import Shard, shard_key
-from shardflow.schema import BOOKKEEPING, DROP_REASON, LANG, QUARANTINE_COLUMNS, QUARANTINE_REASON, RAW, SOURCE
+from shardflow.schema import (
+    BOOKKEEPING,
+    DROP_REASON,
+    LANG,
+    QUARANTINE_COLUMNS,
+    QUARANTINE_REASON,
+    RAW,
+    SECONDS_PREFIX,
+    SOURCE,
+)
 from shardflow.storage import StorageConfig, filesystem, join, put_bytes, write_atomic
 
 CORPUS, REMOVED, QUARANTINE = "corpus", "removed", "quarantine"
@@ -101,11 +110,18 @@ class CorpusSink(Datasink):
         return written
 
     def _write_group(self, kind: str, uri: str, lang: str, first_line: int, rows: pa.Table) -> dict[str, Any]:
+        started = time.perf_counter()
         name = f"{shard_key(uri)}-{first_line:010d}.parquet"
         relative = f"{QUARANTINE}/{name}" if kind == QUARANTINE else f"{kind}/lang={lang}/{name}"
-        table = _columns_for(kind, rows)
+        seconds = {
+            column.removeprefix(SECONDS_PREFIX): pc.sum(rows[column]).as_py() or 0.0
+            for column in rows.column_names
+            if column.startswith(SECONDS_PREFIX)
+        }
+        table = _columns_for(kind, rows.drop_columns([c for c in rows.column_names if c.startswith(SECONDS_PREFIX)]))
         fs, path = self.layout.fs(join(self.layout.staging, relative))
         write_atomic(fs, path, lambda f: pq.write_table(table, f, compression=self.compression))
+        seconds["write"] = time.perf_counter() - started
         return {
             "path": relative,
             "kind": kind,
@@ -113,6 +129,7 @@ class CorpusSink(Datasink):
             "shard": uri,
             "rows": rows.num_rows,
             "reasons": _reason_counts(kind, rows),
+            "seconds": seconds,
         }
 
 
@@ -309,7 +326,9 @@ def build_manifest(
     quarantine_reasons: Counter[str] = Counter()
     drop_reasons: Counter[str] = Counter()
     languages: dict[str, Counter[str]] = defaultdict(Counter)
+    busy: Counter[str] = Counter()
     for entry in entries.values():
+        busy.update(entry.get("seconds", {}))
         by_kind[entry["kind"]] += entry["rows"]
         if entry["kind"] == QUARANTINE:
             quarantine_reasons.update(entry["reasons"])
@@ -320,6 +339,7 @@ def build_manifest(
     read = sum(markers[shard.uri]["rows"] for shard in shards)
     if read != by_kind[CORPUS] + by_kind[REMOVED] + by_kind[QUARANTINE]:
         raise OutputStateError(f"counts do not reconcile: read {read} != written {dict(by_kind)}; rerun to redo")
+    stages = _stage_counts(read, by_kind[QUARANTINE], quarantine_reasons, drop_reasons, stage_names)
     return {
         "format": "shardflow-corpus/1",
         "fingerprint": fingerprint,
@@ -330,7 +350,8 @@ def build_manifest(
             "dropped": by_kind[REMOVED],
             "quarantined": by_kind[QUARANTINE],
         },
-        "stages": _stage_counts(read, by_kind[QUARANTINE], quarantine_reasons, drop_reasons, stage_names),
+        "stages": stages,
+        "timing": _timing(stages, busy, read),
         "languages": {lang: _language_counts(counts) for lang, counts in sorted(languages.items())},
         "inputs": [
             {"uri": s.uri, "size": s.size, "version": s.version, "rows": markers[s.uri]["rows"]} for s in shards
@@ -370,6 +391,23 @@ def _stage_counts(
         )
         flowing -= dropped
     return stages
+
+
+def _timing(stages: list[dict[str, Any]], busy: Counter[str], read: int) -> dict[str, dict[str, float]]:
+    """Worker seconds each stage spent (summed over its tasks or actors) and documents per such second.
+
+    Stages overlap in a streaming run, so these add up to more than the wall time; they say where the
+    work went. A resumed run counts the finished shards' time from their first attempt.
+    """
+    docs = {stage["name"]: stage["in"] for stage in stages} | {"write": read}
+    return {
+        name: {
+            "busy_seconds": round(seconds, 3),
+            "docs": docs.get(name, 0),
+            "docs_per_busy_second": round(docs.get(name, 0) / seconds, 1) if seconds > 0 else 0.0,
+        }
+        for name, seconds in busy.items()
+    }
 
 
 def _language_counts(counts: Counter[str]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ a row is *quarantined* (``quarantine_reason`` set by the reader: it never became
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 DOC_ID = "doc_id"
@@ -16,6 +17,7 @@ LANG = "lang"
 DROP_REASON = "drop_reason"
 QUARANTINE_REASON = "quarantine_reason"
 RAW = "raw"
+SECONDS_PREFIX = "_seconds_"  # per-row share of the time a stage spent on the row's batch
 
 READ_SCHEMA = pa.schema(
     [
@@ -30,6 +32,7 @@ READ_SCHEMA = pa.schema(
         pa.field(DROP_REASON, pa.string()),
         pa.field(QUARANTINE_REASON, pa.string()),
         pa.field(RAW, pa.large_binary()),
+        pa.field(f"{SECONDS_PREFIX}read", pa.float64()),
     ]
 )
 
@@ -44,3 +47,11 @@ LANGID_FIELDS = [
 # Columns that exist only while rows are in flight; the writer keeps each where it explains the row.
 BOOKKEEPING = (DROP_REASON, QUARANTINE_REASON, RAW)
 QUARANTINE_COLUMNS = (SOURCE, QUARANTINE_REASON, RAW)
+
+
+def with_seconds(batch: pa.Table, stage: str, seconds: float) -> pa.Table:
+    """``batch`` with ``_seconds_<stage>`` set: each row's share of ``seconds``, for the manifest's timing."""
+    share = pa.array(np.full(batch.num_rows, seconds / max(batch.num_rows, 1)), pa.float64())
+    name = f"{SECONDS_PREFIX}{stage}"
+    index = batch.schema.get_field_index(name)
+    return batch.set_column(index, name, share) if index >= 0 else batch.append_column(name, share)

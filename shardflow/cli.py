@@ -16,6 +16,7 @@ from rich.table import Table
 
 from shardflow import __version__
 from shardflow.errors import ShardflowError
+from shardflow.report import write_report
 
 TOP_LANGUAGES = 15
 
@@ -53,6 +54,15 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
     run.set_defaults(handler=run_command)
+    report = commands.add_parser(
+        "report",
+        help="write report.html and report.json for a finished output",
+        description="Render the run report (self-contained HTML with charts, and the same numbers as JSON) "
+        "from OUTPUT/manifest.json. `shardflow run` writes it too, at the end of every run.",
+    )
+    report.add_argument("output", help="a finished output folder (local or s3://)")
+    report.add_argument("--config", help="a run config whose storage: section reaches the output (for s3://)")
+    report.set_defaults(handler=report_command)
     return root
 
 
@@ -67,6 +77,18 @@ def run_command(args: argparse.Namespace) -> int:
     if result.already_done:
         console.print(f"[yellow]{config.output.path} is already complete for this config; nothing to do.[/]")
     print_summary(console, result.manifest, config.output.path)
+    console.print(f"report: {write_report(config.output.path, config.storage)[0]}")
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from shardflow.config import load_config
+    from shardflow.pipelines.corpus import CorpusConfig
+    from shardflow.storage import StorageConfig
+
+    storage = load_config(args.config, CorpusConfig).storage if args.config else StorageConfig()
+    html_uri, json_uri = write_report(args.output, storage)
+    print(f"{html_uri}\n{json_uri}")
     return 0
 
 

@@ -24,6 +24,10 @@ def test_run_the_sample_then_rerun_it(tmp_path: Path) -> None:
     assert f"read {read:,} = kept {read:,} + dropped 0 + quarantined 0" in first.stderr
     assert "langid" in first.stderr and "eng_Latn" in first.stderr
     assert json.loads((output / "manifest.json").read_text())["counts"]["kept"] == read
+    assert f"report: {output}/report.html" in first.stderr and (output / "report.json").exists()
+    (output / "report.html").unlink()
+    rebuilt = shardflow("report", str(output))
+    assert rebuilt.returncode == 0 and (output / "report.html").exists()
 
     again = shardflow("run", "configs/sample.yaml", "--set", f"output.path={output}")
     assert again.returncode == 0 and "already complete" in again.stderr

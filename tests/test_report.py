@@ -1,0 +1,64 @@
+"""The run report: self-contained HTML with every chart, and JSON whose numbers equal the manifest's."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from shardflow.config import validate
+from shardflow.errors import InputError
+from shardflow.pipelines.corpus import CorpusConfig, run_corpus
+from shardflow.report import CHARTS, write_report
+from shardflow.storage import StorageConfig
+from support import SAMPLE, write_shard
+
+
+@pytest.fixture(scope="module")
+def finished_output(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("report")
+    write_shard(folder / "in" / "bad.jsonl", b'{"text": \n{"id": 3}\n' + b'{"text": "spam spam spam\\n"}\n' * 3)
+    paths = [str(folder / "in")] + [str(SAMPLE / lang) for lang in ("fin_Latn", "eng_Latn", "jpn_Jpan")]
+    config = validate(
+        {
+            "input": {"paths": paths},
+            "output": {"path": str(folder / "out")},
+            "stages": [{"op": "langid", "keep": ["fin_Latn", "jpn_Jpan", "eng_Latn"]}, {"op": "quality"}],
+        },
+        CorpusConfig,
+    )
+    run_corpus(config)
+    return folder / "out"
+
+
+def test_report_renders_every_chart_offline(finished_output: Path) -> None:
+    html_uri, json_uri = write_report(str(finished_output), StorageConfig())
+    page = Path(html_uri).read_text()
+    for chart in CHARTS:
+        assert f'id="chart-{chart}"' in page
+    assert page.count("<svg") >= 4 and "<script" not in page and not re.search(r"(src|href)=\"https?://", page)
+    manifest = json.loads((finished_output / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert f"read {counts['read']:,}</b> = kept {counts['kept']:,} + dropped {counts['dropped']:,}" in page
+
+
+def test_report_numbers_equal_the_manifest(finished_output: Path) -> None:
+    _, json_uri = write_report(str(finished_output), StorageConfig())
+    numbers = json.loads(Path(json_uri).read_text())
+    manifest = json.loads((finished_output / "manifest.json").read_text())
+    assert numbers["counts"] == manifest["counts"] and numbers["stages"] == manifest["stages"]
+    assert numbers["quarantine_reasons"] == {"invalid_json": 1, "missing_text": 1}
+    for lang, counts in manifest["languages"].items():
+        mine = numbers["languages"][lang]
+        assert mine["kept"] == counts["kept"] and mine["after"]["quality"] == counts["kept"]
+        assert mine["identified"] == counts["kept"] + counts["dropped"]
+    assert sum(n["identified"] for n in numbers["languages"].values()) == manifest["stages"][1]["in"]
+    assert set(numbers["timing"]) == {"read", "langid", "quality", "write"}
+    assert all(t["busy_seconds"] > 0 for t in numbers["timing"].values())
+
+
+def test_a_folder_without_manifest_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no manifest.json"):
+        write_report(str(tmp_path), StorageConfig())

@@ -44,6 +44,7 @@ from shardflow.schema import (
     RAW,
     SECONDS_PREFIX,
     SOURCE,
+    split_source,
 )
 from shardflow.storage import StorageConfig, filesystem, join, put_bytes, write_atomic
 
@@ -137,9 +138,7 @@ def split_block(block: pa.Table) -> Iterable[tuple[str, str, str, int, pa.Table]
     """``(kind, shard uri, lang, first line, rows)`` for each group of rows that share a file."""
     if block.num_rows == 0:
         return
-    parts = pc.extract_regex(block[SOURCE].combine_chunks(), r"^(?P<uri>.*):(?P<line>\d+)$")
-    uris = parts.field("uri").to_pylist()
-    lines = pc.cast(parts.field("line"), pa.int64()).to_pylist()
+    uris, lines = split_source(block[SOURCE])
     quarantined = pc.is_valid(block[QUARANTINE_REASON]).to_pylist()
     dropped = pc.is_valid(block[DROP_REASON]).to_pylist()
     langs = block[LANG].to_pylist() if LANG in block.column_names else [None] * block.num_rows

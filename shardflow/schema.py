@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 DOC_ID = "doc_id"
 TEXT = "text"
@@ -55,3 +56,12 @@ def with_seconds(batch: pa.Table, stage: str, seconds: float) -> pa.Table:
     name = f"{SECONDS_PREFIX}{stage}"
     index = batch.schema.get_field_index(name)
     return batch.set_column(index, name, share) if index >= 0 else batch.append_column(name, share)
+
+
+DEDUP_FIELDS = [pa.field("dup_cluster", pa.string()), pa.field("dup_rep", pa.bool_())]
+
+
+def split_source(sources: pa.ChunkedArray) -> tuple[list[str], list[int]]:
+    """``source`` values (``URI:line``) -> their URIs and line numbers."""
+    parts = pc.extract_regex(sources.combine_chunks(), r"^(?P<uri>.*):(?P<line>\d+)$")
+    return parts.field("uri").to_pylist(), pc.cast(parts.field("line"), pa.int64()).to_pylist()

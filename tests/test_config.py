@@ -23,7 +23,8 @@ def load(tmp_path: Path, text: str, overrides: list[str] | None = None) -> Corpu
 
 def test_the_bundled_sample_config_is_valid() -> None:
     config = load_config(REPO / "configs" / "sample.yaml", CorpusConfig)
-    assert config.stages[0].op == "langid" and config.output.if_exists == "resume"
+    assert [stage.op for stage in config.stages] == ["langid", "exact_dedup", "quality"]
+    assert config.output.if_exists == "resume"
 
 
 @pytest.mark.parametrize(

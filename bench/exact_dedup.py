@@ -1,0 +1,72 @@
+"""Benchmark: exact dedup on the HPLT v2 excerpts (and copies of them, so there is something to find).
+
+    python bench/exact_dedup.py [--data ../shared/data/hplt-v2-excerpts] [--copies 2]
+
+Times step one (keys, the Ray Data shuffle by key, the duplicate table) and the whole job with the stage,
+and reports the driver's peak RSS: the shuffle must not pass through the driver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+
+from shardflow.config import validate
+from shardflow.operators.dedup.exact import ensure_duplicate_table
+from shardflow.operators.readers import ReaderConfig, list_shards
+from shardflow.pipelines.corpus import CorpusConfig, run_corpus
+from shardflow.storage import StorageConfig
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hplt-v2-excerpts"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--copies", type=int, default=2, help="the excerpts are read this many times over")
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"no data at {args.data} (the shared HPLT v2 excerpts)")
+    work = Path(tempfile.mkdtemp(prefix="shardflow-bench-"))
+    for copy in range(args.copies):
+        shutil.copytree(args.data, work / "in" / f"copy{copy}")
+    reader = ReaderConfig(paths=[str(work / "in")])
+    shards = list_shards(reader, StorageConfig())
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+    started = time.perf_counter()
+    ensure_duplicate_table(str(work / "table"), shards, reader, StorageConfig())
+    step_one = time.perf_counter() - started
+    config = validate(
+        {
+            "input": {"paths": [str(work / "in")]},
+            "output": {"path": str(work / "out")},
+            "stages": [{"op": "exact_dedup"}],
+            "ray": {"progress": False},
+        },
+        CorpusConfig,
+    )
+    result = run_corpus(config)
+    read, dropped = result.manifest["counts"]["read"], result.manifest["counts"]["dropped"]
+    print(f"{read:,} documents ({args.copies} copies of {args.data.name}), {os.cpu_count()} CPUs")
+    print(f"step one (keys + shuffle + table): {read / step_one:8,.0f} docs/s  ({step_one:.2f} s)")
+    print(
+        f"whole job with exact_dedup        : {read / result.seconds:8,.0f} docs/s  ({result.seconds:.2f} s), "
+        f"{dropped:,} duplicates dropped"
+    )
+    print(f"driver peak RSS                   : {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
+    ray.shutdown()
+    shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Deduplication: exact (hash of normalised text) now; fuzzy (MinHash/LSH) to come."""

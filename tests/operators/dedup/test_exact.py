@@ -1,0 +1,97 @@
+"""Exact dedup: normalised keys, one kept document per group across shards, the same one on every run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from shardflow.config import validate
+from shardflow.errors import OutputStateError
+from shardflow.operators.dedup.exact import dedup_key, ensure_duplicate_table, normalise
+from shardflow.operators.readers import ReaderConfig, list_shards
+from shardflow.pipelines.corpus import CorpusConfig, run_corpus
+from shardflow.storage import StorageConfig
+from support import sample_records, write_shard
+
+
+def test_keys_ignore_case_whitespace_and_compatibility_forms() -> None:
+    assert normalise("  Ｈｅｌｌｏ\tWORLD\n\nagain ") == "hello world again"
+    assert dedup_key("Straße  ist\nDA") == dedup_key("STRASSE ist da")
+    assert dedup_key("hello world") != dedup_key("hello, world")
+
+
+def texts() -> list[str]:
+    return [r["text"] for r in sample_records() if r["lang"][0] in ("eng_Latn", "fra_Latn")][:30]
+
+
+def write_inputs(folder: Path) -> dict[str, str]:
+    """Three shards; returns doc_id -> the id that must be kept for its group."""
+    base = texts()
+    write_shard(folder / "a.jsonl.zst", [{"id": f"a{i:02d}", "text": t} for i, t in enumerate(base[:20])])
+    write_shard(
+        folder / "b.jsonl.gz",
+        [
+            {"id": "b00", "text": base[0]},  # same text, other shard
+            {"id": "b01", "text": base[1].upper()},  # case only
+            {"id": "b02", "text": "  " + base[2].replace(" ", "   ") + "\n"},
+            *({"id": f"b{i:02d}", "text": t} for i, t in enumerate(base[20:], 3)),
+        ],
+    )
+    write_shard(
+        folder / "c.jsonl",
+        [
+            {"id": "000", "text": base[3]},  # a lower id in a later shard wins
+            {"id": "c01", "text": base[0]},
+            {"text": "", "id": "bad"},
+        ],
+    )
+    expected = {f"a{i:02d}": f"a{i:02d}" for i in range(20)} | {f"b{i:02d}": f"b{i:02d}" for i in range(3, 13)}
+    return expected | {"b00": "a00", "c01": "a00", "b01": "a01", "b02": "a02", "a03": "000", "000": "000"}
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_one_document_per_group_across_shards_the_same_on_every_run(tmp_path: Path) -> None:
+    expected = write_inputs(tmp_path / "in")
+    results = []
+    for attempt in ("one", "two"):
+        config = validate(
+            {
+                "input": {"paths": [str(tmp_path / "in")]},
+                "output": {"path": str(tmp_path / attempt)},
+                "stages": [{"op": "langid"}, {"op": "exact_dedup"}],
+            },
+            CorpusConfig,
+        )
+        manifest = run_corpus(config).manifest
+        rows = {}
+        for entry in manifest["files"]:
+            if entry["kind"] != "quarantine":
+                for row in pq.read_table(tmp_path / attempt / entry["path"]).to_pylist():
+                    rows[row["doc_id"]] = (entry["kind"], row["dup_cluster"], row["dup_rep"])
+        results.append(rows)
+        assert manifest["stages"][2]["reasons"] == {"exact_dedup:duplicate": 5}
+        assert manifest["counts"]["quarantined"] == 1
+    first, second = results
+    assert first == second
+    assert {doc: cluster for doc, (_, cluster, _) in first.items()} == expected
+    kept = {doc for doc, (kind, _, rep) in first.items() if kind == "corpus"}
+    assert kept == {doc for doc, cluster in expected.items() if doc == cluster}
+    assert all(rep == (kind == "corpus") for kind, _, rep in first.values())
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_duplicate_table_is_reused_by_a_resumed_run_and_refused_if_inputs_changed(tmp_path: Path) -> None:
+    write_inputs(tmp_path / "in")
+    reader = ReaderConfig(paths=[str(tmp_path / "in")])
+    shards = list_shards(reader, StorageConfig())
+    table = tmp_path / "table"
+    ensure_duplicate_table(str(table), shards, reader, StorageConfig())
+    files = sorted(table.glob("shard=*/*.parquet"))
+    assert len({f.parent for f in files}) == 3  # the three shards that hold duplicates
+    stamps = [f.stat().st_mtime_ns for f in files]
+    ensure_duplicate_table(str(table), shards, reader, StorageConfig())
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    with pytest.raises(OutputStateError, match="inputs changed"):
+        ensure_duplicate_table(str(table), shards[:2], reader, StorageConfig())

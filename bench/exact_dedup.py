@@ -8,16 +8,15 @@ and reports the driver's peak RSS: the shuffle must not pass through the driver.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import ray
+from common import arguments, start_ray
 
 from shardflow.config import validate
 from shardflow.operators.dedup.exact import ensure_duplicate_table
@@ -25,23 +24,15 @@ from shardflow.operators.readers import ReaderConfig, list_shards
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
 from shardflow.storage import StorageConfig
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hplt-v2-excerpts"
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--copies", type=int, default=2, help="the excerpts are read this many times over")
-    args = parser.parse_args()
-    if not args.data.is_dir():
-        sys.exit(f"no data at {args.data} (the shared HPLT v2 excerpts)")
+    args = arguments(__doc__, copies=(int, 2, "the excerpts are read this many times over"))
     work = Path(tempfile.mkdtemp(prefix="shardflow-bench-"))
     for copy in range(args.copies):
         shutil.copytree(args.data, work / "in" / f"copy{copy}")
     reader = ReaderConfig(paths=[str(work / "in")])
     shards = list_shards(reader, StorageConfig())
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_ray()
 
     started = time.perf_counter()
     ensure_duplicate_table(str(work / "table"), shards, reader, StorageConfig())

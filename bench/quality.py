@@ -11,10 +11,8 @@ tokenizer loading included). Goal (issue 3): pipeline >= 0.9x plain docs/s.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
-import sys
 import time
 from functools import cache
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from common import arguments, start_ray
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import get_filter_result
 
@@ -31,7 +30,6 @@ from shardflow.pipelines.corpus import apply_stages
 from shardflow.schema import LANGID_FIELDS, READ_SCHEMA
 from shardflow.storage import StorageConfig
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hplt-v2-excerpts"
 SCHEMA = pa.schema(list(READ_SCHEMA) + LANGID_FIELDS)
 
 
@@ -79,12 +77,7 @@ def pipeline_stage(docs: pa.Table, actors: int) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each; the best is reported")
-    args = parser.parse_args()
-    if not args.data.is_dir():
-        sys.exit(f"no data at {args.data} (the shared HPLT v2 excerpts)")
+    args = arguments(__doc__, repeat=(int, 3, "timed runs of each; the best is reported"))
     docs = load_documents(args.data)
     print(f"{docs.num_rows:,} documents in {len(set(docs['lang'].to_pylist()))} languages; {os.cpu_count()} CPUs")
 
@@ -93,8 +86,7 @@ def main() -> None:
         f"plain datatrove, 1 process  : {docs.num_rows / plain:8,.0f} docs/s  ({plain:.2f} s)  "
         f"{plain_dropped:,} dropped"
     )
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_ray()
     for actors in (1, 2):
         seconds, dropped = min(pipeline_stage(docs, actors) for _ in range(args.repeat))
         assert dropped == plain_dropped, (dropped, plain_dropped)

@@ -29,6 +29,8 @@ from datatrove.pipeline.filters import (
     GopherRepetitionFilter,
 )
 from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
+from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
+from datatrove.utils.text import PUNCTUATION_SET, TERMINAL_PUNCTUATION
 from datatrove.utils.word_tokenizers import WhitespaceTokenizer, WordTokenizer, load_word_tokenizer
 from pydantic import Field
 
@@ -39,9 +41,15 @@ from shardflow.schema import LANG
 from shardflow.storage import StorageConfig
 
 FILTER_NAMES = ("language_score", "gopher_repetition", "gopher_quality", "c4", "fineweb")
-QUALITY_TYPE = pa.struct([pa.field(name, pa.bool_()) for name in FILTER_NAMES] + [pa.field("reason", pa.string())])
+SCORE_NAMES = ("words", "mean_word_length", "alpha_words_ratio", "dup_line_frac", "line_punct_ratio", "new_line_ratio")
+QUALITY_TYPE = pa.struct(
+    [pa.field(name, pa.bool_()) for name in FILTER_NAMES]
+    + [pa.field("reason", pa.string())]
+    + [pa.field(name, pa.float32()) for name in SCORE_NAMES]
+)
 # Our labels -> datatrove's tokenizer table, where they differ (it files Chinese under Mandarin, Hani).
 TOKENIZER_ALIASES = {"zho_Hans": "cmn_Hani", "zho_Hant": "cmn_Hani", "yue_Hans": "yue_Hani", "yue_Hant": "yue_Hani"}
+LINE_END = tuple(TERMINAL_PUNCTUATION)
 UNSPACED_SCRIPTS = frozenset({"Hani", "Hans", "Hant", "Jpan", "Thai", "Khmr", "Laoo", "Mymr", "Tibt"})
 
 
@@ -117,7 +125,9 @@ class QualityFilter(Operator):
             if not passed and verdict["reason"] is None:
                 verdict["reason"] = f"{name}.{why or 'rejected'}"
                 if self.config.mode == "filter":
-                    break
+                    return verdict
+        if self.config.mode == "annotate":  # scores cost a full tokenization; filter mode does without
+            verdict.update(scores(text, shared_tokens(lang)))
         return verdict
 
     def thresholds(self, lang: str) -> Thresholds:
@@ -145,7 +155,28 @@ def build_filters(lang: str, override: Path | None) -> dict[str, BaseFilter]:
     They share one tokenizer that remembers its last text: datatrove's filters each split the same text
     into words again, and tokenizing is most of their cost.
     """
-    return filters_for(load_thresholds(lang, override), lang, SharedTokens(word_tokenizer(lang)))
+    return filters_for(load_thresholds(lang, override), lang, shared_tokens(lang))
+
+
+@cache
+def shared_tokens(lang: str) -> SharedTokens:
+    """One remembering tokenizer per language, shared by the filters and the scores."""
+    return SharedTokens(word_tokenizer(lang))
+
+
+def scores(text: str, words_of: WordTokenizer) -> dict[str, float]:
+    """The quantities the rules test, as the Gopher and FineWeb papers define them, for annotate mode."""
+    words = words_of.word_tokenize(text)
+    content = [word for word in words if any(char not in PUNCTUATION_SET for char in word)]
+    lines = [line for line in text.split("\n") if line.strip()]
+    return {
+        "words": float(len(content)),
+        "mean_word_length": sum(map(len, content)) / len(content) if content else 0.0,
+        "alpha_words_ratio": sum(any(c.isalpha() for c in w) for w in words) / len(words) if words else 0.0,
+        "dup_line_frac": find_duplicates(lines)[0] / len(lines) if lines else 0.0,
+        "line_punct_ratio": sum(line.endswith(LINE_END) for line in lines) / len(lines) if lines else 0.0,
+        "new_line_ratio": text.count("\n") / len(words) if words else 0.0,
+    }
 
 
 def filters_for(t: Thresholds, lang: str, words: WordTokenizer) -> dict[str, BaseFilter]:

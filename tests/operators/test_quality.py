@@ -113,10 +113,15 @@ def test_an_obviously_bad_document_is_dropped_with_its_reason() -> None:
     assert short["drop_reason"].to_pylist() == ["quality:gopher_quality.gopher_short_doc"]
 
 
-def test_annotate_mode_keeps_everything_and_records_the_reason() -> None:
+def test_annotate_mode_keeps_everything_and_records_reason_and_scores() -> None:
     out = QualityFilter(QualityConfig(mode="annotate"))(table([(SPAM, "eng_Latn")]))
     assert out["drop_reason"].to_pylist() == [None]
-    assert out["quality"][0].as_py()["reason"] == "gopher_repetition.dup_line_frac"
+    quality = out["quality"][0].as_py()
+    assert quality["reason"] == "gopher_repetition.dup_line_frac"
+    assert quality["words"] == 12 and quality["dup_line_frac"] == 0.75 and quality["line_punct_ratio"] == 0
+    assert abs(quality["mean_word_length"] - 13 / 3) < 1e-5 and quality["alpha_words_ratio"] == 1
+    filtered = QualityFilter(QualityConfig(mode="filter"))(table([(SPAM, "eng_Latn")]))
+    assert filtered["quality"][0].as_py()["words"] is None  # filter mode does not pay for scores
 
 
 def test_language_score_threshold_comes_from_the_language_file() -> None:

@@ -36,10 +36,11 @@ def write_shard(path: Path, records: list[Any] | bytes, frames: int = 1) -> Path
     return path
 
 
-def sample_records(limit: int | None = None) -> list[dict[str, Any]]:
-    """The bundled sample's HPLT v2 records (true language in ``lang[0]``)."""
+def sample_records(limit: int | None = None, recrawl: bool = False) -> list[dict[str, Any]]:
+    """The bundled sample's HPLT v2 records (true language in ``lang[0]``): each UDHR article once, or with
+    ``recrawl`` also the shard of duplicates (``eng_Latn/2.jsonl.zst``), as a run over the sample reads it."""
     records = []
-    for shard in sorted(SAMPLE.glob("*/1.jsonl.zst")):
+    for shard in sorted(SAMPLE.glob("*/*.jsonl.zst" if recrawl else "*/1.jsonl.zst")):
         body = zstandard.ZstdDecompressor().stream_reader(shard.open("rb")).read()
         records += [json.loads(line) for line in body.decode("utf-8").splitlines()]
     return records[:limit]

@@ -20,8 +20,17 @@ def test_run_the_sample_then_rerun_it(tmp_path: Path) -> None:
     output = tmp_path / "corpus"
     first = shardflow("run", "configs/sample.yaml", "--set", f"output.path={output}", "--set", "ray.progress=false")
     assert first.returncode == 0, first.stderr[-3000:]
-    counts = json.loads((output / "manifest.json").read_text())["counts"]
-    assert counts["read"] == len(sample_records()) and counts["quarantined"] == 0
+    manifest = json.loads((output / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert manifest["stages"][2] | {"reasons": None} == {
+        "name": "exact_dedup",
+        "in": counts["read"],
+        "out": counts["read"] - 12,
+        "dropped": 12,
+        "quarantined": 0,
+        "reasons": None,
+    }  # the re-crawl shard
+    assert counts["read"] == len(sample_records(recrawl=True)) and counts["quarantined"] == 0
     assert f"read {counts['read']:,} = kept {counts['kept']:,} + dropped {counts['dropped']:,}" in first.stderr
     assert all(stage in first.stderr for stage in ("langid", "exact_dedup", "quality"))
     assert f"report: {output}/report.html" in first.stderr and (output / "report.json").exists()

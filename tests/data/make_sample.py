@@ -92,11 +92,31 @@ def main(source: Path, target: Path) -> None:
             continue
         shards.setdefault(label, []).append(hplt_v2_record(record, label, len(shards.get(label, []))))
     for label, records in sorted(shards.items()):
-        path = target / label / "1.jsonl.zst"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-        path.write_bytes(zstandard.ZstdCompressor(level=19).compress(body))
-    print(f"{sum(map(len, shards.values()))} documents in {len(shards)} shards under {target}")
+        write(target / label / "1.jsonl.zst", records)
+    # A second crawl of a few pages, as web crawls have: the same articles again under other ids and URLs,
+    # some with changed case or spacing. Exact dedup should remove every one of them.
+    recrawl = [mirrored(r, n) for n, r in enumerate(shards["eng_Latn"][:6] + shards["fra_Latn"][:6])]
+    write(target / "eng_Latn" / "2.jsonl.zst", recrawl)
+    total = sum(map(len, shards.values())) + len(recrawl)
+    print(f"{total} documents in {len(shards) + 1} shards under {target}")
+
+
+def write(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    path.write_bytes(zstandard.ZstdCompressor(level=19).compress(body))
+
+
+def mirrored(record: dict, n: int) -> dict:
+    text = record["text"]
+    text = text.upper() if n % 3 == 1 else "  " + text.replace(" ", "  ") if n % 3 == 2 else text
+    return {
+        **record,
+        "id": hashlib.md5(f"mirror-{record['id']}".encode()).hexdigest(),
+        "text": text,
+        "u": record["u"].replace("sample.invalid", "mirror.sample.invalid"),
+        "collection": "udhr-recrawl",
+    }
 
 
 def hplt_v2_record(record: dict, label: str, position: int) -> dict:

@@ -53,7 +53,7 @@ def test_sample_run_writes_a_language_partitioned_corpus(tmp_path: Path) -> None
     result = run_corpus(corpus_config([str(SAMPLE)], str(tmp_path / "out")))
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest == result.manifest and not result.already_done
-    records = sample_records()
+    records = sample_records(recrawl=True)
     assert manifest["counts"] == {"read": len(records), "kept": len(records), "dropped": 0, "quarantined": 0}
     docs = read_files(str(tmp_path / "out"), manifest, "corpus")
     assert sorted(d["doc_id"] for d in docs) == sorted(r["id"] for r in records)
@@ -62,7 +62,7 @@ def test_sample_run_writes_a_language_partitioned_corpus(tmp_path: Path) -> None
     assert json.loads(docs[0]["meta"])["collection"] == "udhr-sample"
     assert sum(lang["kept"] for lang in manifest["languages"].values()) == len(records)
     assert [s["name"] for s in manifest["stages"]] == ["read", "langid"]
-    assert len(manifest["inputs"]) == 56 and manifest["versions"]["ray"]
+    assert len(manifest["inputs"]) == 57 and manifest["versions"]["ray"]
     assert not (tmp_path / "out" / "_staging").exists()
 
 
@@ -179,7 +179,7 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_documents(tmp_path: 
 
 
 def test_a_crash_while_committing_is_finished_by_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    shards = [str(SAMPLE / lang) for lang in ("fin_Latn", "eng_Latn", "rus_Cyrl", "jpn_Jpan")]
+    shards = [str(SAMPLE / lang / "1.jsonl.zst") for lang in ("fin_Latn", "eng_Latn", "rus_Cyrl", "jpn_Jpan")]
     output = tmp_path / "out"
     real_mv, moves = LocalFileSystem.mv, []
 

@@ -26,7 +26,7 @@ from common import arguments, start_ray
 from shardflow.config import validate
 from shardflow.operators.langid import LangIdConfig, default_model_path
 from shardflow.operators.readers import ReaderConfig, list_shards, shard_rows
-from shardflow.pipelines.corpus import CorpusConfig, apply_stages, run_corpus
+from shardflow.pipelines.corpus import CorpusConfig, apply_stages, plan_stage_pools, run_corpus
 from shardflow.schema import READ_SCHEMA
 from shardflow.storage import StorageConfig
 
@@ -55,7 +55,7 @@ def pipeline_stage(docs: pa.Table, actors: int) -> float:
     stage = LangIdConfig(resources={"concurrency": actors, "num_cpus": 0.5, "batch_size": 1000})
     started = time.perf_counter()
     # materialize keeps the output in the object store: the driver does not compete for the CPUs
-    output = apply_stages(dataset, [stage], StorageConfig()).materialize()
+    output = apply_stages(dataset, [stage], plan_stage_pools([stage]), StorageConfig()).materialize()
     assert output.count() == docs.num_rows
     return time.perf_counter() - started
 

@@ -26,7 +26,7 @@ from datatrove.pipeline.filters.base_filter import get_filter_result
 
 from shardflow.operators.quality import QualityConfig, filters_for, load_thresholds, word_tokenizer
 from shardflow.operators.readers import ReaderConfig, list_shards, shard_rows
-from shardflow.pipelines.corpus import apply_stages
+from shardflow.pipelines.corpus import apply_stages, plan_stage_pools
 from shardflow.schema import LANGID_FIELDS, READ_SCHEMA
 from shardflow.storage import StorageConfig
 
@@ -71,7 +71,9 @@ def pipeline_stage(docs: pa.Table, actors: int) -> tuple[float, int]:
     )
     started = time.perf_counter()
     dropped = 0
-    for batch in apply_stages(dataset, [stage], StorageConfig()).iter_batches(batch_size=None, batch_format="pyarrow"):
+    for batch in apply_stages(dataset, [stage], plan_stage_pools([stage]), StorageConfig()).iter_batches(
+        batch_size=None, batch_format="pyarrow"
+    ):
         dropped += batch.num_rows - batch["drop_reason"].null_count
     return time.perf_counter() - started, dropped
 

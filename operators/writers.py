@@ -296,10 +296,10 @@ def commit(layout: OutputLayout, shards: list[Shard], stage_names: list[str], ex
         put_bytes(join(layout.staging, COMMIT_PLAN), json.dumps(manifest).encode(), layout.storage)
     _, root = layout.fs(layout.root)
     for entry in manifest["files"]:
-        source = join(staging, entry["path"])
+        source, target = join(staging, entry["path"]), join(root, entry["path"])
         if fs.exists(source):
-            fs.makedirs(source.rsplit("/", 1)[0].replace(staging, root, 1), exist_ok=True)
-            fs.mv(source, join(root, entry["path"]))
+            fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            fs.mv(source, target)
     put_bytes(join(layout.root, MANIFEST), json.dumps(manifest, indent=2).encode(), layout.storage)
     fs.rm(staging, recursive=True)
     parent = join(root, "_staging")

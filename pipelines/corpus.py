@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import ray
 from pydantic import Field
 
-from shardflow.cluster.pools import plan_pools
+from shardflow.cluster.pools import Pool, plan_pools
 from shardflow.cluster.runtime import ray_session
 from shardflow.config import StrictModel
 from shardflow.operators.base import Operator
@@ -85,9 +85,10 @@ def run_corpus(config: CorpusConfig) -> RunResult:
     if todo:
         with ray_session(config.ray.address, config.ray.num_cpus):
             ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress
+            pools = plan_stage_pools(config.stages)  # a config that would hang fails before any global step
             stages = prepare_global_steps(config, layout, shards)
             dataset = ray.data.read_datasource(ShardDatasource(todo, config.input, config.storage, layout.markers))
-            dataset = apply_stages(dataset, stages, config.storage)
+            dataset = apply_stages(dataset, stages, pools, config.storage)
             dataset.write_datasink(CorpusSink(layout, config.output.compression))
     seconds = time.monotonic() - started
     extra = {
@@ -113,10 +114,16 @@ def prepare_global_steps(config: CorpusConfig, layout: OutputLayout, shards: lis
     return stages
 
 
-def apply_stages(dataset: ray.data.Dataset, stages: list[Any], storage: StorageConfig) -> ray.data.Dataset:
-    """Each stage as an actor pool (the model loads once per actor), sized together so none starves."""
+def plan_stage_pools(stages: list[Any]) -> list[Pool]:
+    """The stages' actor pools, sized together on the cluster Ray is connected to, so none starves."""
     keyed = [(f"stages.{position}", stage.resources) for position, stage in enumerate(stages)]
-    pools = plan_pools(keyed, ray.cluster_resources().get("CPU", 1.0))
+    return plan_pools(keyed, ray.cluster_resources().get("CPU", 1.0))
+
+
+def apply_stages(
+    dataset: ray.data.Dataset, stages: list[Any], pools: list[Pool], storage: StorageConfig
+) -> ray.data.Dataset:
+    """Each stage as an actor pool (the model loads once per actor)."""
     for stage, pool in zip(stages, pools, strict=True):
         dataset = dataset.map_batches(
             OPERATORS[stage.op],

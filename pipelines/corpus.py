@@ -108,7 +108,7 @@ def prepare_global_steps(config: CorpusConfig, layout: OutputLayout, shards: lis
     for stage in config.stages:
         if stage.op == "exact_dedup":
             table = join(layout.staging, "exact_dedup")
-            ensure_duplicate_table(table, shards, config.input, config.storage)
+            ensure_duplicate_table(table, shards, config.input, config.storage, stage.partitions)
             stage = stage.model_copy(update={"table": table})
         stages.append(stage)
     return stages

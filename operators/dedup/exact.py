@@ -2,11 +2,10 @@
 
 Two steps. First, before the DAG, a global pass over every shard computes each document's key (xxh128 of
 the text after Unicode NFKC, case folding and whitespace collapsing), shuffles by key with Ray Data
-(``groupby(key).map_groups``; nothing is collected on the driver) and keeps, per group, the lowest
-``doc_id`` (ties: the earliest source). It writes only the duplicates, partitioned by shard, as
-``(line, dup_cluster)``: a table that is usually far smaller than the corpus. Then, inside the streaming
-DAG, the ``exact_dedup`` operator looks up each batch's shards in that table, sets ``dup_cluster`` (the kept
-document's id) and ``dup_rep`` on every document, and drops the duplicates.
+(``by_partition``: nothing is collected on the driver) and keeps, per key, the lowest ``doc_id`` (ties:
+the earliest source). It writes only the duplicates, partitioned by shard, as ``(line, dup_cluster)``: a
+table that is usually far smaller than the corpus. Then, inside the streaming DAG, the ``exact_dedup``
+operator (a ``DuplicateLookup``) drops the listed documents.
 
 Because the first step sees every shard, a resumed run (which re-reads only unfinished shards) makes the
 same choices as an uninterrupted one. Keys are computed over all readable documents, before language ID:
@@ -18,25 +17,28 @@ from __future__ import annotations
 import unicodedata
 from typing import Literal
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 import xxhash
-from pyarrow.fs import FSSpecHandler, PyFileSystem
 from pydantic import Field
 
 from shardflow.config import Resources, StrictModel
-from shardflow.errors import OutputStateError
-from shardflow.operators.base import Annotations, Operator
+from shardflow.operators.dedup.lookup import DUPLICATES_SCHEMA, DuplicateLookup
+from shardflow.operators.dedup.steps import by_partition, finished, first_of_run, mark_finished, run_starts, write_step
 from shardflow.operators.readers import ReaderConfig, Shard, ShardDatasource, shard_key
-from shardflow.schema import DEDUP_FIELDS, DOC_ID, QUARANTINE_REASON, SOURCE, split_source
-from shardflow.storage import StorageConfig, filesystem, join, put_bytes
+from shardflow.schema import DOC_ID, QUARANTINE_REASON, SOURCE, split_source
+from shardflow.storage import StorageConfig
 
-DONE = "_DONE.json"
-KEYS_SCHEMA = pa.schema([("key", pa.string()), (DOC_ID, pa.string()), ("shard", pa.string()), ("line", pa.int64())])
-DUPLICATES_SCHEMA = pa.schema([("shard", pa.string()), ("line", pa.int64()), ("dup_cluster", pa.string())])
+KEYS_SCHEMA = pa.schema(
+    [
+        ("key", pa.uint64()),
+        ("key_low", pa.uint64()),
+        (DOC_ID, pa.string()),
+        ("shard", pa.string()),
+        ("line", pa.int64()),
+    ]
+)
 
 
 class ExactDedupConfig(StrictModel):
@@ -44,6 +46,7 @@ class ExactDedupConfig(StrictModel):
 
     op: Literal["exact_dedup"] = "exact_dedup"
     table: str | None = Field(None, exclude=True, description="Set by the pipeline; not a user setting.")
+    partitions: int = Field(8, ge=1, description="Shuffle partitions of step one.")
     resources: Resources = Resources()
 
 
@@ -52,17 +55,20 @@ def normalise(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
-def dedup_key(text: str) -> str:
-    return xxhash.xxh128_hexdigest(normalise(text).encode("utf-8"))
+def dedup_key(text: str) -> int:
+    """The 128-bit key of a text's normal form."""
+    return xxhash.xxh128_intdigest(normalise(text).encode("utf-8"))
 
 
 def document_keys(batch: pa.Table) -> pa.Table:
-    """``(key, doc_id, shard, line)`` for every document of the batch (quarantined rows have no text)."""
+    """``(key, key_low, doc_id, shard, line)`` for every document of the batch (quarantined rows have no text)."""
     docs = batch.filter(pc.is_null(batch[QUARANTINE_REASON]))
     uris, lines = split_source(docs[SOURCE])
+    keys = [dedup_key(text) for text in docs["text"].to_pylist()]
     return pa.table(
         {
-            "key": [dedup_key(text) for text in docs["text"].to_pylist()],
+            "key": pa.array([key >> 64 for key in keys], pa.uint64()),
+            "key_low": pa.array([key & ((1 << 64) - 1) for key in keys], pa.uint64()),
             DOC_ID: docs[DOC_ID],
             "shard": [shard_key(uri) for uri in uris],
             "line": pa.array(lines, pa.int64()),
@@ -71,74 +77,41 @@ def document_keys(batch: pa.Table) -> pa.Table:
     )
 
 
-def duplicates_in_group(group: pa.Table) -> pa.Table:
-    """All members of one key group but the kept one, each with the kept one's id."""
-    if group.num_rows < 2:
-        return DUPLICATES_SCHEMA.empty_table()
-    ordered = group.sort_by([(DOC_ID, "ascending"), ("shard", "ascending"), ("line", "ascending")])
-    kept = ordered[DOC_ID][0].as_py()
-    rest = ordered.slice(1)
+def duplicates_in_partition(rows: pa.Table) -> pa.Table:
+    """All members of each key group but the kept one (lowest id, then earliest source), with its id."""
+    rows = rows.sort_by([(c, "ascending") for c in ("key", "key_low", DOC_ID, "shard", "line")])
+    high, low = rows["key"].to_numpy(), rows["key_low"].to_numpy()
+    starts = run_starts(high) | run_starts(low)
+    kept = rows[DOC_ID].take(pa.array(first_of_run(starts)))
+    duplicates = pa.array(~starts)
     return pa.table(
-        {"shard": rest["shard"], "line": rest["line"], "dup_cluster": pa.array([kept] * rest.num_rows, pa.string())},
+        {
+            "shard": rows["shard"].filter(duplicates),
+            "line": rows["line"].filter(duplicates),
+            "dup_cluster": kept.filter(duplicates),
+        },
         schema=DUPLICATES_SCHEMA,
     )
 
 
-def ensure_duplicate_table(table: str, shards: list[Shard], reader: ReaderConfig, storage: StorageConfig) -> None:
+def ensure_duplicate_table(
+    table: str, shards: list[Shard], reader: ReaderConfig, storage: StorageConfig, partitions: int
+) -> None:
     """Run step one unless an earlier attempt finished it for exactly these inputs."""
-    fs, path = filesystem(table, storage)
     inputs = [[shard.uri, shard.version] for shard in shards]
-    done = join(path, DONE)
-    if fs.exists(done):
-        if orjson.loads(fs.cat_file(done))["inputs"] == inputs:
-            return
-        raise OutputStateError(
-            "the inputs changed since this interrupted run computed its duplicates; "
-            "rerun with --set output.if_exists=overwrite"
-        )
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    if finished(table, inputs, storage):
+        return
     dataset = ray.data.read_datasource(ShardDatasource(shards, reader, storage))
     keys = dataset.map_batches(document_keys, batch_format="pyarrow")
-    duplicates = keys.groupby("key").map_groups(duplicates_in_group, batch_format="pyarrow")
-    duplicates.write_parquet(path, partition_cols=["shard"], filesystem=PyFileSystem(FSSpecHandler(fs)))
-    put_bytes(join(table, DONE), orjson.dumps({"inputs": inputs}), storage)
+    duplicates = by_partition(keys, "key", duplicates_in_partition, partitions)
+    write_step(duplicates, table, storage, partition_cols=["shard"])
+    mark_finished(table, inputs, storage)
 
 
-class ExactDedup(Operator):
-    """Sets ``dup_cluster`` and ``dup_rep`` on every document; drops all but one copy of each text."""
+class ExactDedup(DuplicateLookup):
+    """Drops all but one copy of each text (the table says which)."""
 
     name = "exact_dedup"
-    added_fields = DEDUP_FIELDS
 
     def __init__(self, config: ExactDedupConfig, storage: StorageConfig) -> None:
-        if config.table is None:
-            raise ValueError("exact_dedup needs the duplicate table that the pipeline computes first")
-        self.table, self.storage = config.table, storage
-        self.cache: dict[str, dict[int, str]] = {}
-
-    def annotate(self, docs: pa.Table) -> Annotations:
-        uris, lines = split_source(docs[SOURCE])
-        clusters, reasons = [], []
-        for doc_id, uri, line in zip(docs[DOC_ID].to_pylist(), uris, lines, strict=True):
-            kept = self.duplicates_of(shard_key(uri)).get(line)
-            clusters.append(kept or doc_id)
-            reasons.append(None if kept is None else "duplicate")
-        return Annotations(
-            {"dup_cluster": pa.array(clusters, pa.string()), "dup_rep": pa.array([r is None for r in reasons])},
-            drop_reasons=reasons,
-        )
-
-    def duplicates_of(self, shard: str) -> dict[int, str]:
-        """Line -> kept id for one shard's duplicates, read once per actor (the few latest shards stay)."""
-        if shard not in self.cache:
-            if len(self.cache) >= 64:
-                self.cache.pop(next(iter(self.cache)))
-            fs, path = filesystem(join(self.table, f"shard={shard}"), self.storage)
-            found: dict[int, str] = {}
-            for part in sorted(fs.glob(join(path, "*.parquet"))):
-                with fs.open(part, "rb") as handle:
-                    rows = pq.read_table(handle, columns=["line", "dup_cluster"])
-                found.update(zip(rows["line"].to_pylist(), rows["dup_cluster"].to_pylist(), strict=True))
-            self.cache[shard] = found
-        return self.cache[shard]
+        super().__init__(config.table, storage)

@@ -87,11 +87,11 @@ def test_the_duplicate_table_is_reused_by_a_resumed_run_and_refused_if_inputs_ch
     reader = ReaderConfig(paths=[str(tmp_path / "in")])
     shards = list_shards(reader, StorageConfig())
     table = tmp_path / "table"
-    ensure_duplicate_table(str(table), shards, reader, StorageConfig())
+    ensure_duplicate_table(str(table), shards, reader, StorageConfig(), partitions=2)
     files = sorted(table.glob("shard=*/*.parquet"))
     assert len({f.parent for f in files}) == 3  # the three shards that hold duplicates
     stamps = [f.stat().st_mtime_ns for f in files]
-    ensure_duplicate_table(str(table), shards, reader, StorageConfig())
+    ensure_duplicate_table(str(table), shards, reader, StorageConfig(), partitions=2)
     assert [f.stat().st_mtime_ns for f in files] == stamps
     with pytest.raises(OutputStateError, match="inputs changed"):
-        ensure_duplicate_table(str(table), shards[:2], reader, StorageConfig())
+        ensure_duplicate_table(str(table), shards[:2], reader, StorageConfig(), partitions=2)

@@ -1,0 +1,116 @@
+"""What the global dedup steps share: finished-step markers and the partitioned shuffle.
+
+A global step (exact dedup's duplicate table; fuzzy dedup's signatures, edges, component rounds...) writes
+its result as parquet under its own folder and then ``_DONE.json`` naming the inputs it was computed from.
+A rerun skips every step whose marker names the same inputs, so a failed run restarts from the last
+finished step; a marker for other inputs means the staging area belongs to a different run.
+
+``by_partition`` is the one shuffle: rows are hash-partitioned by a key with Ray Data (``groupby`` on a
+partition number, ``map_groups``), and the function sees a whole partition at once, so it can be
+vectorised (sort, then find runs) instead of being called once per key as ``groupby(key).map_groups`` is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import ray
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+from shardflow.errors import OutputStateError
+from shardflow.operators.dedup.minhash import mix
+from shardflow.storage import StorageConfig, filesystem, join, put_bytes
+
+DONE = "_DONE.json"
+PART = "_part"
+GROUPS_PER_PARTITION = 4  # map_groups calls per shuffle partition: small enough to keep tasks short
+
+
+def finished(path: str, inputs: Any, storage: StorageConfig) -> bool:
+    """Whether the step at ``path`` already ran on ``inputs``; a half-written step is cleared."""
+    fs, local = filesystem(path, storage)
+    done = join(local, DONE)
+    if fs.exists(done):
+        if orjson.loads(fs.cat_file(done))["inputs"] == inputs:
+            return True
+        raise OutputStateError(
+            "the inputs changed since this interrupted run computed its dedup steps; "
+            "rerun with --set output.if_exists=overwrite"
+        )
+    if fs.exists(local):
+        fs.rm(local, recursive=True)
+    return False
+
+
+def mark_finished(path: str, inputs: Any, storage: StorageConfig, **facts: Any) -> None:
+    put_bytes(join(path, DONE), orjson.dumps({"inputs": inputs, **facts}), storage)
+
+
+def step_facts(path: str, storage: StorageConfig) -> dict[str, Any]:
+    """What a finished step recorded beside its inputs (counts)."""
+    fs, local = filesystem(path, storage)
+    return orjson.loads(fs.cat_file(join(local, DONE)))
+
+
+def write_step(dataset: ray.data.Dataset, path: str, storage: StorageConfig, **options: Any) -> None:
+    fs, local = filesystem(path, storage)
+    dataset.write_parquet(local, filesystem=PyFileSystem(FSSpecHandler(fs)), **options)
+
+
+def read_step(path: str, storage: StorageConfig, **options: Any) -> ray.data.Dataset:
+    fs, local = filesystem(path, storage)
+    files = [f for f in fs.find(local) if f.endswith(".parquet")]
+    return ray.data.read_parquet(files, filesystem=PyFileSystem(FSSpecHandler(fs)), **options)
+
+
+def partition_numbers(keys: np.ndarray, groups: int) -> np.ndarray:
+    """A group number per row from an integer key, mixed first so that runs of ids spread evenly."""
+    return (mix(keys.astype(np.uint64)) % np.uint64(groups)).astype(np.int32)
+
+
+def by_partition(
+    dataset: ray.data.Dataset,
+    key: str,
+    fn: Callable[..., pa.Table],
+    partitions: int,
+    **fn_kwargs: Any,
+) -> ray.data.Dataset:
+    """``fn(table, **fn_kwargs)`` on groups of rows such that all rows with the same ``key`` meet in one call."""
+    groups = partitions * GROUPS_PER_PARTITION
+
+    def tag(batch: pa.Table) -> pa.Table:
+        numbers = partition_numbers(batch[key].to_numpy(), groups)
+        return batch.append_column(PART, pa.array(numbers, pa.int32()))
+
+    def apply(group: pa.Table) -> pa.Table:
+        return fn(group.drop_columns([PART]), **fn_kwargs)
+
+    tagged = dataset.map_batches(tag, batch_format="pyarrow")
+    return tagged.groupby(PART, num_partitions=partitions).map_groups(apply, batch_format="pyarrow")
+
+
+def run_starts(sorted_keys: np.ndarray) -> np.ndarray:
+    """For rows sorted by key: True where a new key begins."""
+    starts = np.ones(len(sorted_keys), dtype=bool)
+    starts[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    return starts
+
+
+def first_of_run(starts: np.ndarray) -> np.ndarray:
+    """For each row, the index of the first row of its run."""
+    return np.maximum.accumulate(np.where(starts, np.arange(len(starts)), 0))
+
+
+def unique_pairs(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ``(left, right)`` pairs, sorted."""
+    if not len(left):
+        return left, right
+    order = np.lexsort((right, left))
+    left, right = left[order], right[order]
+    keep = np.ones(len(left), dtype=bool)
+    keep[1:] = (left[1:] != left[:-1]) | (right[1:] != right[:-1])
+    return left[keep], right[keep]

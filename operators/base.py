@@ -46,13 +46,18 @@ class Operator(ABC):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
-        in_play = _in_play(batch)
-        docs = batch.filter(in_play) if not in_play.all() else batch
+        playing = in_play(batch)
+        docs = batch.filter(playing) if not playing.all() else batch
         found = self.annotate(docs) if docs.num_rows else self._empty_annotations()
-        positions = _positions(in_play)
+        positions = _positions(playing)
         for spec in self.added_fields:
             column = found.columns[spec.name]
-            batch = batch.append_column(spec, column if positions is None else column.take(positions))
+            column = column if positions is None else column.take(positions)
+            index = batch.schema.get_field_index(spec.name)
+            if index < 0:
+                batch = batch.append_column(spec, column)
+            else:  # a field an earlier stage set (dedup after dedup): rows out of play keep its value
+                batch = batch.set_column(index, spec, pc.coalesce(column, batch[spec.name]))
         if found.drop_reasons:
             reasons = pa.array([None if r is None else f"{self.name}:{r}" for r in found.drop_reasons], pa.string())
             if positions is not None:
@@ -66,7 +71,7 @@ class Operator(ABC):
         return Annotations({spec.name: pa.array([], spec.type) for spec in self.added_fields})
 
 
-def _in_play(batch: pa.Table) -> np.ndarray:
+def in_play(batch: pa.Table) -> np.ndarray:
     """Rows neither quarantined nor dropped, as a boolean mask."""
     mask = pc.and_(pc.is_null(batch[QUARANTINE_REASON]), pc.is_null(batch[DROP_REASON]))
     return mask.to_numpy(zero_copy_only=False)

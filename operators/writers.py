@@ -51,6 +51,7 @@ from shardflow.storage import StorageConfig, filesystem, join, put_bytes, write_
 CORPUS, REMOVED, QUARANTINE = "corpus", "removed", "quarantine"
 KINDS = (CORPUS, REMOVED, QUARANTINE)
 MANIFEST = "manifest.json"
+DEDUP_INDEX = "dedup_index"  # fuzzy dedup's band index, kept with the corpus for incremental runs
 COMMIT_PLAN = "COMMIT.json"
 NO_LANG = "und_Zyyy"
 
@@ -177,7 +178,7 @@ def prepare(layout: OutputLayout, if_exists: str) -> RunState:
     staged = sorted(fs.ls(join(root, "_staging"), detail=False)) if fs.isdir(join(root, "_staging")) else []
     ours = [path for path in staged if path.rstrip("/").endswith(layout.fingerprint)]
     if if_exists == "overwrite":
-        for name in (MANIFEST, "_staging", *KINDS):
+        for name in (MANIFEST, "_staging", DEDUP_INDEX, *KINDS):
             if fs.exists(join(root, name)):
                 fs.rm(join(root, name), recursive=True)
         return "fresh"
@@ -295,7 +296,8 @@ def commit(layout: OutputLayout, shards: list[Shard], stage_names: list[str], ex
         manifest = build_manifest(entries, shards, markers, stage_names, layout.fingerprint) | extra
         put_bytes(join(layout.staging, COMMIT_PLAN), json.dumps(manifest).encode(), layout.storage)
     _, root = layout.fs(layout.root)
-    for entry in manifest["files"]:
+    index_files = [{"path": path} for path in manifest.get(DEDUP_INDEX, {}).get("files", [])]
+    for entry in manifest["files"] + index_files:
         source, target = join(staging, entry["path"]), join(root, entry["path"])
         if fs.exists(source):
             fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
@@ -306,6 +308,13 @@ def commit(layout: OutputLayout, shards: list[Shard], stage_names: list[str], ex
     if fs.exists(parent) and not fs.ls(parent):  # object stores have no empty folders to remove
         fs.rm(parent, recursive=True)
     return manifest
+
+
+def staged_index_files(layout: OutputLayout) -> list[str]:
+    """The dedup index files of this run, relative to the output root (they move there at commit)."""
+    fs, staging = layout.fs(layout.staging)
+    folder = join(staging, DEDUP_INDEX)
+    return sorted(path[len(staging.rstrip("/")) + 1 :] for path in fs.find(folder)) if fs.isdir(folder) else []
 
 
 def read_manifest(layout: OutputLayout) -> dict[str, Any]:

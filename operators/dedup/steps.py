@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 from pyarrow.fs import FSSpecHandler, PyFileSystem
+from ray.data.context import ShuffleStrategy
 
 from shardflow.errors import OutputStateError
 from shardflow.operators.dedup.minhash import mix
-from shardflow.storage import StorageConfig, filesystem, join, put_bytes
+from shardflow.storage import StorageConfig, filesystem, join, put_bytes, to_uri, write_atomic
 
 DONE = "_DONE.json"
 PART = "_part"
@@ -61,10 +63,13 @@ def write_step(dataset: ray.data.Dataset, path: str, storage: StorageConfig, **o
     dataset.write_parquet(local, filesystem=PyFileSystem(FSSpecHandler(fs)), **options)
 
 
-def read_step(path: str, storage: StorageConfig, **options: Any) -> ray.data.Dataset:
+def read_step(path: str, storage: StorageConfig, schema: pa.Schema, **options: Any) -> ray.data.Dataset:
+    """A finished step's parquet as a dataset (an empty one of ``schema`` when the step wrote no rows)."""
     fs, local = filesystem(path, storage)
-    files = [f for f in fs.find(local) if f.endswith(".parquet")]
-    return ray.data.read_parquet(files, filesystem=PyFileSystem(FSSpecHandler(fs)), **options)
+    files = sorted(f for f in fs.find(local) if f.endswith(".parquet"))
+    if not files:
+        return ray.data.from_arrow(schema.empty_table())
+    return ray.data.read_parquet(files, filesystem=PyFileSystem(FSSpecHandler(fs)), schema=schema, **options)
 
 
 def partition_numbers(keys: np.ndarray, groups: int) -> np.ndarray:
@@ -90,7 +95,36 @@ def by_partition(
         return fn(group.drop_columns([PART]), **fn_kwargs)
 
     tagged = dataset.map_batches(tag, batch_format="pyarrow")
+    # Ray's sort-based shuffle runs as plain tasks; the hash shuffle starts aggregator actors first, which
+    # costs seconds per shuffle (measured 4.0 s vs 0.3 s for 300k rows) and the dedup steps shuffle often.
+    tagged.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     return tagged.groupby(PART, num_partitions=partitions).map_groups(apply, batch_format="pyarrow")
+
+
+def split(table: pa.Table, key: str, partitions: int) -> list[pa.Table]:
+    """``table``'s rows in ``partitions`` pieces by the hash of ``key`` (for shuffles between Ray tasks)."""
+    numbers = partition_numbers(table[key].to_numpy(), partitions)
+    order = np.argsort(numbers, kind="stable")
+    bounds = np.searchsorted(numbers[order], np.arange(partitions + 1))
+    ordered = table.take(pa.array(order))
+    return [ordered.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(partitions)]
+
+
+def step_files(path: str, storage: StorageConfig) -> list[str]:
+    """The parquet files of a finished step, as URIs."""
+    fs, local = filesystem(path, storage)
+    return sorted(to_uri(fs, f) for f in fs.find(local) if f.endswith(".parquet"))
+
+
+def read_table(uri: str, storage: StorageConfig, columns: list[str] | None = None) -> pa.Table:
+    fs, path = filesystem(uri, storage)
+    with fs.open(path, "rb") as handle:
+        return pq.read_table(handle, columns=columns)
+
+
+def write_table(table: pa.Table, uri: str, storage: StorageConfig) -> None:
+    fs, path = filesystem(uri, storage)
+    write_atomic(fs, path, lambda handle: pq.write_table(table, handle, compression="zstd"))
 
 
 def run_starts(sorted_keys: np.ndarray) -> np.ndarray:

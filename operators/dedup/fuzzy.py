@@ -1,0 +1,464 @@
+"""Fuzzy dedup: one document per group of near-duplicates, across all shards, restartable and incremental.
+
+A global plan of steps runs before the streaming DAG, each writing parquet and a finished marker under
+``OUTPUT/_staging/<fingerprint>/fuzzy_dedup/`` (a failed run restarts from the last finished step):
+
+1. ``signatures``: every shard is read through the stages configured before this one (so documents that
+   language ID or exact dedup drop take no part), and each document in play gets its MinHash band keys
+   (``minhash.py``) and a node id: ``shard ordinal << 32 | line``, which orders documents by input.
+2. ``edges``: LSH. Band keys are shuffled by key with Ray Data; inside a bucket every member is linked to
+   the bucket's smallest node (star edges, not all pairs).
+3. ``verified`` (only with ``verify_threshold``): each candidate pair's true Jaccard similarity, from the
+   shingle sets that step 1 kept, removes LSH's false positives.
+4. ``resolved``: distributed connected components (``components.py``); each component keeps its smallest
+   node, the earliest document in input order. Duplicates are written as ``(shard, line, dup_cluster)``
+   for the ``fuzzy_dedup`` lookup operator, and the run's band index (below) beside them.
+
+Incremental runs. The output keeps ``dedup_index/``: ``bands/band=NNN/`` (``key, root`` for every bucket of
+every document, ``root`` being its component's kept node), ``nodes/`` (``node, doc_id`` of kept documents)
+and ``index.json`` (MinHash parameters, the shards indexed and their ordinals). With ``index_from`` a later
+run numbers its shards after the indexed ones and adds the index's buckets to its own LSH step, so a new
+document that matches an old bucket joins that bucket's component, whose kept document is old: new
+documents are deduplicated against the old corpus and among themselves, and no old document is touched.
+The run's output index holds the old index plus this run's buckets.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from pydantic import Field
+
+from shardflow.config import Resources
+from shardflow.errors import ConfigError
+from shardflow.operators.base import in_play
+from shardflow.operators.dedup.components import EDGES_SCHEMA, connected_components, edge_table, scatter_edges
+from shardflow.operators.dedup.exchange import Pieces, concat, lookup, piece, scatter
+from shardflow.operators.dedup.lookup import DUPLICATES_SCHEMA, DuplicateLookup
+from shardflow.operators.dedup.minhash import MinHasher, MinHashParams, normalise, shingle, unspaced
+from shardflow.operators.dedup.steps import (
+    DONE,
+    by_partition,
+    finished,
+    first_of_run,
+    mark_finished,
+    read_step,
+    run_starts,
+    split,
+    step_facts,
+    step_files,
+    write_step,
+    write_table,
+)
+from shardflow.operators.readers import Shard, shard_key
+from shardflow.schema import DOC_ID, LANG, SOURCE, TEXT, split_source
+from shardflow.storage import StorageConfig, exists, filesystem, join, put_bytes
+
+INDEX_FORMAT = "shardflow-dedup-index/1"
+INDEX_FILE = "index.json"
+LINE_BITS = 32
+KEY_ROWS_SCHEMA = pa.schema([("key", pa.uint64()), ("node", pa.int64())])
+INDEX_BANDS_SCHEMA = pa.schema([("key", pa.uint64()), ("root", pa.int64())])
+NODES_SCHEMA = pa.schema([("node", pa.int64()), (DOC_ID, pa.string())])
+SHINGLES_SCHEMA = pa.schema([("node", pa.int64()), ("shingles", pa.large_list(pa.uint64()))])
+
+
+class FuzzyDedupConfig(MinHashParams):
+    """A ``fuzzy_dedup`` stage: MinHash parameters plus how to run the plan."""
+
+    op: Literal["fuzzy_dedup"] = "fuzzy_dedup"
+    verify_threshold: float | None = Field(
+        None, gt=0, le=1, description="Keep only candidate pairs whose true Jaccard similarity reaches this."
+    )
+    index_from: str | None = Field(
+        None, description="The dedup_index/ of an earlier output: dedup new documents against it (incremental)."
+    )
+    partitions: int = Field(8, ge=2, description="Pieces of each shuffle; more for bigger corpora.")
+    workdir: str | None = Field(None, exclude=True, description="Set by the pipeline; not a user setting.")
+    resources: Resources = Resources()
+
+    @property
+    def params(self) -> MinHashParams:
+        return MinHashParams(**{name: getattr(self, name) for name in MinHashParams.model_fields})
+
+
+def node_ids(sources: pa.ChunkedArray, ordinals: dict[str, int]) -> np.ndarray:
+    """``ordinal << 32 | line`` for each ``source`` (``URI:line``)."""
+    uris, lines = split_source(sources)
+    shard = np.fromiter((ordinals[uri] for uri in uris), dtype=np.int64, count=len(uris))
+    return (shard << LINE_BITS) | np.asarray(lines, dtype=np.int64)
+
+
+def document_langs(docs: pa.Table) -> list[str | None]:
+    """The label that picks word or character shingles: ``lang`` from language ID, else the source's own."""
+    if LANG in docs.column_names:
+        return docs[LANG].to_pylist()
+    return pc.list_element(pc.fill_null(docs["source_lang"], pa.scalar([None], pa.list_(pa.string()))), 0).to_pylist()
+
+
+def sign(batch: pa.Table, params: MinHashParams, ordinals: dict[str, int], keep_shingles: bool) -> pa.Table:
+    """``(node, doc_id, keys[, shingles])`` for the batch's documents in play that have any shingle."""
+    docs = batch.filter(pa.array(in_play(batch)))
+    hasher = MinHasher(params)
+    shingles = shingle(normalise(docs[TEXT].combine_chunks()), unspaced(document_langs(docs)), params)
+    signatures, has = hasher.signatures(shingles, docs.num_rows)
+    keys = hasher.band_keys(signatures)
+    columns: dict[str, Any] = {
+        "node": pa.array(node_ids(docs[SOURCE], ordinals)),
+        DOC_ID: docs[DOC_ID],
+        "keys": pa.FixedSizeListArray.from_arrays(pa.array(keys.ravel(), pa.uint64()), params.bands),
+    }
+    if keep_shingles:
+        columns["shingles"] = shingle_sets(shingles.hashes, shingles.owner, docs.num_rows)
+    return pa.table(columns).filter(pa.array(has))
+
+
+def shingle_sets(hashes: np.ndarray, owner: np.ndarray, num_docs: int) -> pa.Array:
+    """Each document's distinct shingle hashes, sorted, as a list column."""
+    order = np.lexsort((hashes, owner))
+    hashes, owner = hashes[order], owner[order]
+    distinct = run_starts(owner) | run_starts(hashes)
+    hashes, owner = hashes[distinct], owner[distinct]
+    offsets = np.searchsorted(owner, np.arange(num_docs + 1))
+    return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(hashes, pa.uint64()))
+
+
+def key_rows(batch: pa.Table) -> pa.Table:
+    """One ``(key, node)`` row per band of each document."""
+    keys = batch["keys"].combine_chunks()
+    bands = keys.type.list_size
+    return pa.table({"key": keys.flatten(), "node": np.repeat(batch["node"].to_numpy(), bands)}, schema=KEY_ROWS_SCHEMA)
+
+
+def bucket_edges(rows: pa.Table) -> pa.Table:
+    """Star edges inside each bucket (rows with one key): every member to the smallest node."""
+    key, node = rows["key"].to_numpy(), rows["node"].to_numpy()
+    order = np.lexsort((node, key))
+    key, node = key[order], node[order]
+    root = node[first_of_run(run_starts(key))]
+    linked = node != root
+    return edge_table(node[linked], root[linked])
+
+
+class FuzzyPlan:
+    """The global steps of one ``fuzzy_dedup`` stage, where they write, and what they were computed from."""
+
+    def __init__(
+        self, config: FuzzyDedupConfig, shards: list[Shard], storage: StorageConfig, workdir: str, index: str
+    ) -> None:
+        self.config, self.shards, self.storage = config, shards, storage
+        self.workdir, self.index = workdir, index
+        self.old = read_index_manifest(config.index_from, storage) if config.index_from else None
+        self.offset = self.old["next_ordinal"] if self.old else 0
+        self.ordinals = {shard.uri: self.offset + i for i, shard in enumerate(shards)}
+        self.inputs = {"shards": [[s.uri, s.version] for s in shards], "index_from": config.index_from}
+        self.ran: list[str] = []  # the steps this attempt ran (the others were finished before)
+
+    def path(self, step: str) -> str:
+        return join(self.workdir, step)
+
+    @property
+    def duplicates(self) -> str:
+        return self.path("duplicates")
+
+    @property
+    def edges(self) -> str:
+        return self.path("edges" if self.config.verify_threshold is None else "verified")
+
+    def ensure(self, documents: ray.data.Dataset) -> None:
+        """Run the steps not yet finished; ``documents`` are the rows after the earlier stages."""
+        steps = [("signatures", partial(self.sign, documents)), ("edges", self.find_edges)]
+        if self.config.verify_threshold is not None:
+            steps.append(("verified", self.verify))
+        steps.append(("resolved", self.resolve))
+        for name, run in steps:
+            if not finished(self.path(name), self.inputs, self.storage):
+                self.ran.append(name)
+                run()
+
+    def sign(self, documents: ray.data.Dataset) -> None:
+        keep = self.config.verify_threshold is not None
+        signed = documents.map_batches(
+            sign,
+            batch_format="pyarrow",
+            fn_kwargs={"params": self.config.params, "ordinals": self.ordinals, "keep_shingles": keep},
+        )
+        write_step(signed, self.path("signatures"), self.storage)
+        mark_finished(self.path("signatures"), self.inputs, self.storage)
+
+    def find_edges(self) -> None:
+        rows = read_step(self.path("signatures"), self.storage, self.signature_schema()).map_batches(
+            key_rows, batch_format="pyarrow"
+        )
+        if self.old:
+            old = read_step(join(self.config.index_from, "bands"), self.storage, INDEX_BANDS_SCHEMA)
+            rows = rows.union(old.map_batches(_index_rows, batch_format="pyarrow"))
+        edges = by_partition(rows, "key", bucket_edges, self.config.partitions)
+        write_step(edges, self.path("edges"), self.storage)
+        mark_finished(self.path("edges"), self.inputs, self.storage)
+
+    def signature_schema(self) -> pa.Schema:
+        fields = [("node", pa.int64()), (DOC_ID, pa.string()), ("keys", pa.list_(pa.uint64(), self.config.bands))]
+        if self.config.verify_threshold is not None:
+            fields.append(("shingles", pa.large_list(pa.uint64())))
+        return pa.schema(fields)
+
+    def scatter_signatures(self, columns: list[str]) -> Pieces:
+        files = step_files(self.path("signatures"), self.storage)
+        return scatter(files, self.storage, columns, "node", self.config.partitions)
+
+    def verify(self) -> None:
+        """Two exchanges: attach each edge's node shingles (pieces by node), then its root's (pieces by root)."""
+        partitions = self.config.partitions
+        shingles = self.scatter_signatures(["node", "shingles"])
+        edges = scatter(
+            step_files(self.path("edges"), self.storage), self.storage, ["node", "root"], "node", partitions
+        )
+        attached = [
+            _attach_shingles.options(num_returns=partitions).remote(
+                partitions, len(edges), *piece(edges, j), *piece(shingles, j)
+            )
+            for j in range(partitions)
+        ]
+        kept = [
+            _verify_piece.remote(
+                join(self.path("verified"), f"part-{j:05d}.parquet"),
+                self.storage,
+                self.config.verify_threshold,
+                len(attached),
+                *piece(attached, j),
+                *piece(shingles, j),
+            )
+            for j in range(partitions)
+        ]
+        checked = np.sum(ray.get(kept), axis=0)
+        mark_finished(
+            self.path("verified"), self.inputs, self.storage, candidates=int(checked[0]), verified=int(checked[1])
+        )
+
+    def resolve(self) -> None:
+        partitions = self.config.partitions
+        stars = connected_components(
+            scatter_edges(step_files(self.edges, self.storage), self.storage, partitions), partitions
+        )
+        signatures = self.scatter_signatures(["node", DOC_ID, "keys"])
+        old_nodes = (
+            scatter(
+                step_files(join(self.config.index_from, "nodes"), self.storage),
+                self.storage,
+                ["node", DOC_ID],
+                "node",
+                partitions,
+            )
+            if self.old
+            else [[pa.table({"node": pa.array([], pa.int64())})] * partitions]
+        )
+        shard_keys = [shard_key(shard.uri) for shard in self.shards]
+        tasks = [
+            _resolve_piece.remote(
+                self.resolved_paths(j),
+                self.storage,
+                self.offset,
+                shard_keys,
+                self.config.bands,
+                len(stars),
+                len(signatures),
+                *piece(stars, j),
+                *piece(signatures, j),
+                *piece(old_nodes, j),
+            )
+            for j in range(partitions)
+        ]
+        counts = np.sum(ray.get(tasks), axis=0)
+        self.write_index_manifest()
+        mark_finished(
+            self.path("resolved"),
+            self.inputs,
+            self.storage,
+            duplicates=int(counts[0]),
+            components=int(counts[1]),
+            bridged=int(counts[2]),
+            documents=int(counts[3]),
+            steps_run=self.ran,
+        )
+
+    def resolved_paths(self, j: int) -> dict[str, str]:
+        name = f"run{self.offset:010d}-part-{j:05d}.parquet"
+        return {
+            "duplicates": self.duplicates,
+            "bands": join(self.index, "bands"),
+            "nodes": join(self.index, "nodes"),
+            "name": name,
+        }
+
+    def write_index_manifest(self) -> None:
+        """The output's index: the old index's files (copied) plus this run's, and what it covers."""
+        shards = [{"uri": s.uri, "version": s.version, "ordinal": self.ordinals[s.uri]} for s in self.shards]
+        if self.old:
+            copy_index_files(self.config.index_from, self.index, self.storage)
+            shards = self.old["shards"] + shards
+        manifest = {
+            "format": INDEX_FORMAT,
+            "params": self.config.params.model_dump(),
+            "next_ordinal": self.offset + len(self.shards),
+            "shards": shards,
+        }
+        put_bytes(join(self.index, INDEX_FILE), orjson.dumps(manifest), self.storage)
+
+
+def _index_rows(batch: pa.Table) -> pa.Table:
+    """The old index's buckets as LSH rows: each bucket's kept node stands for all its members."""
+    return pa.table({"key": batch["key"], "node": batch["root"]}, schema=KEY_ROWS_SCHEMA)
+
+
+@ray.remote
+def _attach_shingles(partitions: int, num_edges: int, *pieces: pa.Table) -> tuple[pa.Table, ...]:
+    edges = concat(pieces[:num_edges], EDGES_SCHEMA)
+    shingles = concat(pieces[num_edges:], SHINGLES_SCHEMA)
+    rows, found = lookup(edges["node"].to_numpy(), shingles, "node")
+    attached = edges.filter(pa.array(found)).append_column("node_shingles", shingles["shingles"].take(rows[found]))
+    return tuple(split(attached, "root", partitions))
+
+
+@ray.remote
+def _verify_piece(uri: str, storage: StorageConfig, threshold: float, num_edges: int, *pieces: pa.Table) -> tuple:
+    edges = (
+        pa.concat_tables(t for t in pieces[:num_edges] if t.num_rows)
+        if any(t.num_rows for t in pieces[:num_edges])
+        else None
+    )
+    if edges is None:
+        write_table(EDGES_SCHEMA.empty_table(), uri, storage)
+        return (0, 0)
+    shingles = concat(pieces[num_edges:], SHINGLES_SCHEMA)
+    rows, found = lookup(edges["root"].to_numpy(), shingles, "node")
+    keep = ~found  # a root from the index has no shingles here: its edge stands unverified
+    node_sets = edges["node_shingles"].to_pylist()
+    root_sets = shingles["shingles"].take(rows).to_pylist() if shingles.num_rows else [None] * len(rows)
+    for i in np.flatnonzero(found):
+        a, b = np.asarray(node_sets[i], np.uint64), np.asarray(root_sets[i], np.uint64)
+        common = len(np.intersect1d(a, b, assume_unique=True))
+        keep[i] = common >= threshold * (len(a) + len(b) - common)
+    write_table(edges.filter(pa.array(keep)).select(["node", "root"]), uri, storage)
+    return (edges.num_rows, int(keep.sum()))
+
+
+@ray.remote
+def _resolve_piece(
+    paths: dict[str, str],
+    storage: StorageConfig,
+    offset: int,
+    shard_keys: list[str],
+    bands: int,
+    num_stars: int,
+    num_signatures: int,
+    *pieces: pa.Table,
+) -> tuple[int, int, int, int]:
+    """For the nodes hashing to this piece: duplicates of the roots here, index rows, kept nodes."""
+    stars = concat(pieces[:num_stars], pa.schema([("u", pa.int64()), ("v", pa.int64())]))
+    signatures = concat(
+        pieces[num_stars : num_stars + num_signatures],
+        pa.schema([("node", pa.int64()), (DOC_ID, pa.string()), ("keys", pa.list_(pa.uint64(), bands))]),
+    )
+    old_nodes = concat(pieces[num_stars + num_signatures :], NODES_SCHEMA)
+    u, v = stars["u"].to_numpy(), stars["v"].to_numpy()
+    # duplicates: members v of components whose root u hashes here, named by the root's doc_id
+    members = (u < v) & (v >= offset << LINE_BITS)
+    roots, member = u[members], v[members]
+    known = pa.concat_tables([signatures.select(["node", DOC_ID]), old_nodes])
+    rows, found = lookup(roots, known, "node")
+    if not found.all():
+        raise RuntimeError(f"{int((~found).sum())} component roots have no document id")
+    ordinal = (member >> LINE_BITS) - offset
+    duplicates = pa.table(
+        {
+            "shard": pa.array(np.asarray(shard_keys, dtype=object)[ordinal], pa.string()),
+            "line": pa.array(member & ((1 << LINE_BITS) - 1), pa.int64()),
+            DOC_ID: known[DOC_ID].take(pa.array(rows)),
+        },
+    ).rename_columns(DUPLICATES_SCHEMA.names)
+    for shard in np.unique(duplicates["shard"].to_numpy(zero_copy_only=False)):
+        part = duplicates.filter(pc.equal(duplicates["shard"], shard)).drop_columns(["shard"])
+        write_table(part, join(paths["duplicates"], f"shard={shard}", paths["name"]), storage)
+    # index: every band key of this piece's nodes with the node's root; kept nodes with their ids
+    nodes = signatures["node"].to_numpy()
+    has_root = u > v
+    rows, found = lookup(nodes, pa.table({"u": u[has_root]}), "u")
+    root = np.where(found, v[has_root][rows] if has_root.any() else nodes, nodes)
+    keys = (
+        signatures["keys"].combine_chunks().flatten().to_numpy().reshape(len(nodes), bands)
+        if len(nodes)
+        else np.zeros((0, bands), np.uint64)
+    )
+    for band in range(bands):  # a bucket's members share a root: one row per key is enough
+        band_keys, first = np.unique(keys[:, band], return_index=True)
+        table = pa.table({"key": pa.array(band_keys, pa.uint64()), "root": pa.array(root[first], pa.int64())})
+        write_table(table, join(paths["bands"], f"band={band:03d}", paths["name"]), storage)
+    write_table(
+        signatures.filter(pa.array(~found)).select(["node", DOC_ID]), join(paths["nodes"], paths["name"]), storage
+    )
+    bridged = int(((u > v) & (u < offset << LINE_BITS)).sum())
+    return duplicates.num_rows, int(np.unique(roots).size), bridged, len(nodes)
+
+
+def fuzzy_facts(workdir: str, storage: StorageConfig) -> dict[str, Any]:
+    """What a finished plan found, for the manifest: duplicates, components, verification, steps run."""
+    facts = step_facts(join(workdir, "resolved"), storage)
+    if exists(join(workdir, "verified", DONE), storage):
+        facts |= step_facts(join(workdir, "verified"), storage)
+    facts.pop("inputs")
+    return facts
+
+
+def read_index_manifest(index: str, storage: StorageConfig) -> dict[str, Any]:
+    fs, path = filesystem(join(index, INDEX_FILE), storage)
+    return orjson.loads(fs.cat_file(path))
+
+
+def copy_index_files(source: str, target: str, storage: StorageConfig) -> None:
+    fs, root = filesystem(source, storage)
+    for path in fs.find(root):
+        if path.endswith(".parquet"):
+            relative = path[len(root.rstrip("/")) + 1 :]
+            put_bytes(join(target, relative), fs.cat_file(path), storage)
+
+
+def check_index(config: FuzzyDedupConfig, storage: StorageConfig, key: str, shards: list[Shard] | None = None) -> None:
+    """An ``index_from`` must exist, use the same MinHash parameters and not cover the new shards."""
+    if config.index_from is None:
+        return
+    if not exists(join(config.index_from, INDEX_FILE), storage):
+        raise ConfigError(
+            f"config error: {key}.index_from: no dedup index at {config.index_from} ({INDEX_FILE} missing)"
+        )
+    old = read_index_manifest(config.index_from, storage)
+    if old.get("params") != config.params.model_dump():
+        raise ConfigError(
+            f"config error: {key}: the MinHash parameters differ from those of the index at {config.index_from} "
+            f"({old.get('params')}); band keys would never match"
+        )
+    indexed = {entry["uri"] for entry in old["shards"]}
+    again = sorted(indexed & {shard.uri for shard in shards or []})
+    if again:
+        raise ConfigError(
+            f"config error: {key}.index_from: {len(again)} input shard(s) are already in the index, e.g. {again[0]}"
+        )
+
+
+class FuzzyDedup(DuplicateLookup):
+    """Drops all but the earliest document of each group of near-duplicates (the plan says which)."""
+
+    name = "fuzzy_dedup"
+
+    def __init__(self, config: FuzzyDedupConfig, storage: StorageConfig) -> None:
+        super().__init__(None if config.workdir is None else join(config.workdir, "duplicates"), storage)
+
+    @staticmethod
+    def preflight(config: FuzzyDedupConfig, storage: StorageConfig, key: str) -> None:
+        check_index(config, storage, key)

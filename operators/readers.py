@@ -21,6 +21,7 @@ from typing import Any, BinaryIO, Literal
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 import xxhash
 import zstandard
 from pydantic import Field
@@ -47,6 +48,9 @@ class ReaderConfig(StrictModel):
     paths: list[str] = Field(min_length=1, description="Files, directories, globs; local or s3://.")
     format: Literal["auto", "hplt", "jsonl", "parquet"] = "auto"
     batch_rows: int = Field(2000, ge=1, description="Rows per block a read task emits.")
+    task_bytes: int = Field(
+        64 << 20, ge=1, description="Input bytes per read task: small shards are read together, big ones alone."
+    )
     max_doc_bytes: int = Field(16 << 20, ge=1, description="Longer documents are quarantined as too_large.")
 
 
@@ -125,7 +129,9 @@ def _shard(fs: Any, path: str, info: dict[str, Any]) -> Shard:
 
 
 class ShardDatasource(Datasource):
-    """One read task per shard; each streams its shard as Arrow blocks of the document table."""
+    """Read tasks of one or more whole shards (``task_bytes`` of input each, at least four tasks per CPU when
+    there are enough shards); each streams its shards one after the other as Arrow blocks. Bundling small
+    shards matters: Ray's cost per task (measured ~0.13 s to schedule on 2 CPUs) would otherwise dominate."""
 
     def __init__(
         self, shards: list[Shard], config: ReaderConfig, storage: StorageConfig, marker_dir: str | None = None
@@ -141,15 +147,61 @@ class ShardDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> int:
         return sum(shard.size for shard in self.shards) * 4
 
+    def bundles(self) -> list[list[Shard]]:
+        min_tasks = 4 * int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
+        return bundles(self.shards, self.config.task_bytes, min_tasks)
+
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None):
         return [
             ReadTask(
-                partial(read_shard, shard, self.config, self.storage, self.marker_dir),
-                BlockMetadata(num_rows=None, size_bytes=shard.size * 4, exec_stats=None, input_files=(shard.uri,)),
+                partial(read_shards, bundle, self.config, self.storage, self.marker_dir),
+                BlockMetadata(
+                    num_rows=None,
+                    size_bytes=sum(shard.size for shard in bundle) * 4,
+                    exec_stats=None,
+                    input_files=tuple(shard.uri for shard in bundle),
+                ),
                 schema=READ_SCHEMA,
             )
-            for shard in self.shards
+            for bundle in self.bundles()
         ]
+
+
+def read_documents(
+    shards: list[Shard], config: ReaderConfig, storage: StorageConfig, marker_dir: str | None = None
+) -> ray.data.Dataset:
+    """The document table of ``shards`` as a dataset, one block stream per read task.
+
+    The block count is pinned to the number of read tasks: left to itself, Ray Data splits the output of
+    few read tasks to reach 200 blocks, which stops it fusing the reads with the next stage, and the
+    separate operators then split the CPUs between them (measured: one signature task at a time on 2 CPUs).
+    """
+    source = ShardDatasource(shards, config, storage, marker_dir)
+    return ray.data.read_datasource(source, override_num_blocks=max(1, len(source.bundles())))
+
+
+def bundles(shards: list[Shard], task_bytes: int, min_tasks: int) -> list[list[Shard]]:
+    """Consecutive shards in groups of about equal input size: ``task_bytes`` each, or less to give
+    ``min_tasks`` groups."""
+    total = sum(shard.size for shard in shards)
+    count = min(len(shards), max(min_tasks, -(-total // task_bytes)))
+    target = total / max(count, 1)
+    groups: list[list[Shard]] = [[]]
+    size = 0
+    for shard in shards:
+        if groups[-1] and size + shard.size / 2 > target:
+            groups.append([])
+            size = 0
+        groups[-1].append(shard)
+        size += shard.size
+    return groups if groups[0] else []
+
+
+def read_shards(
+    shards: list[Shard], config: ReaderConfig, storage: StorageConfig, marker_dir: str | None = None
+) -> Iterator[pa.Table]:
+    for shard in shards:
+        yield from read_shard(shard, config, storage, marker_dir)
 
 
 def read_shard(

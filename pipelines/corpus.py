@@ -26,7 +26,7 @@ from shardflow.operators.dedup.exact import ExactDedup, ExactDedupConfig, ensure
 from shardflow.operators.dedup.fuzzy import FuzzyDedup, FuzzyDedupConfig, FuzzyPlan, check_index, fuzzy_facts
 from shardflow.operators.langid import LangIdConfig, LanguageId
 from shardflow.operators.quality import QualityConfig, QualityFilter
-from shardflow.operators.readers import ReaderConfig, Shard, ShardDatasource, list_shards
+from shardflow.operators.readers import ReaderConfig, Shard, list_shards, read_documents
 from shardflow.operators.writers import (
     DEDUP_INDEX,
     CorpusSink,
@@ -114,7 +114,7 @@ def run_corpus(config: CorpusConfig) -> RunResult:
             ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress
             pools = plan_stage_pools(config.stages)  # a config that would hang fails before any global step
             stages = prepare_global_steps(config, layout, shards, pools)
-            dataset = ray.data.read_datasource(ShardDatasource(todo, config.input, config.storage, layout.markers))
+            dataset = read_documents(todo, config.input, config.storage, layout.markers)
             dataset = apply_stages(dataset, stages, pools, config.storage)
             dataset.write_datasink(CorpusSink(layout, config.output.compression))
     seconds = time.monotonic() - started
@@ -145,7 +145,7 @@ def prepare_global_steps(
             workdir = join(layout.staging, "fuzzy_dedup")
             stage = stage.model_copy(update={"workdir": workdir})
             plan = FuzzyPlan(stage, shards, config.storage, workdir, join(layout.staging, DEDUP_INDEX))
-            documents = ray.data.read_datasource(ShardDatasource(shards, config.input, config.storage))
+            documents = read_documents(shards, config.input, config.storage)
             plan.ensure(apply_stages(documents, stages, pools[: len(stages)], config.storage))
         stages.append(stage)
     return stages

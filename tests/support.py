@@ -72,23 +72,19 @@ def write_fasttext_model(path: Path, labels: list[str], words: dict[str, list[fl
 
 
 def reference_normalise(text: str) -> str:
-    """Fuzzy dedup's normal form, written plainly: NFKC, lower case, digits -> 0, punctuation -> space."""
+    """Fuzzy dedup's normal form, written plainly: NFKC, lower case, words split at punctuation, symbols,
+    spaces and controls, each run of digits read as 0."""
     import unicodedata
 
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = regex.sub(r"\p{Nd}+", "0", text)
-    return regex.sub(r"[\p{P}\p{S}\s]+", " ", text).strip(" ")
+    text = regex.sub(r"\p{Nd}+", "0", unicodedata.normalize("NFKC", text).lower())
+    return " ".join(regex.split(r"[\p{P}\p{S}\p{Z}\p{Cc}]+", text)).strip(" ")
 
 
 def reference_shingles(text: str, n: int, chars: bool = False) -> set[str]:
-    """n consecutive words; or n consecutive non-space characters (with whatever spaces lie between them)."""
-    if chars:
-        units = [i for i, c in enumerate(text) if c != " "]
-        grams = {text[units[i] : units[i + n - 1] + 1] for i in range(len(units) - n + 1)}
-        return grams or ({text} if text else set())
-    words = text.split()
-    grams = {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
-    return grams or ({" ".join(words)} if words else set())
+    """n consecutive words of a normal form; or n consecutive characters, spaces left out."""
+    units = list(text.replace(" ", "")) if chars else text.split()
+    grams = {" ".join(units[i : i + n]) for i in range(len(units) - n + 1)}
+    return grams or ({" ".join(units)} if units else set())
 
 
 def jaccard(left: str, right: str, n: int = 5) -> float:

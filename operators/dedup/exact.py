@@ -19,14 +19,13 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 import xxhash
 from pydantic import Field
 
 from shardflow.config import Resources, StrictModel
 from shardflow.operators.dedup.lookup import DUPLICATES_SCHEMA, DuplicateLookup
 from shardflow.operators.dedup.steps import by_partition, finished, first_of_run, mark_finished, run_starts, write_step
-from shardflow.operators.readers import ReaderConfig, Shard, ShardDatasource, shard_key
+from shardflow.operators.readers import ReaderConfig, Shard, read_documents, shard_key
 from shardflow.schema import DOC_ID, QUARANTINE_REASON, SOURCE, split_source
 from shardflow.storage import StorageConfig
 
@@ -101,7 +100,7 @@ def ensure_duplicate_table(
     inputs = [[shard.uri, shard.version] for shard in shards]
     if finished(table, inputs, storage):
         return
-    dataset = ray.data.read_datasource(ShardDatasource(shards, reader, storage))
+    dataset = read_documents(shards, reader, storage)
     keys = dataset.map_batches(document_keys, batch_format="pyarrow")
     duplicates = by_partition(keys, "key", duplicates_in_partition, partitions)
     write_step(duplicates, table, storage, partition_cols=["shard"])

@@ -12,7 +12,7 @@ import pytest
 import zstandard
 
 from shardflow.errors import InputError
-from shardflow.operators.readers import ReaderConfig, Shard, list_shards, read_shard, shard_rows
+from shardflow.operators.readers import ReaderConfig, Shard, bundles, list_shards, read_shard, shard_rows
 from shardflow.schema import READ_SCHEMA
 from shardflow.storage import StorageConfig, put_bytes
 from support import SHARED_DATA, write_shard
@@ -215,6 +215,17 @@ def test_read_shard_streams_batches_and_leaves_a_marker(tmp_path: Path) -> None:
     assert [t.num_rows for t in tables] == [1000, 1000, 500] and tables[0].schema == READ_SCHEMA
     (marker,) = (tmp_path / "markers").iterdir()
     assert orjson.loads(marker.read_bytes())["rows"] == 2500
+
+
+def test_small_shards_are_read_together_in_order_and_big_ones_alone() -> None:
+    small = [Shard(f"s{i:02d}", 100) for i in range(40)]
+    groups = bundles(small, task_bytes=1000, min_tasks=2)
+    assert [len(g) for g in groups] == [10] * 4  # 4,000 bytes in tasks of 1,000
+    assert [s for g in groups for s in g] == small  # every shard once, in input order
+    assert len(bundles(small, task_bytes=10**9, min_tasks=8)) == 8  # enough tasks for the CPUs
+    mixed = [Shard("a", 5000), Shard("b", 10), Shard("c", 10), Shard("d", 5000)]
+    assert [[s.uri for s in g] for g in bundles(mixed, task_bytes=2000, min_tasks=1)] == [["a"], ["b", "c"], ["d"]]
+    assert bundles([], task_bytes=1, min_tasks=4) == []
 
 
 def test_listing_expands_dirs_and_globs_and_names_what_is_missing(tmp_path: Path) -> None:

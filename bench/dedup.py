@@ -1,5 +1,6 @@
 """Benchmark: shardflow's fuzzy dedup vs datatrove's 4-stage MinHash, same documents, parameters and cores.
 
+    pip install -e '.[bench]'
     python bench/dedup.py [--data ../shared/data/hplt-v2-excerpts] [--scales 1,10,30] [--datatrove-scales 1,10]
 
 Scale 1 is the 33,022 HPLT v2 excerpts as they are. Scale k holds, per language file, the excerpts followed
@@ -13,8 +14,8 @@ k per original. Both tools use 14 bands x 8 rows over word 5-grams (datatrove's 
 - recall: of a sample of planted copies whose true Jaccard similarity to their original is >= 0.8 (word
   5-grams after normalisation), the fraction each tool removed; and how many originals each kept.
 
-Peak RSS is sampled every 0.2 s: the driver, and the sum over all its descendant processes (Ray's
-raylet, GCS and workers; datatrove's worker pool). Generated sets are cached under ``--work``.
+Peak RSS is sampled every 0.2 s: the driver, and the sum over its descendant processes (for shardflow all
+of Ray's: raylet, GCS, workers; for datatrove its worker pool). Generated sets are cached under ``--work``.
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ EDIT_RATES = (0.005, 0.04)
 
 
 class PeakMemory:
-    """Peak RSS of this process and of all its descendants together, sampled in a thread."""
+    """Peak RSS of this process and of all its descendants together, sampled in a thread; with
+    ``new_only``, only descendants started inside the block (datatrove's workers, not Ray's idle ones)."""
 
-    def __init__(self) -> None:
+    def __init__(self, new_only: bool = False) -> None:
         self.driver = self.descendants = 0
         self.running = False
+        self.before = set(map(int, filter(str.isdigit, os.listdir("/proc")))) if new_only else set()
 
     def __enter__(self) -> PeakMemory:
         self.running = True
@@ -80,7 +83,7 @@ class PeakMemory:
             for _ in range(6):
                 tree |= {pid for pid, parent in parents.items() if parent in tree}
             self.driver = max(self.driver, sizes.get(me, 0))
-            self.descendants = max(self.descendants, sum(sizes.get(pid, 0) for pid in tree - {me}))
+            self.descendants = max(self.descendants, sum(sizes.get(pid, 0) for pid in tree - {me} - self.before))
             time.sleep(0.2)
 
 
@@ -174,6 +177,13 @@ def run_shardflow(folder: Path, out: Path) -> dict[str, Any]:
     }
 
 
+def xxhash64_text(text: str) -> int:
+    """What datatrove's ``xxhash64`` did with a ``str`` before xxhash 4 stopped accepting one."""
+    import xxhash
+
+    return xxhash.xxh64_intdigest(text.encode("utf-8"))
+
+
 def run_datatrove(folder: Path, work: Path) -> dict[str, Any]:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.minhash import (
@@ -186,6 +196,13 @@ def run_datatrove(folder: Path, work: Path) -> dict[str, Any]:
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
+    class Signature(MinhashDedupSignature):
+        """datatrove 0.10.1 hashes shingles with ``xxhash.xxh64_intdigest(str)``, which xxhash 4 refuses."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._hash_func = xxhash64_text
+
     shutil.rmtree(work, ignore_errors=True)
     files = len(list(folder.glob("*.jsonl.zst")))
     workers = os.cpu_count() or 1
@@ -195,7 +212,7 @@ def run_datatrove(folder: Path, work: Path) -> dict[str, Any]:
         return JsonlReader(str(folder), glob_pattern="*.jsonl.zst", compression="zstd", id_key="id")
 
     stages = [
-        ([reader(), MinhashDedupSignature(output_folder=str(work / "sigs"), config=config)], files),
+        ([reader(), Signature(output_folder=str(work / "sigs"), config=config)], files),
         ([MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=config)], config.num_buckets),
         ([MinhashDedupCluster(str(work / "buckets"), str(work / "remove_ids"), config=config)], 1),
         (
@@ -207,7 +224,7 @@ def run_datatrove(folder: Path, work: Path) -> dict[str, Any]:
             files,
         ),
     ]
-    with PeakMemory() as memory:
+    with PeakMemory(new_only=True) as memory:
         started = time.perf_counter()
         for number, (pipeline, tasks) in enumerate(stages):
             LocalPipelineExecutor(

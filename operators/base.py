@@ -35,6 +35,9 @@ class Operator(ABC):
 
     name: ClassVar[str]
     added_fields: ClassVar[list[pa.Field]]
+    # True for operators that hold no model: they run in Ray tasks, fused with the read (no actor to start,
+    # no hop between processes), one instance per worker process (``run_in_task``).
+    stateless: ClassVar[bool] = False
 
     @staticmethod
     def preflight(config: Any, storage: StorageConfig, key: str) -> None:
@@ -83,3 +86,16 @@ def _positions(in_play: np.ndarray) -> pa.Array | None:
         return None
     index = np.cumsum(in_play) - 1
     return pa.array(index, type=pa.int64(), mask=~in_play)
+
+
+_INSTANCES: dict[tuple[str, str], Operator] = {}
+
+
+def run_in_task(batch: pa.Table, operator: type[Operator], config: Any, storage: StorageConfig) -> pa.Table:
+    """A stateless operator applied in a Ray task; built once per worker process, then reused."""
+    key = (operator.__qualname__, repr(config))  # repr shows the fields the pipeline sets, dumps do not
+    if key not in _INSTANCES:
+        if len(_INSTANCES) >= 8:  # a worker outlives runs (a notebook, a test session): keep the latest few
+            _INSTANCES.pop(next(iter(_INSTANCES)))
+        _INSTANCES[key] = operator(config, storage)
+    return _INSTANCES[key](batch)

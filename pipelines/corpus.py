@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from shardflow.cluster.pools import Pool, plan_pools
 from shardflow.cluster.runtime import ray_session
 from shardflow.config import StrictModel
-from shardflow.operators.base import Operator
+from shardflow.operators.base import Operator, run_in_task
 from shardflow.operators.dedup.exact import ExactDedup, ExactDedupConfig, ensure_duplicate_table
 from shardflow.operators.dedup.fuzzy import FuzzyDedup, FuzzyDedupConfig, FuzzyPlan, check_index, fuzzy_facts
 from shardflow.operators.langid import LangIdConfig, LanguageId
@@ -159,19 +159,27 @@ def dedup_facts(config: CorpusConfig, layout: OutputLayout) -> dict[str, Any]:
     return {"fuzzy_dedup": facts, DEDUP_INDEX: {"path": DEDUP_INDEX, "files": staged_index_files(layout)}}
 
 
-def plan_stage_pools(stages: list[Any]) -> list[Pool]:
-    """The stages' actor pools, sized together on the cluster Ray is connected to, so none starves."""
-    keyed = [(f"stages.{position}", stage.resources) for position, stage in enumerate(stages)]
-    return plan_pools(keyed, ray.cluster_resources().get("CPU", 1.0))
+def plan_stage_pools(stages: list[Any]) -> list[Pool | None]:
+    """The stages' actor pools, sized together on the cluster Ray is connected to, so none starves
+    (``None`` for a stateless stage: it runs in the read tasks)."""
+    actors = [position for position, stage in enumerate(stages) if not OPERATORS[stage.op].stateless]
+    keyed = [(f"stages.{position}", stages[position].resources) for position in actors]
+    pools = dict(zip(actors, plan_pools(keyed, ray.cluster_resources().get("CPU", 1.0)), strict=True))
+    return [pools.get(position) for position in range(len(stages))]
 
 
 def apply_stages(
-    dataset: ray.data.Dataset, stages: list[Any], pools: list[Pool], storage: StorageConfig
+    dataset: ray.data.Dataset, stages: list[Any], pools: list[Pool | None], storage: StorageConfig
 ) -> ray.data.Dataset:
-    """Each stage as an actor pool (the model loads once per actor)."""
+    """Each stage as an actor pool (the model loads once per actor), or a stateless one as a task."""
     for stage, pool in zip(stages, pools, strict=True):
+        operator = OPERATORS[stage.op]
+        if pool is None:
+            kwargs = {"operator": operator, "config": stage, "storage": storage}
+            dataset = dataset.map_batches(run_in_task, fn_kwargs=kwargs, batch_format="pyarrow")
+            continue
         dataset = dataset.map_batches(
-            OPERATORS[stage.op],
+            operator,
             fn_constructor_kwargs={"config": stage, "storage": storage},
             batch_format="pyarrow",
             batch_size=stage.resources.batch_size,

@@ -24,6 +24,7 @@ class DuplicateLookup(Operator):
     """Sets ``dup_cluster`` and ``dup_rep`` on every document; drops those the table lists."""
 
     added_fields = DEDUP_FIELDS
+    stateless = True
 
     def __init__(self, table: str | None, storage: StorageConfig) -> None:
         if table is None:

@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
 import ray
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from shardflow.cluster.pools import Pool, plan_pools
 from shardflow.cluster.runtime import ray_session
@@ -68,12 +68,13 @@ class CorpusConfig(StrictModel):
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
 
-    @model_validator(mode="after")
-    def _global_stages_once(self) -> CorpusConfig:
+    @field_validator("stages")
+    @classmethod
+    def _global_stages_once(cls, stages: list[Any]) -> list[Any]:
         for op in GLOBAL_STAGES:
-            if sum(stage.op == op for stage in self.stages) > 1:
-                raise ValueError(f"stages: {op} may appear once")
-        return self
+            if sum(stage.op == op for stage in stages) > 1:
+                raise ValueError(f"{op} may appear once")
+        return stages
 
     def fingerprint(self) -> str:
         """A hash of what determines the output."""

@@ -7,6 +7,7 @@ they never show up in a repr, a log line or a manifest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import uuid
@@ -18,6 +19,7 @@ import fsspec
 import xxhash
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
+from pyarrow.fs import FSSpecHandler, PyFileSystem
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 
@@ -73,6 +75,20 @@ def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     if isinstance(fs, LocalFileSystem):
         return path
     return fs.unstrip_protocol(path)
+
+
+class _Handler(FSSpecHandler):
+    """fsspec under pyarrow's filesystem API, where deleting a folder that an object store never had
+    (it has no empty folders) is not an error: Ray Data deletes the folder of a write that wrote nothing."""
+
+    def delete_dir(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            super().delete_dir(path)
+
+
+def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> PyFileSystem:
+    """``fs`` for Ray Data's parquet reader and writer."""
+    return PyFileSystem(_Handler(fs))
 
 
 def cache_dir() -> Path:

@@ -23,7 +23,7 @@ def load(tmp_path: Path, text: str, overrides: list[str] | None = None) -> Corpu
 
 def test_the_bundled_sample_config_is_valid() -> None:
     config = load_config(REPO / "configs" / "sample.yaml", CorpusConfig)
-    assert [stage.op for stage in config.stages] == ["langid", "exact_dedup", "quality"]
+    assert [stage.op for stage in config.stages] == ["langid", "exact_dedup", "fuzzy_dedup", "quality"]
     assert config.output.if_exists == "resume"
 
 
@@ -42,6 +42,14 @@ def test_the_bundled_sample_config_is_valid() -> None:
         ),
         (MINIMAL.replace("output: {path: out}\n", ""), r"^config error: output: required key is missing$"),
         (MINIMAL.replace("[a.jsonl]", "[]"), r"^config error: input\.paths: "),
+        (
+            MINIMAL.replace("[{op: langid}]", "[{op: fuzzy_dedup}, {op: fuzzy_dedup}]"),
+            r"^config error: stages: .*fuzzy_dedup may appear once",
+        ),
+        (
+            MINIMAL.replace("{op: langid}", "{op: fuzzy_dedup, verify_threshold: 1.5}"),
+            r"^config error: stages\.0\.verify_threshold: .*less than or equal to 1",
+        ),
         ("input: [1, 2", r"not valid YAML"),
         ("- a\n- b\n", r"top level must be a mapping"),
         ("!!python/object/apply:os.system [echo hacked]\n", r"not valid YAML"),

@@ -262,6 +262,10 @@ class FuzzyPlan:
     def resolve(self) -> None:
         started = time.perf_counter()
         partitions = self.config.partitions
+        for folder in (self.duplicates, self.index):  # what an interrupted attempt left
+            fs, path = filesystem(folder, self.storage)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
         stars = connected_components(
             scatter_edges(step_files(self.edges, self.storage), self.storage, partitions), partitions
         )
@@ -285,8 +289,7 @@ class FuzzyPlan:
                 self.offset,
                 shard_keys,
                 self.config.bands,
-                len(stars),
-                len(signatures),
+                (len(stars), len(signatures)),
                 *piece(stars, j),
                 *piece(signatures, j),
                 *piece(old_nodes, j),
@@ -368,6 +371,9 @@ def _verify_piece(uri: str, storage: StorageConfig, threshold: float, num_edges:
     return (edges.num_rows, int(keep.sum()))
 
 
+STARS_SCHEMA = pa.schema([("u", pa.int64()), ("v", pa.int64())])
+
+
 @ray.remote
 def _resolve_piece(
     paths: dict[str, str],
@@ -375,46 +381,54 @@ def _resolve_piece(
     offset: int,
     shard_keys: list[str],
     bands: int,
-    num_stars: int,
-    num_signatures: int,
+    sizes: tuple[int, int],
     *pieces: pa.Table,
 ) -> tuple[int, int, int, int]:
-    """For the nodes hashing to this piece: duplicates of the roots here, index rows, kept nodes."""
-    stars = concat(pieces[:num_stars], pa.schema([("u", pa.int64()), ("v", pa.int64())]))
-    signatures = concat(
-        pieces[num_stars : num_stars + num_signatures],
-        pa.schema([("node", pa.int64()), (DOC_ID, pa.string()), ("keys", pa.list_(pa.uint64(), bands))]),
-    )
-    old_nodes = concat(pieces[num_stars + num_signatures :], NODES_SCHEMA)
+    """One piece of the final exchange: the star edges, signatures and old kept nodes of the nodes that hash
+    here. Writes the duplicates of the roots that hash here, and this piece's share of the band index."""
+    signature_schema = pa.schema([("node", pa.int64()), (DOC_ID, pa.string()), ("keys", pa.list_(pa.uint64(), bands))])
+    stars = concat(pieces[: sizes[0]], STARS_SCHEMA)
+    signatures = concat(pieces[sizes[0] : sizes[0] + sizes[1]], signature_schema)
+    old_nodes = concat(pieces[sizes[0] + sizes[1] :], NODES_SCHEMA)
     u, v = stars["u"].to_numpy(), stars["v"].to_numpy()
-    # duplicates: members v of components whose root u hashes here, named by the root's doc_id
-    members = (u < v) & (v >= offset << LINE_BITS)
-    roots, member = u[members], v[members]
     known = pa.concat_tables([signatures.select(["node", DOC_ID]), old_nodes])
-    rows, found = lookup(roots, known, "node")
-    if not found.all():
-        raise RuntimeError(f"{int((~found).sum())} component roots have no document id")
-    ordinal = (member >> LINE_BITS) - offset
-    duplicates = pa.table(
-        {
-            "shard": pa.array(np.asarray(shard_keys, dtype=object)[ordinal], pa.string()),
-            "line": pa.array(member & ((1 << LINE_BITS) - 1), pa.int64()),
-            DOC_ID: known[DOC_ID].take(pa.array(rows)),
-        },
-    ).rename_columns(DUPLICATES_SCHEMA.names)
+    duplicates = _duplicates(u, v, known, offset, shard_keys)
     for shard in np.unique(duplicates["shard"].to_numpy(zero_copy_only=False)):
         part = duplicates.filter(pc.equal(duplicates["shard"], shard)).drop_columns(["shard"])
         write_table(part, join(paths["duplicates"], f"shard={shard}", paths["name"]), storage)
-    # index: every band key of this piece's nodes with the node's root; kept nodes with their ids
-    nodes = signatures["node"].to_numpy()
-    has_root = u > v
-    rows, found = lookup(nodes, pa.table({"u": u[has_root]}), "u")
-    root = np.where(found, v[has_root][rows] if has_root.any() else nodes, nodes)
-    keys = (
-        signatures["keys"].combine_chunks().flatten().to_numpy().reshape(len(nodes), bands)
-        if len(nodes)
-        else np.zeros((0, bands), np.uint64)
+    _write_index_share(signatures, u, v, bands, paths, storage)
+    bridged = int(((u > v) & (u < offset << LINE_BITS)).sum())  # old nodes that found an older root
+    components = pc.count_distinct(duplicates["dup_cluster"]).as_py()  # each root hashes to one piece
+    return duplicates.num_rows, components, bridged, signatures.num_rows
+
+
+def _duplicates(u: np.ndarray, v: np.ndarray, known: pa.Table, offset: int, shard_keys: list[str]) -> pa.Table:
+    """``(shard, line, dup_cluster)`` for the members ``v`` of this run of the components whose root ``u``
+    hashes here, ``dup_cluster`` being the root's ``doc_id`` (from this run's signatures or the old index)."""
+    members = (u < v) & (v >= offset << LINE_BITS)
+    roots, member = u[members], v[members]
+    rows, found = lookup(roots, known, "node")
+    if not found.all():
+        raise RuntimeError(f"{int((~found).sum())} component roots have no document id")
+    return pa.table(
+        {
+            "shard": pa.array(np.asarray(shard_keys, dtype=object)[(member >> LINE_BITS) - offset], pa.string()),
+            "line": pa.array(member & ((1 << LINE_BITS) - 1), pa.int64()),
+            "dup_cluster": known[DOC_ID].take(pa.array(rows)),
+        },
+        schema=DUPLICATES_SCHEMA,
     )
+
+
+def _write_index_share(
+    signatures: pa.Table, u: np.ndarray, v: np.ndarray, bands: int, paths: dict[str, str], storage: StorageConfig
+) -> None:
+    """Every band key of this piece's nodes with the node's root, and the kept nodes with their ids."""
+    nodes = signatures["node"].to_numpy()
+    linked = u > v  # rows saying node u has root v
+    rows, found = lookup(nodes, pa.table({"u": u[linked]}), "u")
+    root = np.where(found, v[linked][rows] if linked.any() else nodes, nodes)
+    keys = signatures["keys"].combine_chunks().flatten().to_numpy().reshape(len(nodes), bands)
     for band in range(bands):  # a bucket's members share a root: one row per key is enough
         band_keys, first = np.unique(keys[:, band], return_index=True)
         table = pa.table({"key": pa.array(band_keys, pa.uint64()), "root": pa.array(root[first], pa.int64())})
@@ -422,8 +436,7 @@ def _resolve_piece(
     write_table(
         signatures.filter(pa.array(~found)).select(["node", DOC_ID]), join(paths["nodes"], paths["name"]), storage
     )
-    bridged = int(((u > v) & (u < offset << LINE_BITS)).sum())
-    return duplicates.num_rows, int(np.unique(roots).size), bridged, len(nodes)
+    return int(found.sum())
 
 
 def fuzzy_facts(workdir: str, storage: StorageConfig) -> dict[str, Any]:

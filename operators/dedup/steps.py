@@ -20,12 +20,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-from pyarrow.fs import FSSpecHandler, PyFileSystem
 from ray.data.context import ShuffleStrategy
 
 from shardflow.errors import OutputStateError
 from shardflow.operators.dedup.minhash import mix
-from shardflow.storage import StorageConfig, filesystem, join, put_bytes, to_uri, write_atomic
+from shardflow.storage import StorageConfig, arrow_filesystem, filesystem, join, put_bytes, to_uri, write_atomic
 
 DONE = "_DONE.json"
 PART = "_part"
@@ -60,16 +59,16 @@ def step_facts(path: str, storage: StorageConfig) -> dict[str, Any]:
 
 def write_step(dataset: ray.data.Dataset, path: str, storage: StorageConfig, **options: Any) -> None:
     fs, local = filesystem(path, storage)
-    dataset.write_parquet(local, filesystem=PyFileSystem(FSSpecHandler(fs)), **options)
+    dataset.write_parquet(local, filesystem=arrow_filesystem(fs), **options)
 
 
 def read_step(path: str, storage: StorageConfig, schema: pa.Schema, **options: Any) -> ray.data.Dataset:
     """A finished step's parquet as a dataset (an empty one of ``schema`` when the step wrote no rows)."""
     fs, local = filesystem(path, storage)
-    files = sorted(f for f in fs.find(local) if f.endswith(".parquet"))
+    files = _parquet_files(fs, local)
     if not files:
         return ray.data.from_arrow(schema.empty_table())
-    return ray.data.read_parquet(files, filesystem=PyFileSystem(FSSpecHandler(fs)), schema=schema, **options)
+    return ray.data.read_parquet(files, filesystem=arrow_filesystem(fs), schema=schema, **options)
 
 
 def partition_numbers(keys: np.ndarray, groups: int) -> np.ndarray:
@@ -111,9 +110,14 @@ def split(table: pa.Table, key: str, partitions: int) -> list[pa.Table]:
 
 
 def step_files(path: str, storage: StorageConfig) -> list[str]:
-    """The parquet files of a finished step, as URIs."""
+    """The parquet files of a finished step, as URIs (none when it wrote no rows: an object store has no
+    empty folders)."""
     fs, local = filesystem(path, storage)
-    return sorted(to_uri(fs, f) for f in fs.find(local) if f.endswith(".parquet"))
+    return [to_uri(fs, f) for f in _parquet_files(fs, local)]
+
+
+def _parquet_files(fs: Any, folder: str) -> list[str]:
+    return sorted(f for f in (fs.find(folder) if fs.exists(folder) else []) if f.endswith(".parquet"))
 
 
 def read_table(uri: str, storage: StorageConfig, columns: list[str] | None = None) -> pa.Table:

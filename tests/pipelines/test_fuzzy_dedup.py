@@ -3,6 +3,7 @@ shards, a run killed after its signature step, and incremental runs against an e
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import yaml
 from shardflow.config import validate
 from shardflow.errors import ConfigError
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
+from shardflow.storage import filesystem
 from support import jaccard, sample_records, write_shard
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -204,3 +206,33 @@ def test_incremental_run_against_an_index_equals_one_run_over_both_batches(tmp_p
         run(tmp_path, "again", [tmp_path / "in" / "night1"], {"index_from": index})
     with pytest.raises(ConfigError, match="MinHash parameters differ"):
         run(tmp_path, "other", [tmp_path / "in" / "night2"], {"index_from": index, "rows": 9})
+
+
+def test_every_step_and_the_index_live_on_s3(s3_storage) -> None:
+    storage, bucket = s3_storage
+    fs, _ = filesystem(f"s3://{bucket}", storage)
+    rng = np.random.default_rng(3)
+    docs = documents()[:20]
+    night1 = [{"id": f"1-{i}", "text": text} for i, (_, text) in enumerate(docs)]
+    night2 = [{"id": f"2-{i}", "text": edit(text, 0.01, rng)} for i, (_, text) in enumerate(docs[:5])]
+    for name, records in (("night1", night1), ("night2", night2)):
+        fs.pipe_file(f"{bucket}/in/{name}/a.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
+    settings = storage.model_dump(mode="json") | {"key": "testing", "secret": "testing"}
+
+    def run_night(name: str, fuzzy: dict[str, Any]) -> dict[str, Any]:
+        config = {
+            "input": {"paths": [f"s3://{bucket}/in/{name}/"]},
+            "output": {"path": f"s3://{bucket}/{name}"},
+            "stages": [{"op": "fuzzy_dedup", "verify_threshold": 0.8, **fuzzy}],
+            "storage": settings,
+        }
+        return run_corpus(validate(config, CorpusConfig)).manifest
+
+    first = run_night("night1", {})
+    assert first["counts"]["dropped"] == 0 and fs.exists(f"{bucket}/night1/dedup_index/index.json")
+    second = run_night("night2", {"index_from": f"s3://{bucket}/night1/dedup_index"})
+    assert second["counts"]["dropped"] == second["fuzzy_dedup"]["duplicates"] == 5
+    assert len(fs.glob(f"{bucket}/night2/dedup_index/nodes/*.parquet")) > len(
+        fs.glob(f"{bucket}/night1/dedup_index/nodes/*.parquet")
+    )
+    assert not fs.exists(f"{bucket}/night2/_staging")

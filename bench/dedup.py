@@ -252,7 +252,6 @@ def main() -> None:
     start_ray()
     ray_start = time.perf_counter() - started
     datatrove_scales = {int(s) for s in args.datatrove_scales.split(",") if s}
-    results = []
     for scale in [int(s) for s in args.scales.split(",")]:
         folder = build(args.data, scale, args.work)
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:  # keeps the driver's RSS clean
@@ -261,8 +260,7 @@ def main() -> None:
         line = {"scale": scale, "docs": ours["docs"], "shardflow": ours, "similar": len(similar), "sampled": sampled}
         if scale in datatrove_scales:
             line["datatrove"] = run_datatrove(folder, args.work / "datatrove")
-        results.append(line)
-        report(line, similar)
+        report(line, similar)  # then dropped: the id sets would weigh on the next scale's driver RSS
     print(f"Ray start (not in the times above): {ray_start:.1f} s; {os.cpu_count()} CPUs")
     print(f"bench process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
     ray.shutdown()

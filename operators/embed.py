@@ -1,0 +1,167 @@
+"""Text embedding with Hugging Face encoders: pooling and prompts per model family, token-budget batches.
+
+Throughput comes from padding less, not from bigger batches: texts are tokenized once, sorted by length,
+and cut into batches whose padded size (longest text x texts) stays under ``token_budget``, so a batch of
+short texts holds many and a batch of long ones few. Results go back in input order. Models run in
+bfloat16 on a GPU and float32 on the CPU; vectors are L2-normalised (optionally cut to their first
+``dimensions``: Matryoshka) and stored as float16.
+
+Model families differ in three things, set by ``preset`` and overridable one by one:
+
+| preset | pooling | query prompt | passage prompt | padding |
+|---|---|---|---|---|
+| ``e5`` (multilingual-e5) | mean over tokens | ``query: `` | ``passage: `` | right |
+| ``bge`` (bge-m3) | the first token (CLS) | none | none | right |
+| ``qwen3`` (Qwen3-Embedding) | the last token | an instruction (``Instruct: ...\\nQuery:``) | none | left |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from shardflow.config import Resources, StrictModel
+from shardflow.operators.base import Annotations, Operator
+from shardflow.schema import TEXT
+from shardflow.storage import StorageConfig
+
+Pooling = Literal["mean", "cls", "last"]
+EMBEDDING = "embedding"
+QWEN3_INSTRUCTION = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+
+
+@dataclass(frozen=True)
+class Family:
+    pooling: Pooling
+    query_prompt: str
+    passage_prompt: str
+    left_padding: bool
+
+
+PRESETS = {
+    "e5": Family("mean", "query: ", "passage: ", left_padding=False),
+    "bge": Family("cls", "", "", left_padding=False),
+    "qwen3": Family("last", QWEN3_INSTRUCTION, "", left_padding=True),
+    "plain": Family("mean", "", "", left_padding=False),
+}
+
+
+class EmbedConfig(StrictModel):
+    """An ``embed`` stage: which encoder, how it pools and prompts, how big its batches are."""
+
+    op: Literal["embed"] = "embed"
+    model: str = Field(description="A Hugging Face model id (already in the local cache) or a local folder.")
+    preset: Literal["e5", "bge", "qwen3", "plain"] = "e5"
+    pooling: Pooling | None = Field(None, description="Overrides the preset's pooling.")
+    query_prompt: str | None = Field(None, description="Overrides the preset's query prompt.")
+    passage_prompt: str | None = Field(None, description="Overrides the preset's passage prompt.")
+    max_length: int = Field(512, ge=1, description="Tokens per text; longer texts are truncated.")
+    dimensions: int | None = Field(None, ge=1, description="Keep the first N dimensions (Matryoshka models).")
+    token_budget: int = Field(16384, ge=1, description="Padded tokens per forward pass.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on a GPU, float32 on the CPU."
+    )
+    resources: Resources = Resources()
+
+    @property
+    def family(self) -> Family:
+        preset = PRESETS[self.preset]
+        return Family(
+            self.pooling or preset.pooling,
+            preset.query_prompt if self.query_prompt is None else self.query_prompt,
+            preset.passage_prompt if self.passage_prompt is None else self.passage_prompt,
+            preset.left_padding,
+        )
+
+
+def token_budget_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Indices of the texts, longest first, in batches whose padded size (longest x count) fits ``budget``
+    (a text longer than the budget goes alone)."""
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = max(int(lengths[order[start]]), 1)
+        size = max(1, budget // longest)
+        batches.append(order[start : start + size])
+        start += size
+    return batches
+
+
+class TextEncoder:
+    """A loaded encoder: texts in, L2-normalised float32 vectors out, in input order."""
+
+    def __init__(self, config: EmbedConfig) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.config, self.family = config, config.family
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else torch.float32}.get(config.dtype)
+        self.dtype = dtype or getattr(torch, config.dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+        self.tokenizer.padding_side = "left" if self.family.left_padding else "right"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModel.from_pretrained(config.model, dtype=self.dtype).to(self.device).eval()
+
+    @property
+    def dimensions(self) -> int:
+        return self.config.dimensions or int(self.model.config.hidden_size)
+
+    def encode(self, texts: list[str], kind: Literal["query", "passage"] = "passage") -> np.ndarray:
+        prompt = self.family.query_prompt if kind == "query" else self.family.passage_prompt
+        encoded = self.tokenizer([prompt + text for text in texts], truncation=True, max_length=self.config.max_length)[
+            "input_ids"
+        ]
+        lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
+        vectors = np.zeros((len(texts), self.dimensions), dtype=np.float32)
+        for batch in token_budget_batches(lengths, self.config.token_budget):
+            vectors[batch] = self._forward([encoded[i] for i in batch])
+        return vectors
+
+    def _forward(self, ids: list[list[int]]) -> np.ndarray:
+        import torch
+
+        padded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
+        inputs = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
+        if self.family.left_padding:  # positions count from each text's first token, not from the padding
+            inputs["position_ids"] = (padded["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            hidden = self.model(**inputs).last_hidden_state
+            vectors = pool(hidden, padded["attention_mask"], self.family.pooling)[:, : self.dimensions]
+            vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
+        return vectors.cpu().numpy()
+
+
+def pool(hidden: Any, mask: Any, pooling: Pooling) -> Any:
+    """One vector per text from the last hidden states (``mask`` marks real tokens)."""
+    import torch
+
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+    # last token: with left padding it is the last position; with right padding, the last real token
+    if bool(mask[:, -1].all()):
+        return hidden[:, -1]
+    return hidden[torch.arange(len(mask), device=hidden.device), mask.sum(dim=1) - 1]
+
+
+class Embedder(Operator):
+    """Adds ``embedding`` (float16, fixed size) to every document in play; the model loads once per actor."""
+
+    name = "embed"
+
+    def __init__(self, config: EmbedConfig, storage: StorageConfig) -> None:
+        self.encoder = TextEncoder(config)
+        self.added_fields = [pa.field(EMBEDDING, pa.list_(pa.float16(), self.encoder.dimensions))]
+
+    def annotate(self, docs: pa.Table) -> Annotations:
+        vectors = self.encoder.encode(docs[TEXT].to_pylist(), "passage").astype(np.float16)
+        flat = pa.array(vectors.ravel(), pa.float16())
+        return Annotations({EMBEDDING: pa.FixedSizeListArray.from_arrays(flat, self.encoder.dimensions)})

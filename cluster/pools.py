@@ -5,10 +5,15 @@ can be scheduled and the job hangs without an error. So the pools share what is 
 for those tasks: a fixed pool (``concurrency`` set, as GPU stages should) takes what it asks for, and each
 autoscaled pool gets an equal share, its actors asking for fewer logical CPUs if need be (a logical CPU
 is a scheduling token, not a thread limit, so this costs no speed).
+
+A stage that asks for GPUs gets a fixed pool, one actor per ``num_gpus`` of the cluster's GPUs (Ray's
+autoscaling would add GPU actors one at a time), each pinned by Ray to its own device; on a cluster with no
+GPU it falls back to CPU actors, with a warning, so the same config runs on a laptop.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from shardflow.config import Resources
@@ -22,6 +27,19 @@ class Pool:
     num_cpus: float
     min_size: int
     max_size: int
+    num_gpus: float = 0.0
+
+
+def on_cluster(key: str, resources: Resources, cluster_gpus: float) -> Resources:
+    """``resources`` as this cluster can serve them: GPU stages sized to the GPUs, or moved to the CPU."""
+    if resources.num_gpus <= 0:
+        return resources
+    if cluster_gpus < resources.num_gpus:
+        logging.getLogger(__name__).warning("%s: the cluster has no GPU; this stage runs on CPU actors", key)
+        return resources.model_copy(update={"num_gpus": 0.0})
+    if resources.concurrency:
+        return resources
+    return resources.model_copy(update={"concurrency": max(1, int(cluster_gpus // resources.num_gpus))})
 
 
 def reserved_for_tasks(cluster_cpus: float) -> float:
@@ -29,8 +47,9 @@ def reserved_for_tasks(cluster_cpus: float) -> float:
     return min(1.0, cluster_cpus / 2)
 
 
-def plan_pools(stages: list[tuple[str, Resources]], cluster_cpus: float) -> list[Pool]:
+def plan_pools(stages: list[tuple[str, Resources]], cluster_cpus: float, cluster_gpus: float = 0.0) -> list[Pool]:
     """One ``Pool`` per ``(config key, resources)``, in order; a config that would hang is a ``ConfigError``."""
+    stages = [(key, on_cluster(key, resources, cluster_gpus)) for key, resources in stages]
     spare = cluster_cpus - reserved_for_tasks(cluster_cpus)
     fixed = sum(r.concurrency * r.num_cpus for _, r in stages if r.concurrency)
     autoscaled = [r for _, r in stages if not r.concurrency and r.num_cpus > 0]
@@ -45,7 +64,8 @@ def plan_pools(stages: list[tuple[str, Resources]], cluster_cpus: float) -> list
     pools = []
     for _, resources in stages:
         if resources.concurrency:
-            pools.append(Pool(resources.num_cpus, resources.concurrency, resources.concurrency))
+            size = resources.concurrency
+            pools.append(Pool(resources.num_cpus, size, size, resources.num_gpus))
         elif resources.num_cpus > 0:
             per_actor = min(resources.num_cpus, share)
             pools.append(Pool(per_actor, 1, max(1, int(share / per_actor))))

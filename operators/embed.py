@@ -65,7 +65,10 @@ class EmbedConfig(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 on a GPU, float32 on the CPU."
     )
-    resources: Resources = Resources()
+    resources: Resources = Field(
+        default_factory=lambda: Resources(num_gpus=1),
+        description="One actor per GPU by default; CPU actors where the cluster has no GPU.",
+    )
 
     @property
     def family(self) -> Family:
@@ -107,6 +110,7 @@ class TextEncoder:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModel.from_pretrained(config.model, dtype=self.dtype).to(self.device).eval()
+        self.max_length = min(config.max_length, model_limit(self.model.config, self.tokenizer.model_max_length))
 
     @property
     def dimensions(self) -> int:
@@ -114,7 +118,7 @@ class TextEncoder:
 
     def encode(self, texts: list[str], kind: Literal["query", "passage"] = "passage") -> np.ndarray:
         prompt = self.family.query_prompt if kind == "query" else self.family.passage_prompt
-        encoded = self.tokenizer([prompt + text for text in texts], truncation=True, max_length=self.config.max_length)[
+        encoded = self.tokenizer([prompt + text for text in texts], truncation=True, max_length=self.max_length)[
             "input_ids"
         ]
         lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
@@ -135,6 +139,15 @@ class TextEncoder:
             vectors = pool(hidden, padded["attention_mask"], self.family.pooling)[:, : self.dimensions]
             vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
         return vectors.cpu().numpy()
+
+
+def model_limit(model_config: Any, tokenizer_limit: int) -> int:
+    """The longest input the model takes: its position table (RoBERTa-style models reserve two rows of it),
+    or the tokenizer's stated limit where that is smaller."""
+    positions = getattr(model_config, "max_position_embeddings", None) or 1 << 30
+    if model_config.model_type in ("roberta", "xlm-roberta"):
+        positions -= 2
+    return min(positions, tokenizer_limit)
 
 
 def pool(hidden: Any, mask: Any, pooling: Pooling) -> Any:

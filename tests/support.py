@@ -91,3 +91,32 @@ def jaccard(left: str, right: str, n: int = 5) -> float:
     """True Jaccard similarity of two texts' word n-gram sets, after normalisation."""
     a, b = reference_shingles(reference_normalise(left), n), reference_shingles(reference_normalise(right), n)
     return len(a & b) / len(a | b)
+
+
+def write_tiny_encoder(folder: Path, kind: str, texts: list[str]) -> Path:
+    """A tiny random encoder saved as a Hugging Face folder: ``bert`` or a ``qwen3`` decoder, with a
+    word-level tokenizer trained on ``texts`` (plus the e5 prompt words)."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(vocab_size=2000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
+    tokenizer.train_from_iterator([*texts, "query: passage:"], trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    )
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    shape = {"vocab_size": fast.vocab_size, "hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64}
+    if kind == "bert":
+        model = BertModel(BertConfig(**shape, num_attention_heads=4, max_position_embeddings=256))
+    else:
+        qwen3 = Qwen3Config(
+            **shape, num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256
+        )
+        model = Qwen3Model(qwen3)
+    model.save_pretrained(folder)
+    return folder

@@ -18,7 +18,15 @@ def test_autoscaled_pools_share_what_is_left_after_the_tasks() -> None:
 
 def test_a_fixed_pool_takes_what_it_asks_and_the_rest_is_shared() -> None:
     gpu = Resources(num_cpus=2, num_gpus=1, concurrency=4)
-    assert plan_pools([("stages.0", Resources()), ("stages.1", gpu)], 16) == [Pool(1.0, 1, 7), Pool(2, 4, 4)]
+    assert plan_pools([("stages.0", Resources()), ("stages.1", gpu)], 16, 4) == [Pool(1.0, 1, 7), Pool(2, 4, 4, 1)]
+
+
+def test_gpu_stages_get_one_actor_per_gpu_or_fall_back_to_cpu_actors() -> None:
+    gpu = Resources(num_gpus=1)
+    assert plan_pools([("stages.0", gpu)], 64, 8) == [Pool(1.0, 8, 8, 1)]
+    assert plan_pools([("stages.0", Resources(num_gpus=2))], 64, 8) == [Pool(1.0, 4, 4, 2)]
+    assert plan_pools([("stages.0", Resources(num_gpus=0.5))], 64, 2) == [Pool(1.0, 4, 4, 0.5)]
+    assert plan_pools([("stages.0", gpu)], 2, 0) == [Pool(1.0, 1, 1, 0.0)]  # no GPU: an autoscaled CPU pool
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import torch
 from shardflow.operators.embed import EMBEDDING, EmbedConfig, Embedder, TextEncoder, token_budget_batches
 from shardflow.schema import TEXT
 from shardflow.storage import StorageConfig
-from support import sample_records
+from support import sample_records, write_tiny_encoder
 
 
 def texts() -> list[str]:
@@ -22,52 +22,16 @@ def texts() -> list[str]:
     return [r["text"][: 40 + 17 * i] for i, r in enumerate(records[:24])]  # lengths all different
 
 
-def tiny_tokenizer(folder: Path):
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.Lowercase()
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordLevelTrainer(vocab_size=2000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
-    tokenizer.train_from_iterator([*texts(), "query: passage:"], trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
-    )
-    fast.save_pretrained(folder)
-    return fast
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from transformers import BertConfig, BertModel, Qwen3Config, Qwen3Model
-
-    torch.manual_seed(0)
-    folders = {}
-    for name in ("bert", "qwen3"):
-        folder = tmp_path_factory.mktemp(name)
-        vocab = tiny_tokenizer(folder).vocab_size
-        shape = {"vocab_size": vocab, "hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64}
-        if name == "bert":
-            model = BertModel(BertConfig(**shape, num_attention_heads=4, max_position_embeddings=256))
-        else:
-            model = Qwen3Model(
-                Qwen3Config(
-                    **shape, num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256
-                )
-            )
-        model.save_pretrained(folder)
-        folders[name] = folder
-    return folders
+    return {kind: write_tiny_encoder(tmp_path_factory.mktemp(kind), kind, texts()) for kind in ("bert", "qwen3")}
 
 
 def one_at_a_time(encoder: TextEncoder, items: list[str], prompt: str) -> np.ndarray:
     """The reference: each text alone (no padding at all), pooled by hand."""
     vectors = []
     for text in items:
-        ids = encoder.tokenizer(
-            prompt + text, truncation=True, max_length=encoder.config.max_length, return_tensors="pt"
-        )
+        ids = encoder.tokenizer(prompt + text, truncation=True, max_length=encoder.max_length, return_tensors="pt")
         with torch.inference_mode():
             hidden = encoder.model(input_ids=ids["input_ids"]).last_hidden_state[0]
         vector = {"mean": hidden.mean(dim=0), "cls": hidden[0], "last": hidden[-1]}[encoder.family.pooling]

@@ -1,0 +1,189 @@
+"""The dense index: FAISS, chosen by a factory string or by corpus size and a memory budget.
+
+Build plan: train on a sample of the vectors (once, in one Ray task), then add the vectors in parallel Ray
+tasks, one per group of input files, each holding a copy of the trained empty index; merge the parts in one
+task and write ``index.faiss`` and ``ids.parquet`` (FAISS id -> ``doc_id``) to the output folder, local or
+S3. Ids are assigned per input file from the files' row counts, so any order of the add tasks builds the
+same index. HNSW indexes cannot be merged in FAISS: they are built in one task.
+
+``auto`` follows autofaiss's reasoning: exact search (``Flat``) while the corpus is small; an inverted
+file with about ``4 * sqrt(n)`` lists (a power of two) above that, storing vectors as they are
+(``IVFn,Flat``) if they fit the memory budget, else compressed by product quantisation with the largest
+code that fits (``IVFn,PQm``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from pydantic import Field
+
+from shardflow.config import StrictModel
+from shardflow.errors import ConfigError
+from shardflow.operators.dedup.steps import read_table, write_table
+from shardflow.operators.embed import EMBEDDING
+from shardflow.schema import DOC_ID
+from shardflow.storage import StorageConfig, filesystem, join, write_atomic
+
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.parquet"
+SMALL = 20_000  # below this many vectors exact search is fast enough
+PQ_CODES = (64, 48, 32, 24, 16, 12, 8, 4)
+
+
+class IndexConfig(StrictModel):
+    """How the dense index is built and searched."""
+
+    factory: str = Field("auto", description="A FAISS factory string (Flat, HNSW32, IVF4096,PQ32, ...) or auto.")
+    metric: Literal["inner_product", "l2"] = Field(
+        "inner_product", description="inner_product for L2-normalised vectors."
+    )
+    memory_budget_mb: int = Field(4096, ge=1, description="What auto may give the index.")
+    train_vectors: int = Field(100_000, ge=1, description="Vectors sampled to train IVF and PQ.")
+    nprobe: int = Field(32, ge=1, description="Inverted lists searched per query (IVF indexes).")
+    partitions: int = Field(8, ge=1, description="Parallel add tasks.")
+
+
+def choose_factory(count: int, dim: int, memory_budget_bytes: int) -> str:
+    """The factory string ``auto`` picks for ``count`` vectors of ``dim`` dimensions."""
+    if count < SMALL:
+        return "Flat"
+    lists = 2 ** round(math.log2(4 * math.sqrt(count)))
+    if count * (dim * 4 + 8) <= memory_budget_bytes:
+        return f"IVF{lists},Flat"
+    for code in PQ_CODES:
+        if dim % code == 0 and count * (code + 8) <= memory_budget_bytes:
+            return f"IVF{lists},PQ{code}"
+    raise ConfigError(
+        f"config error: index.memory_budget_mb: {count:,} vectors do not fit even as IVF,PQ{PQ_CODES[-1]}; "
+        "raise the budget or give a factory string"
+    )
+
+
+def _metric(name: str) -> int:
+    import faiss
+
+    return faiss.METRIC_INNER_PRODUCT if name == "inner_product" else faiss.METRIC_L2
+
+
+def empty_index(factory: str, dim: int, metric: str, sample: np.ndarray):
+    """A trained index without vectors; ``IndexIDMap2`` around the kinds that keep no ids of their own."""
+    import faiss
+
+    index = faiss.index_factory(dim, factory, _metric(metric))
+    if not index.is_trained:
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    if not isinstance(faiss.try_extract_index_ivf(index), faiss.IndexIVF):
+        index = faiss.IndexIDMap2(index)
+    return index
+
+
+def mergeable(factory: str) -> bool:
+    return "HNSW" not in factory.upper()
+
+
+def vectors_of(table: pa.Table) -> np.ndarray:
+    column = table[EMBEDDING].combine_chunks()
+    dim = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), dim)
+
+
+@ray.remote
+def _add_files(index_bytes: np.ndarray, files: list[str], first_ids: list[int], storage: StorageConfig) -> np.ndarray:
+    """Add the vectors of ``files`` (ids from ``first_ids``) to a copy of the trained index."""
+    import faiss
+
+    index = faiss.deserialize_index(index_bytes)
+    for uri, first in zip(files, first_ids, strict=True):
+        table = read_table(uri, storage, [EMBEDDING])
+        index.add_with_ids(vectors_of(table), np.arange(first, first + table.num_rows, dtype=np.int64))
+    return faiss.serialize_index(index)
+
+
+@ray.remote
+def _merge_and_write(out: str, storage: StorageConfig, *parts: np.ndarray) -> int:
+    import faiss
+
+    index = faiss.deserialize_index(parts[0])
+    for part in parts[1:]:
+        index.merge_from(faiss.deserialize_index(part), 0)
+    fs, path = filesystem(join(out, INDEX_FILE), storage)
+    write_atomic(fs, path, lambda handle: handle.write(faiss.serialize_index(index).tobytes()))
+    return int(index.ntotal)
+
+
+@ray.remote
+def _write_ids(files: list[str], first_ids: list[int], out: str, storage: StorageConfig) -> None:
+    tables = []
+    for uri, first in zip(files, first_ids, strict=True):
+        ids = read_table(uri, storage, [DOC_ID])[DOC_ID]
+        tables.append(pa.table({"id": pa.array(np.arange(first, first + len(ids)), pa.int64()), DOC_ID: ids}))
+    write_table(pa.concat_tables(tables), join(out, IDS_FILE), storage)
+
+
+def build_index(files: list[str], out: str, config: IndexConfig, storage: StorageConfig) -> dict[str, object]:
+    """Index the ``embedding`` column of ``files`` (parquet URIs) into ``out``; returns what was built."""
+    import faiss
+
+    counts = [pq_rows(uri, storage) for uri in files]
+    first_ids = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(int).tolist() if counts else []
+    sample = training_sample(files, counts, config.train_vectors, storage)
+    dim = sample.shape[1]
+    total = int(sum(counts))
+    factory = config.factory if config.factory != "auto" else choose_factory(total, dim, config.memory_budget_mb << 20)
+    trained = faiss.serialize_index(empty_index(factory, dim, config.metric, sample))
+    groups = config.partitions if mergeable(factory) else 1
+    chunks = [(files[i::groups], first_ids[i::groups]) for i in range(groups) if files[i::groups]]
+    parts = [_add_files.remote(trained, chunk, firsts, storage) for chunk, firsts in chunks]
+    ids = _write_ids.remote(files, first_ids, out, storage)
+    added = ray.get(_merge_and_write.remote(out, storage, *parts))
+    ray.get(ids)
+    return {"factory": factory, "vectors": added, "dim": dim, "metric": config.metric}
+
+
+def pq_rows(uri: str, storage: StorageConfig) -> int:
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(uri, storage)
+    with fs.open(path, "rb") as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
+
+
+def training_sample(files: list[str], counts: list[int], size: int, storage: StorageConfig) -> np.ndarray:
+    """Up to ``size`` vectors, spread over the files in proportion to their rows (deterministic)."""
+    total = max(sum(counts), 1)
+    picked = []
+    for uri, count in zip(files, counts, strict=True):
+        take = min(count, math.ceil(size * count / total))
+        if take:
+            table = read_table(uri, storage, [EMBEDDING])
+            rows = np.linspace(0, count - 1, take).astype(np.int64)
+            picked.append(vectors_of(table.take(pa.array(rows))))
+    if not picked:
+        raise ConfigError("index: the corpus has no embeddings to index")
+    return np.concatenate(picked)
+
+
+class DenseIndex:
+    """A built index and its id map, loaded for search."""
+
+    def __init__(self, folder: str, storage: StorageConfig, nprobe: int = 32) -> None:
+        import faiss
+
+        fs, path = filesystem(join(folder, INDEX_FILE), storage)
+        self.index = faiss.deserialize_index(np.frombuffer(fs.cat_file(path), dtype=np.uint8))
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is not None:
+            ivf.nprobe = nprobe
+        ids = read_table(join(folder, IDS_FILE), storage)
+        order = pc.sort_indices(ids["id"])
+        self.doc_ids = ids[DOC_ID].take(order).to_pylist()
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
+        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return scores, [[self.doc_ids[i] for i in row if i >= 0] for row in ids]

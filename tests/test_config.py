@@ -23,7 +23,7 @@ def load(tmp_path: Path, text: str, overrides: list[str] | None = None) -> Corpu
 
 def test_the_bundled_sample_config_is_valid() -> None:
     config = load_config(REPO / "configs" / "sample.yaml", CorpusConfig)
-    assert [stage.op for stage in config.stages] == ["langid", "exact_dedup", "fuzzy_dedup", "quality"]
+    assert [stage.op for stage in config.stages] == ["langid", "exact_dedup", "fuzzy_dedup", "quality", "embed"]
     assert config.output.if_exists == "resume"
 
 

@@ -20,6 +20,7 @@ of Ray's: raylet, GCS, workers; for datatrove its worker pool). Generated sets a
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import resource
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pyarrow.parquet as pq
 import ray
 import regex
 import zstandard
@@ -162,8 +164,6 @@ def run_shardflow(folder: Path, out: Path) -> dict[str, Any]:
         manifest = run_corpus(config).manifest
         seconds = time.perf_counter() - started
     removed = set()
-    import pyarrow.parquet as pq
-
     for entry in manifest["files"]:
         if entry["kind"] == "removed":
             removed.update(pq.read_table(out / entry["path"], columns=["doc_id"])["doc_id"].to_pylist())
@@ -233,8 +233,6 @@ def run_datatrove(folder: Path, work: Path) -> dict[str, Any]:
         seconds = time.perf_counter() - started
     removed = set()
     for path in (work / "removed").glob("*.jsonl.gz"):
-        import gzip
-
         removed.update(orjson.loads(line)["id"] for line in gzip.open(path))
     return {"seconds": seconds, "removed": removed, "driver": memory.driver, "workers": memory.descendants}
 

@@ -108,8 +108,10 @@ class TextEncoder:
 
         self.config, self.family = config, config.family
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else torch.float32}.get(config.dtype)
-        self.dtype = dtype or getattr(torch, config.dtype)
+        if config.dtype == "auto":
+            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            self.dtype = getattr(torch, config.dtype)
         model = resolve_model(config.model)
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.tokenizer.padding_side = "left" if self.family.left_padding else "right"

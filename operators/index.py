@@ -1,10 +1,11 @@
 """The dense index: FAISS, chosen by a factory string or by corpus size and a memory budget.
 
-Build plan: train on a sample of the vectors (once, in one Ray task), then add the vectors in parallel Ray
-tasks, one per group of input files, each holding a copy of the trained empty index; merge the parts in one
-task and write ``index.faiss`` and ``ids.parquet`` (FAISS id -> ``doc_id``) to the output folder, local or
-S3. Ids are assigned per input file from the files' row counts, so any order of the add tasks builds the
-same index. HNSW indexes cannot be merged in FAISS: they are built in one task.
+Build plan: the driver reads only the files' row counts; one Ray task samples the vectors and trains the
+index; Ray tasks add the vectors in parallel, one per group of input files, each holding a copy of the
+trained empty index; one task merges the parts and writes ``index.faiss`` and ``ids.parquet`` (FAISS id ->
+``doc_id``) to the output folder, local or S3. Ids are assigned per input file from the files' row counts,
+so any order of the add tasks builds the same index. HNSW indexes cannot be merged in FAISS: they are built
+in one task.
 
 ``auto`` follows autofaiss's reasoning: exact search (``Flat``) while the corpus is small; an inverted
 file with about ``4 * sqrt(n)`` lists (a power of two) above that, storing vectors as they are
@@ -25,10 +26,9 @@ from pydantic import Field
 
 from shardflow.config import StrictModel
 from shardflow.errors import ConfigError
-from shardflow.operators.dedup.steps import read_table, write_table
 from shardflow.operators.embed import EMBEDDING
 from shardflow.schema import DOC_ID
-from shardflow.storage import StorageConfig, filesystem, join, write_atomic
+from shardflow.storage import StorageConfig, filesystem, join, read_table, write_atomic, write_table
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
@@ -127,23 +127,31 @@ def _write_ids(files: list[str], first_ids: list[int], out: str, storage: Storag
 
 
 def build_index(files: list[str], out: str, config: IndexConfig, storage: StorageConfig) -> dict[str, object]:
-    """Index the ``embedding`` column of ``files`` (parquet URIs) into ``out``; returns what was built."""
-    import faiss
-
+    """Index the ``embedding`` column of ``files`` (parquet URIs) into ``out``; returns what was built.
+    The driver reads only the files' row counts; sampling, training, adding and merging run in Ray tasks."""
     counts = [pq_rows(uri, storage) for uri in files]
     first_ids = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(int).tolist() if counts else []
-    sample = training_sample(files, counts, config.train_vectors, storage)
-    dim = sample.shape[1]
-    total = int(sum(counts))
-    factory = config.factory if config.factory != "auto" else choose_factory(total, dim, config.memory_budget_mb << 20)
-    trained = faiss.serialize_index(empty_index(factory, dim, config.metric, sample))
+    trained, factory, dim = _train.options(num_returns=3).remote(files, counts, config, storage)
+    factory = ray.get(factory)
     groups = config.partitions if mergeable(factory) else 1
     chunks = [(files[i::groups], first_ids[i::groups]) for i in range(groups) if files[i::groups]]
     parts = [_add_files.remote(trained, chunk, firsts, storage) for chunk, firsts in chunks]
     ids = _write_ids.remote(files, first_ids, out, storage)
     added = ray.get(_merge_and_write.remote(out, storage, *parts))
     ray.get(ids)
-    return {"factory": factory, "vectors": added, "dim": dim, "metric": config.metric}
+    return {"factory": factory, "vectors": added, "dim": ray.get(dim), "metric": config.metric}
+
+
+@ray.remote
+def _train(files: list[str], counts: list[int], config: IndexConfig, storage: StorageConfig) -> tuple:
+    """The trained, empty index (serialised), its factory string and the vectors' dimension."""
+    import faiss
+
+    sample = training_sample(files, counts, config.train_vectors, storage)
+    dim = sample.shape[1]
+    budget = config.memory_budget_mb << 20
+    factory = config.factory if config.factory != "auto" else choose_factory(sum(counts), dim, budget)
+    return faiss.serialize_index(empty_index(factory, dim, config.metric, sample)), factory, dim
 
 
 def pq_rows(uri: str, storage: StorageConfig) -> int:

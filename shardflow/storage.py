@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 import xxhash
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
@@ -136,3 +138,16 @@ def put_bytes(uri: str, data: bytes, storage: StorageConfig) -> None:
     """Write a small file (marker, stats, manifest) atomically."""
     fs, path = filesystem(uri, storage)
     write_atomic(fs, path, lambda handle: handle.write(data))
+
+
+def read_table(uri: str, storage: StorageConfig, columns: list[str] | None = None) -> pa.Table:
+    """A parquet file at ``uri`` (local or s3://), whole or some ``columns``."""
+    fs, path = filesystem(uri, storage)
+    with fs.open(path, "rb") as handle:
+        return pq.read_table(handle, columns=columns)
+
+
+def write_table(table: pa.Table, uri: str, storage: StorageConfig) -> None:
+    """``table`` as a zstd parquet file at ``uri``, never seen half-written."""
+    fs, path = filesystem(uri, storage)
+    write_atomic(fs, path, lambda handle: pq.write_table(table, handle, compression="zstd"))

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from shardflow.operators.dedup.steps import read_table, split
-from shardflow.storage import StorageConfig
+from shardflow.operators.dedup.steps import split
+from shardflow.storage import StorageConfig, read_table
 
 Pieces = list[list[ray.ObjectRef]]  # [source][partition]
 

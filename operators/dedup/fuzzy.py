@@ -39,7 +39,13 @@ from pydantic import Field
 from shardflow.config import Resources
 from shardflow.errors import ConfigError
 from shardflow.operators.base import in_play
-from shardflow.operators.dedup.components import EDGES_SCHEMA, connected_components, edge_table, scatter_edges
+from shardflow.operators.dedup.components import (
+    DIRECTED_SCHEMA,
+    EDGES_SCHEMA,
+    connected_components,
+    edge_table,
+    scatter_edges,
+)
 from shardflow.operators.dedup.exchange import Pieces, concat, lookup, piece, scatter
 from shardflow.operators.dedup.lookup import DUPLICATES_SCHEMA, DuplicateLookup
 from shardflow.operators.dedup.minhash import MinHasher, MinHashParams, shingle, unspaced
@@ -55,11 +61,10 @@ from shardflow.operators.dedup.steps import (
     step_facts,
     step_files,
     write_step,
-    write_table,
 )
 from shardflow.operators.readers import Shard, shard_key
 from shardflow.schema import DOC_ID, LANG, SOURCE, TEXT, split_source
-from shardflow.storage import StorageConfig, exists, filesystem, join, put_bytes
+from shardflow.storage import StorageConfig, exists, filesystem, join, put_bytes, write_table
 
 INDEX_FORMAT = "shardflow-dedup-index/1"
 INDEX_FILE = "index.json"
@@ -69,6 +74,14 @@ KEY_ROWS_SCHEMA = pa.schema([("key", pa.uint64()), ("node", pa.int64())])
 INDEX_BANDS_SCHEMA = pa.schema([("key", pa.uint64()), ("root", pa.int64())])
 NODES_SCHEMA = pa.schema([("node", pa.int64()), (DOC_ID, pa.string())])
 SHINGLES_SCHEMA = pa.schema([("node", pa.int64()), ("shingles", pa.large_list(pa.uint64()))])
+ATTACHED_SCHEMA = pa.schema([*EDGES_SCHEMA, ("node_shingles", pa.large_list(pa.uint64()))])
+DUPLICATES = "duplicates"  # the plan's result, the folder the lookup operator reads
+
+
+def signature_schema(bands: int, shingles: bool = False) -> pa.Schema:
+    """What the signature step writes: node, doc id, one key per band (and the shingle set, to verify)."""
+    fields = [("node", pa.int64()), (DOC_ID, pa.string()), ("keys", pa.list_(pa.uint64(), bands))]
+    return pa.schema(fields + [("shingles", pa.large_list(pa.uint64()))] if shingles else fields)
 
 
 class FuzzyDedupConfig(MinHashParams):
@@ -180,7 +193,7 @@ class FuzzyPlan:
 
     @property
     def duplicates(self) -> str:
-        return self.path("duplicates")
+        return self.path(DUPLICATES)
 
     @property
     def edges(self) -> str:
@@ -210,21 +223,17 @@ class FuzzyPlan:
         mark_finished(self.path("signatures"), self.inputs, self.storage)
 
     def find_edges(self) -> None:
-        rows = read_step(self.path("signatures"), self.storage, self.signature_schema()).map_batches(
-            key_rows, batch_format="pyarrow"
-        )
+        rows = read_step(
+            self.path("signatures"),
+            self.storage,
+            signature_schema(self.config.bands, self.config.verify_threshold is not None),
+        ).map_batches(key_rows, batch_format="pyarrow")
         if self.old:
             old = read_step(join(self.config.index_from, "bands"), self.storage, INDEX_BANDS_SCHEMA)
             rows = rows.union(old.map_batches(_index_rows, batch_format="pyarrow"))
         edges = by_partition(rows, "key", bucket_edges, self.config.partitions)
         write_step(edges, self.path("edges"), self.storage)
         mark_finished(self.path("edges"), self.inputs, self.storage)
-
-    def signature_schema(self) -> pa.Schema:
-        fields = [("node", pa.int64()), (DOC_ID, pa.string()), ("keys", pa.list_(pa.uint64(), self.config.bands))]
-        if self.config.verify_threshold is not None:
-            fields.append(("shingles", pa.large_list(pa.uint64())))
-        return pa.schema(fields)
 
     def scatter_signatures(self, columns: list[str]) -> Pieces:
         files = step_files(self.path("signatures"), self.storage)
@@ -350,14 +359,7 @@ def _attach_shingles(partitions: int, num_edges: int, *pieces: pa.Table) -> tupl
 
 @ray.remote
 def _verify_piece(uri: str, storage: StorageConfig, threshold: float, num_edges: int, *pieces: pa.Table) -> tuple:
-    edges = (
-        pa.concat_tables(t for t in pieces[:num_edges] if t.num_rows)
-        if any(t.num_rows for t in pieces[:num_edges])
-        else None
-    )
-    if edges is None:
-        write_table(EDGES_SCHEMA.empty_table(), uri, storage)
-        return (0, 0)
+    edges = concat(pieces[:num_edges], ATTACHED_SCHEMA)
     shingles = concat(pieces[num_edges:], SHINGLES_SCHEMA)
     rows, found = lookup(edges["root"].to_numpy(), shingles, "node")
     keep = ~found  # a root from the index has no shingles here: its edge stands unverified
@@ -369,9 +371,6 @@ def _verify_piece(uri: str, storage: StorageConfig, threshold: float, num_edges:
         keep[i] = common >= threshold * (len(a) + len(b) - common)
     write_table(edges.filter(pa.array(keep)).select(["node", "root"]), uri, storage)
     return (edges.num_rows, int(keep.sum()))
-
-
-STARS_SCHEMA = pa.schema([("u", pa.int64()), ("v", pa.int64())])
 
 
 @ray.remote
@@ -386,9 +385,8 @@ def _resolve_piece(
 ) -> tuple[int, int, int, int]:
     """One piece of the final exchange: the star edges, signatures and old kept nodes of the nodes that hash
     here. Writes the duplicates of the roots that hash here, and this piece's share of the band index."""
-    signature_schema = pa.schema([("node", pa.int64()), (DOC_ID, pa.string()), ("keys", pa.list_(pa.uint64(), bands))])
-    stars = concat(pieces[: sizes[0]], STARS_SCHEMA)
-    signatures = concat(pieces[sizes[0] : sizes[0] + sizes[1]], signature_schema)
+    stars = concat(pieces[: sizes[0]], DIRECTED_SCHEMA)
+    signatures = concat(pieces[sizes[0] : sizes[0] + sizes[1]], signature_schema(bands))
     old_nodes = concat(pieces[sizes[0] + sizes[1] :], NODES_SCHEMA)
     u, v = stars["u"].to_numpy(), stars["v"].to_numpy()
     known = pa.concat_tables([signatures.select(["node", DOC_ID]), old_nodes])
@@ -489,7 +487,7 @@ class FuzzyDedup(DuplicateLookup):
     name = "fuzzy_dedup"
 
     def __init__(self, config: FuzzyDedupConfig, storage: StorageConfig) -> None:
-        super().__init__(None if config.workdir is None else join(config.workdir, "duplicates"), storage)
+        super().__init__(None if config.workdir is None else join(config.workdir, DUPLICATES), storage)
 
     @staticmethod
     def preflight(config: FuzzyDedupConfig, storage: StorageConfig, key: str) -> None:

@@ -9,12 +9,11 @@ cached), sets ``dup_cluster`` and ``dup_rep`` on every document, and drops the d
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from shardflow.operators.base import Annotations, Operator
 from shardflow.operators.readers import shard_key
 from shardflow.schema import DEDUP_FIELDS, DOC_ID, SOURCE, split_source
-from shardflow.storage import StorageConfig, filesystem, join
+from shardflow.storage import StorageConfig, filesystem, join, read_table, to_uri
 
 DUPLICATES_SCHEMA = pa.schema([("shard", pa.string()), ("line", pa.int64()), ("dup_cluster", pa.string())])
 CACHED_SHARDS = 64
@@ -52,8 +51,7 @@ class DuplicateLookup(Operator):
             fs, path = filesystem(join(self.table, f"shard={shard}"), self.storage)
             found: dict[int, str] = {}
             for part in sorted(fs.glob(join(path, "*.parquet"))):
-                with fs.open(part, "rb") as handle:
-                    rows = pq.read_table(handle, columns=["line", "dup_cluster"])
+                rows = read_table(to_uri(fs, part), self.storage, ["line", "dup_cluster"])
                 found.update(zip(rows["line"].to_pylist(), rows["dup_cluster"].to_pylist(), strict=True))
             self.cache[shard] = found
         return self.cache[shard]

@@ -18,13 +18,12 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 from ray.data.context import ShuffleStrategy
 
 from shardflow.errors import OutputStateError
 from shardflow.operators.dedup.minhash import mix
-from shardflow.storage import StorageConfig, arrow_filesystem, filesystem, join, put_bytes, to_uri, write_atomic
+from shardflow.storage import StorageConfig, arrow_filesystem, filesystem, join, put_bytes, to_uri
 
 DONE = "_DONE.json"
 PART = "_part"
@@ -118,17 +117,6 @@ def step_files(path: str, storage: StorageConfig) -> list[str]:
 
 def _parquet_files(fs: Any, folder: str) -> list[str]:
     return sorted(f for f in (fs.find(folder) if fs.exists(folder) else []) if f.endswith(".parquet"))
-
-
-def read_table(uri: str, storage: StorageConfig, columns: list[str] | None = None) -> pa.Table:
-    fs, path = filesystem(uri, storage)
-    with fs.open(path, "rb") as handle:
-        return pq.read_table(handle, columns=columns)
-
-
-def write_table(table: pa.Table, uri: str, storage: StorageConfig) -> None:
-    fs, path = filesystem(uri, storage)
-    write_atomic(fs, path, lambda handle: pq.write_table(table, handle, compression="zstd"))
 
 
 def run_starts(sorted_keys: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ from shardflow.storage import StorageConfig
 
 Pooling = Literal["mean", "cls", "last"]
 EMBEDDING = "embedding"
+UNUSED_POOLER = ("bert", "roberta", "xlm-roberta")  # we pool ourselves; their pooler head would load for nothing
 QWEN3_INSTRUCTION = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
 
 
@@ -104,8 +105,10 @@ class TextEncoder:
 
     def __init__(self, config: EmbedConfig) -> None:
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils.logging import disable_progress_bar
 
+        disable_progress_bar()  # a bar per actor for loading a few hundred tensors is noise in every log
         self.config, self.family = config, config.family
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if config.dtype == "auto":
@@ -117,7 +120,8 @@ class TextEncoder:
         self.tokenizer.padding_side = "left" if self.family.left_padding else "right"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModel.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
+        options = {"add_pooling_layer": False} if AutoConfig.from_pretrained(model).model_type in UNUSED_POOLER else {}
+        self.model = AutoModel.from_pretrained(model, dtype=self.dtype, **options).to(self.device).eval()
         self.max_length = min(config.max_length, model_limit(self.model.config, self.tokenizer.model_max_length))
 
     @property

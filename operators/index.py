@@ -19,21 +19,25 @@ import math
 from typing import Literal
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from shardflow.config import StrictModel
-from shardflow.errors import ConfigError
-from shardflow.operators.embed import EMBEDDING
+from shardflow.errors import ConfigError, InputError, ShardflowError
+from shardflow.operators.embed import EMBEDDING, EmbedConfig
 from shardflow.schema import DOC_ID
-from shardflow.storage import StorageConfig, filesystem, join, read_table, write_atomic, write_table
+from shardflow.storage import StorageConfig, filesystem, join, put_bytes, read_table, write_atomic, write_table
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
+CARD_FILE = "index.json"  # what the index holds and how its vectors were made: search embeds queries the same way
+CARD_FORMAT = "shardflow-dense-index/1"
 SMALL = 20_000  # below this many vectors exact search is fast enough
 PQ_CODES = (64, 48, 32, 24, 16, 12, 8, 4)
+PARSE_DIM = 20_160  # divisible by 1-10, 12, 14-16, 32, 48, 64: any sub-quantizer count a user may write
 
 
 class IndexConfig(StrictModel):
@@ -47,6 +51,21 @@ class IndexConfig(StrictModel):
     train_vectors: int = Field(100_000, ge=1, description="Vectors sampled to train IVF and PQ.")
     nprobe: int = Field(32, ge=1, description="Inverted lists searched per query (IVF indexes).")
     partitions: int = Field(8, ge=1, description="Parallel add tasks.")
+
+    @field_validator("factory")
+    @classmethod
+    def _faiss_parses_it(cls, factory: str) -> str:
+        """A typo fails here, not after the whole corpus is embedded. The dimension is not known yet: one
+        with many divisors stands in, so only what FAISS cannot parse is rejected now."""
+        import faiss
+
+        if factory != "auto":
+            try:
+                faiss.index_factory(PARSE_DIM, factory)
+            except RuntimeError as err:
+                if "could not parse" in str(err):
+                    raise ValueError(f"FAISS cannot parse the factory string {factory!r}") from None
+        return factory
 
 
 def choose_factory(count: int, dim: int, memory_budget_bytes: int) -> str:
@@ -94,10 +113,13 @@ def vectors_of(table: pa.Table) -> np.ndarray:
 
 
 @ray.remote
-def _add_files(index_bytes: np.ndarray, files: list[str], first_ids: list[int], storage: StorageConfig) -> np.ndarray:
+def _add_files(
+    index_bytes: np.ndarray, files: list[str], first_ids: list[int], storage: StorageConfig, threads: int = 1
+) -> np.ndarray:
     """Add the vectors of ``files`` (ids from ``first_ids``) to a copy of the trained index."""
     import faiss
 
+    faiss.omp_set_num_threads(threads)
     index = faiss.deserialize_index(index_bytes)
     for uri, first in zip(files, first_ids, strict=True):
         table = read_table(uri, storage, [EMBEDDING])
@@ -131,11 +153,21 @@ def build_index(files: list[str], out: str, config: IndexConfig, storage: Storag
     The driver reads only the files' row counts; sampling, training, adding and merging run in Ray tasks."""
     counts = [pq_rows(uri, storage) for uri in files]
     first_ids = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(int).tolist() if counts else []
-    trained, factory, dim = _train.options(num_returns=3).remote(files, counts, config, storage)
-    factory = ray.get(factory)
-    groups = config.partitions if mergeable(factory) else 1
-    chunks = [(files[i::groups], first_ids[i::groups]) for i in range(groups) if files[i::groups]]
-    parts = [_add_files.remote(trained, chunk, firsts, storage) for chunk, firsts in chunks]
+    threads = node_cpus()  # training (k-means) and an HNSW build are multi-threaded: give them a whole node
+    trained, factory, dim = _train.options(num_returns=3, num_cpus=threads).remote(
+        files, counts, config, storage, threads
+    )
+    try:
+        factory = ray.get(factory)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, ShardflowError):
+            raise err.cause from None  # the user's to fix: the message alone, not a remote traceback
+        raise
+    if mergeable(factory):
+        chunks = [(files[i :: config.partitions], first_ids[i :: config.partitions]) for i in range(config.partitions)]
+        parts = [_add_files.remote(trained, chunk, firsts, storage) for chunk, firsts in chunks if chunk]
+    else:
+        parts = [_add_files.options(num_cpus=threads).remote(trained, files, first_ids, storage, threads)]
     ids = _write_ids.remote(files, first_ids, out, storage)
     added = ray.get(_merge_and_write.remote(out, storage, *parts))
     ray.get(ids)
@@ -143,15 +175,29 @@ def build_index(files: list[str], out: str, config: IndexConfig, storage: Storag
 
 
 @ray.remote
-def _train(files: list[str], counts: list[int], config: IndexConfig, storage: StorageConfig) -> tuple:
+def _train(files: list[str], counts: list[int], config: IndexConfig, storage: StorageConfig, threads: int) -> tuple:
     """The trained, empty index (serialised), its factory string and the vectors' dimension."""
     import faiss
 
+    faiss.omp_set_num_threads(threads)
     sample = training_sample(files, counts, config.train_vectors, storage)
     dim = sample.shape[1]
     budget = config.memory_budget_mb << 20
     factory = config.factory if config.factory != "auto" else choose_factory(sum(counts), dim, budget)
-    return faiss.serialize_index(empty_index(factory, dim, config.metric, sample)), factory, dim
+    try:
+        trained = empty_index(factory, dim, config.metric, sample)
+    except RuntimeError as err:  # FAISS's message ends with what is wrong; the rest is its source location
+        reason = str(err).splitlines()[0].rsplit("failed: ", 1)[-1].rsplit("Error: ", 1)[-1]
+        raise ConfigError(
+            f"config error: index.factory: FAISS cannot build {factory!r} for {len(sample):,} training vectors "
+            f"of {dim} dimensions: {reason}"
+        ) from None
+    return faiss.serialize_index(trained), factory, dim
+
+
+def node_cpus() -> int:
+    """The CPUs of the largest live node."""
+    return max(int(node["Resources"].get("CPU", 1)) for node in ray.nodes() if node["Alive"])
 
 
 def pq_rows(uri: str, storage: StorageConfig) -> int:
@@ -175,6 +221,30 @@ def training_sample(files: list[str], counts: list[int], size: int, storage: Sto
     if not picked:
         raise ConfigError("index: the corpus has no embeddings to index")
     return np.concatenate(picked)
+
+
+def write_index_card(
+    folder: str, facts: dict[str, object], config: IndexConfig, encoder: EmbedConfig | None, storage: StorageConfig
+) -> None:
+    """``index.json``: the build facts, the search defaults and the encoder settings (not its resources)."""
+    card = {
+        "format": CARD_FORMAT,
+        **facts,
+        "nprobe": config.nprobe,
+        "encoder": encoder.model_dump(mode="json", exclude={"resources", "op"}) if encoder else None,
+    }
+    put_bytes(join(folder, CARD_FILE), orjson.dumps(card, option=orjson.OPT_INDENT_2), storage)
+
+
+def read_index_card(folder: str, storage: StorageConfig) -> dict[str, object]:
+    fs, path = filesystem(join(folder, CARD_FILE), storage)
+    try:
+        card = orjson.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        raise InputError(f"{folder}: not a shardflow index (no {CARD_FILE})") from None
+    if card.get("format") != CARD_FORMAT:
+        raise InputError(f"{folder}/{CARD_FILE}: unknown format {card.get('format')!r} (expected {CARD_FORMAT})")
+    return card
 
 
 class DenseIndex:

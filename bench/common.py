@@ -17,7 +17,7 @@ def arguments(doc: str, **extra: tuple[type, object, str]) -> argparse.Namespace
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared HPLT v2 excerpts")
     for name, (kind, default, text) in extra.items():
-        parser.add_argument(f"--{name}", type=kind, default=default, help=text)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=text)
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"no data at {args.data} (the shared HPLT v2 excerpts)")

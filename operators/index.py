@@ -1,7 +1,7 @@
 """The dense index: FAISS, chosen by a factory string or by corpus size and a memory budget.
 
-Build plan: the driver reads only the files' row counts; one Ray task samples the vectors and trains the
-index; Ray tasks add the vectors in parallel, one per group of input files, each holding a copy of the
+Build plan: the driver reads only the files' row counts; Ray tasks sample the vectors in parallel and one
+trains the index; Ray tasks add the vectors in parallel, one per group of input files, each holding a copy of the
 trained empty index; one task merges the parts and writes ``index.faiss`` and ``ids.parquet`` (FAISS id ->
 ``doc_id``) to the output folder, local or S3. Ids are assigned per input file from the files' row counts,
 so any order of the add tasks builds the same index. HNSW indexes cannot be merged in FAISS: they are built
@@ -50,7 +50,9 @@ class IndexConfig(StrictModel):
     memory_budget_mb: int = Field(4096, ge=1, description="What auto may give the index.")
     train_vectors: int = Field(100_000, ge=1, description="Vectors sampled to train IVF and PQ.")
     nprobe: int = Field(32, ge=1, description="Inverted lists searched per query (IVF indexes).")
-    partitions: int = Field(8, ge=1, description="Parallel add tasks.")
+    partitions: int | None = Field(
+        None, ge=1, description="Parallel sample and add tasks; None: one per CPU of the cluster."
+    )
 
     @field_validator("factory")
     @classmethod
@@ -135,7 +137,7 @@ def _merge_and_write(out: str, storage: StorageConfig, *parts: np.ndarray) -> in
     for part in parts[1:]:
         index.merge_from(faiss.deserialize_index(part), 0)
     fs, path = filesystem(join(out, INDEX_FILE), storage)
-    write_atomic(fs, path, lambda handle: handle.write(faiss.serialize_index(index).tobytes()))
+    write_atomic(fs, path, lambda handle: faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write)))
     return int(index.ntotal)
 
 
@@ -153,9 +155,12 @@ def build_index(files: list[str], out: str, config: IndexConfig, storage: Storag
     The driver reads only the files' row counts; sampling, training, adding and merging run in Ray tasks."""
     counts = [pq_rows(uri, storage) for uri in files]
     first_ids = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(int).tolist() if counts else []
+    groups = config.partitions or int(ray.cluster_resources().get("CPU", 1))
+    chunks = [(files[i::groups], counts[i::groups], first_ids[i::groups]) for i in range(groups) if files[i::groups]]
+    samples = [_sample.remote(chunk, sizes, config.train_vectors, sum(counts), storage) for chunk, sizes, _ in chunks]
     threads = node_cpus()  # training (k-means) and an HNSW build are multi-threaded: give them a whole node
     trained, factory, dim = _train.options(num_returns=3, num_cpus=threads).remote(
-        files, counts, config, storage, threads
+        config, sum(counts), threads, *samples
     )
     try:
         factory = ray.get(factory)
@@ -164,8 +169,7 @@ def build_index(files: list[str], out: str, config: IndexConfig, storage: Storag
             raise err.cause from None  # the user's to fix: the message alone, not a remote traceback
         raise
     if mergeable(factory):
-        chunks = [(files[i :: config.partitions], first_ids[i :: config.partitions]) for i in range(config.partitions)]
-        parts = [_add_files.remote(trained, chunk, firsts, storage) for chunk, firsts in chunks if chunk]
+        parts = [_add_files.remote(trained, chunk, firsts, storage) for chunk, _, firsts in chunks]
     else:
         parts = [_add_files.options(num_cpus=threads).remote(trained, files, first_ids, storage, threads)]
     ids = _write_ids.remote(files, first_ids, out, storage)
@@ -175,15 +179,30 @@ def build_index(files: list[str], out: str, config: IndexConfig, storage: Storag
 
 
 @ray.remote
-def _train(files: list[str], counts: list[int], config: IndexConfig, storage: StorageConfig, threads: int) -> tuple:
+def _sample(files: list[str], counts: list[int], size: int, total: int, storage: StorageConfig) -> np.ndarray:
+    """These files' share of a ``size``-vector training sample: rows spread evenly, in proportion to each
+    file's rows (deterministic); read in parallel with the other shares."""
+    picked = [np.zeros((0, 0), dtype=np.float32)]
+    for uri, count in zip(files, counts, strict=True):
+        take = min(count, math.ceil(size * count / max(total, 1)))
+        if take:
+            table = read_table(uri, storage, [EMBEDDING])
+            picked.append(vectors_of(table.take(pa.array(np.linspace(0, count - 1, take).astype(np.int64)))))
+    return np.concatenate(picked[1:]) if len(picked) > 1 else picked[0]
+
+
+@ray.remote
+def _train(config: IndexConfig, count: int, threads: int, *samples: np.ndarray) -> tuple:
     """The trained, empty index (serialised), its factory string and the vectors' dimension."""
     import faiss
 
     faiss.omp_set_num_threads(threads)
-    sample = training_sample(files, counts, config.train_vectors, storage)
+    sample = np.concatenate([part for part in samples if part.size])
+    if not len(sample):
+        raise ConfigError("index: the corpus has no embeddings to index")
     dim = sample.shape[1]
     budget = config.memory_budget_mb << 20
-    factory = config.factory if config.factory != "auto" else choose_factory(sum(counts), dim, budget)
+    factory = config.factory if config.factory != "auto" else choose_factory(count, dim, budget)
     try:
         trained = empty_index(factory, dim, config.metric, sample)
     except RuntimeError as err:  # FAISS's message ends with what is wrong; the rest is its source location
@@ -206,21 +225,6 @@ def pq_rows(uri: str, storage: StorageConfig) -> int:
     fs, path = filesystem(uri, storage)
     with fs.open(path, "rb") as handle:
         return pq.ParquetFile(handle).metadata.num_rows
-
-
-def training_sample(files: list[str], counts: list[int], size: int, storage: StorageConfig) -> np.ndarray:
-    """Up to ``size`` vectors, spread over the files in proportion to their rows (deterministic)."""
-    total = max(sum(counts), 1)
-    picked = []
-    for uri, count in zip(files, counts, strict=True):
-        take = min(count, math.ceil(size * count / total))
-        if take:
-            table = read_table(uri, storage, [EMBEDDING])
-            rows = np.linspace(0, count - 1, take).astype(np.int64)
-            picked.append(vectors_of(table.take(pa.array(rows))))
-    if not picked:
-        raise ConfigError("index: the corpus has no embeddings to index")
-    return np.concatenate(picked)
 
 
 def write_index_card(
@@ -254,7 +258,8 @@ class DenseIndex:
         import faiss
 
         fs, path = filesystem(join(folder, INDEX_FILE), storage)
-        self.index = faiss.deserialize_index(np.frombuffer(fs.cat_file(path), dtype=np.uint8))
+        with fs.open(path, "rb") as handle:  # streamed: no second copy of the index in memory
+            self.index = faiss.read_index(faiss.PyCallbackIOReader(handle.read))
         ivf = faiss.try_extract_index_ivf(self.index)
         if ivf is not None:
             ivf.nprobe = nprobe

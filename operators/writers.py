@@ -46,7 +46,7 @@ from shardflow.schema import (
     SOURCE,
     split_source,
 )
-from shardflow.storage import StorageConfig, filesystem, join, put_bytes, write_atomic
+from shardflow.storage import StorageConfig, filesystem, join, parquet_encodings, put_bytes, write_atomic
 
 CORPUS, REMOVED, QUARANTINE = "corpus", "removed", "quarantine"
 KINDS = (CORPUS, REMOVED, QUARANTINE)
@@ -124,7 +124,8 @@ class CorpusSink(Datasink):
         }
         table = _columns_for(kind, rows.drop_columns([c for c in rows.column_names if c.startswith(SECONDS_PREFIX)]))
         fs, path = self.layout.fs(join(self.layout.staging, relative))
-        write_atomic(fs, path, lambda f: pq.write_table(table, f, compression=self.compression))
+        options = parquet_encodings(table.schema)
+        write_atomic(fs, path, lambda f: pq.write_table(table, f, compression=self.compression, **options))
         seconds["write"] = time.perf_counter() - started
         return {
             "path": relative,

@@ -150,4 +150,26 @@ def read_table(uri: str, storage: StorageConfig, columns: list[str] | None = Non
 def write_table(table: pa.Table, uri: str, storage: StorageConfig) -> None:
     """``table`` as a zstd parquet file at ``uri``, never seen half-written."""
     fs, path = filesystem(uri, storage)
-    write_atomic(fs, path, lambda handle: pq.write_table(table, handle, compression="zstd"))
+    options = parquet_encodings(table.schema)
+    write_atomic(fs, path, lambda handle: pq.write_table(table, handle, compression="zstd", **options))
+
+
+def parquet_encodings(schema: pa.Schema) -> dict[str, Any]:
+    """Float columns (embeddings: fixed-size lists of float16) without dictionary encoding, which never pays
+    for them and makes reading a 384-float column 3.5x slower, and byte-stream-split, which groups the
+    exponent bytes so that zstd finds something to compress."""
+    floats = {field.name: _float_leaf(field) for field in schema}
+    return {
+        "use_dictionary": [name for name, leaf in floats.items() if leaf is None],
+        "column_encoding": {leaf: "BYTE_STREAM_SPLIT" for leaf in floats.values() if leaf is not None},
+    }
+
+
+def _float_leaf(field: pa.Field) -> str | None:
+    """The parquet leaf path of a float column or a list of floats; None for anything else."""
+    if pa.types.is_floating(field.type):
+        return field.name
+    if pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type):
+        if pa.types.is_floating(field.type.value_type):
+            return f"{field.name}.list.element"
+    return None

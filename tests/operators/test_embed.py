@@ -62,6 +62,7 @@ def test_batched_encoding_equals_one_text_at_a_time(checkpoints: dict[str, Path]
 
 def test_query_and_passage_prompts_and_matryoshka(checkpoints: dict[str, Path]) -> None:
     encoder = TextEncoder(EmbedConfig(model=str(checkpoints["bert"]), dimensions=8))
+    assert encoder.token_budget == 2048  # unset: the CPU's budget (no GPU here)
     queries, passages = encoder.encode(texts()[:3], "query"), encoder.encode(texts()[:3], "passage")
     assert queries.shape == (3, 8) and not np.allclose(queries, passages)
     assert np.allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
@@ -98,7 +99,7 @@ def test_the_offline_default_model_retrieves_across_languages() -> None:
     articles: dict[str, list[str]] = {}
     for record in sample_records():
         articles.setdefault(record["lang"][0], []).append(record["text"].split("\n", 1)[-1])  # heading cut
-    encoder = TextEncoder(EmbedConfig(token_budget=8192))
+    encoder = TextEncoder(EmbedConfig())
     count = 30
     queries = encoder.encode(articles["eng_Latn"][1 : count + 1], "query")
     for lang in ("fra_Latn", "deu_Latn", "rus_Cyrl"):

@@ -2,6 +2,7 @@
 
     shardflow run CONFIG [--set a.b=value ...] [--address ADDR]
     shardflow search INDEX --queries FILE --out RUN [--k 100]
+    shardflow rerank CONFIG [--set a.b=value ...] [--address ADDR]
     shardflow report OUTPUT
 
 Errors that are the user's to fix (config, inputs, output state) print as one line, exit status 2.
@@ -46,14 +47,7 @@ def parser() -> argparse.ArgumentParser:
         "Running the same command again resumes an interrupted run and does nothing after a finished one.",
     )
     run.add_argument("config", help="YAML config (see configs/sample.yaml)")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set output.path=/tmp/out --set stages.0.keep=[fin_Latn]",
-    )
+    add_overrides(run)
     run.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
     run.set_defaults(handler=run_command)
     report = commands.add_parser(
@@ -65,6 +59,17 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("output", help="a finished output folder (local or s3://)")
     report.add_argument("--config", help="a run config whose storage: section reaches the output (for s3://)")
     report.set_defaults(handler=report_command)
+    rerank = commands.add_parser(
+        "rerank",
+        help="rerank TREC run files with a model, as CONFIG says",
+        description="Rerank each run's top_k per query with the config's scorer on a pool of model actors (one "
+        "per GPU); write <run>.run per input run, and metrics before and after when qrels are given. Running the "
+        "same command again after a crash scores only what is missing.",
+    )
+    rerank.add_argument("config", help="YAML config (see configs/rerank.yaml)")
+    add_overrides(rerank)
+    rerank.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
+    rerank.set_defaults(handler=rerank_command)
     search = commands.add_parser(
         "search",
         help="search a corpus's dense index with queries; write a TREC run",
@@ -81,6 +86,17 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--config", help="a config whose storage: section reaches s3:// paths")
     search.set_defaults(handler=search_command)
     return root
+
+
+def add_overrides(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set output.path=/tmp/out --set stages.0.keep=[fin_Latn]",
+    )
 
 
 def positive(text: str) -> int:
@@ -108,6 +124,29 @@ def run_command(args: argparse.Namespace) -> int:
 def report_command(args: argparse.Namespace) -> int:
     html_uri, json_uri = write_report(args.output, storage_of(args.config))
     print(f"{html_uri}\n{json_uri}")
+    return 0
+
+
+def rerank_command(args: argparse.Namespace) -> int:
+    from shardflow.config import load_config
+    from shardflow.pipelines.rerank import RerankConfig, rerank
+
+    overrides = args.overrides + ([f"ray.address={args.address}"] if args.address else [])
+    config = load_config(args.config, RerankConfig, overrides)
+    summary = rerank(config)
+    pairs = summary["pairs"]
+    print(
+        f"{pairs['pairs']:,} pairs ({pairs['missing_docids']:,} with a docid the corpus lacks), "
+        f"{summary['scored_this_attempt']['chunks']} chunks scored now, {summary['seconds']:.1f} s",
+        file=sys.stderr,
+    )
+    for name, run in summary["runs"].items():
+        scores = run.get("metrics", {})
+        shown = "  ".join(
+            f"{measure} {scores['before'][measure]:.4f} -> {scores['after'][measure]:.4f}"
+            for measure in scores.get("after", {})
+        )
+        print(f"{name}: {run['lines']:,} lines -> {run['path']}  {shown}", file=sys.stderr)
     return 0
 
 

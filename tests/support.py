@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 import struct
 from pathlib import Path
 from typing import Any
@@ -94,11 +95,20 @@ def jaccard(left: str, right: str, n: int = 5) -> float:
 
 
 def write_tiny_encoder(folder: Path, kind: str, texts: list[str]) -> Path:
-    """A tiny random encoder saved as a Hugging Face folder: ``bert`` or a ``qwen3`` decoder, with a
-    word-level tokenizer trained on ``texts`` (plus the e5 prompt words)."""
+    """A tiny random model saved as a Hugging Face folder, with a word-level tokenizer trained on ``texts``
+    (plus the e5 prompt words): ``bert`` (encoder), ``bert-1``/``bert-2`` (cross-encoders with one or two
+    labels), ``qwen3`` (decoder) or ``qwen3-lm`` (decoder with its language-model head)."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        BertModel,
+        PreTrainedTokenizerFast,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+        Qwen3Model,
+    )
 
     tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.Lowercase()
@@ -111,12 +121,53 @@ def write_tiny_encoder(folder: Path, kind: str, texts: list[str]) -> Path:
     fast.save_pretrained(folder)
     torch.manual_seed(0)
     shape = {"vocab_size": fast.vocab_size, "hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64}
-    if kind == "bert":
-        model = BertModel(BertConfig(**shape, num_attention_heads=4, max_position_embeddings=256))
+    if kind.startswith("bert"):
+        config = BertConfig(**shape, num_attention_heads=4, max_position_embeddings=256)
+        if kind == "bert":
+            model = BertModel(config)
+        else:
+            config.num_labels = int(kind.split("-")[1])
+            model = BertForSequenceClassification(config)
     else:
-        qwen3 = Qwen3Config(
+        config = Qwen3Config(
             **shape, num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256
         )
-        model = Qwen3Model(qwen3)
+        model = Qwen3ForCausalLM(config) if kind == "qwen3-lm" else Qwen3Model(config)
     model.save_pretrained(folder)
     return folder
+
+
+RERANK_LANGS = ("fra_Latn", "deu_Latn", "rus_Cyrl")
+
+
+def write_rerank_task(folder: Path, articles: int = 30) -> dict[str, str]:
+    """English UDHR articles as queries; the same articles in French, German and Russian as the corpus
+    (relevant = same article); a run listing every candidate in a shuffled order, plus one docid per query
+    that the corpus does not hold."""
+    texts: dict[str, list[str]] = {}
+    for record in sample_records():
+        texts.setdefault(record["lang"][0], []).append(record["text"].split("\n", 1)[-1])
+    folder.mkdir(parents=True, exist_ok=True)
+    queries = [{"qid": f"a{n}", "text": texts["eng_Latn"][n]} for n in range(1, articles + 1)]
+    corpus = [
+        {"doc_id": f"{lang}-{n}", "text": texts[lang][n]} for lang in RERANK_LANGS for n in range(1, articles + 1)
+    ]
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
+    rng = random.Random(7)
+    run, qrels = [], []
+    for query in queries:
+        candidates = [d["doc_id"] for d in corpus] + [f"ghost-{query['qid']}"]
+        rng.shuffle(candidates)
+        run += [
+            f"{query['qid']} Q0 {doc} {rank} {100 - rank / 10:.2f} bm25\n" for rank, doc in enumerate(candidates, 1)
+        ]
+        qrels += [f"{query['qid']} 0 {lang}-{query['qid'][1:]} 1\n" for lang in RERANK_LANGS]
+    (folder / "shuffled.run").write_text("".join(run))
+    (folder / "qrels.txt").write_text("".join(qrels))
+    return {
+        "runs": [str(folder / "shuffled.run")],
+        "queries": str(folder / "queries.jsonl"),
+        "corpus": {"path": str(folder / "corpus.jsonl")},
+        "qrels": str(folder / "qrels.txt"),
+    }

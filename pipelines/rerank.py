@@ -1,0 +1,429 @@
+"""The rerank job: TREC runs + queries + a corpus -> reranked runs (and metrics, given qrels).
+
+Steps, each restartable:
+1. **pairs**: the runs are read and parsed by Ray Data (never on the driver), cut to each query's ``top_k``
+   by rank, joined with the corpus on the document id (a Ray Data hash join: no dict of the corpus
+   anywhere), tagged with a chunk number from the hash of the query id and written as parquet partitioned
+   by chunk. A docid the corpus lacks keeps a null text and is counted, never dropped.
+2. **scores**: a fixed pool of scorer actors (one per GPU, ``num_gpus: 1``; CPU actors where there is none)
+   takes the chunks that have no result yet; each chunk's result is written whole (atomically), so a job
+   killed midway, run again, scores only the chunks still missing, with the same batches, hence the same
+   scores.
+3. **runs**: per input run, the chunks are read in order and written as ``<run>.run``: per query, scored
+   pairs by score, then any unscorable ones (docid not in the corpus, query without text) in their input
+   order. With qrels, ``<run>.metrics.json`` holds nDCG@10, RR@10 and R@100 before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import time
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import xxhash
+from pydantic import Field, field_validator
+from rich.progress import Progress
+
+from shardflow.cluster.pools import on_cluster
+from shardflow.cluster.runtime import ray_session
+from shardflow.config import Resources, StrictModel
+from shardflow.errors import InputError
+from shardflow.operators.dedup.steps import finished, mark_finished
+from shardflow.operators.rerank import EmbeddingScorerConfig, ScorerConfig, load_scorer
+from shardflow.pipelines.corpus import RayConfig
+from shardflow.storage import (
+    StorageConfig,
+    arrow_filesystem,
+    exists,
+    filesystem,
+    join,
+    put_bytes,
+    read_table,
+    write_atomic,
+    write_table,
+)
+from shardflow.trec import read_queries, run_lines
+
+MEASURES = ("nDCG@10", "RR@10", "R@100")
+RUN_SUFFIXES = (".gz", ".run", ".txt", ".trec", ".tsv")
+PAIR_COLUMNS = ("run", "qid", "docid", "rank", "score", "text", "chunk")
+
+
+class CorpusSource(StrictModel):
+    """Where document texts come from."""
+
+    path: str = Field(description="A shardflow output folder, or JSONL / TSV (id<TAB>text) / parquet files.")
+    format: Literal["auto", "shardflow", "jsonl", "tsv", "parquet"] = "auto"
+    id_field: str = Field("doc_id", description="The id column of JSONL or parquet input.")
+    text_field: str = Field("text", description="The text column of JSONL or parquet input.")
+
+
+class RerankOutput(StrictModel):
+    path: str = Field(description="Folder for <run>.run, <run>.metrics.json and the job's staging.")
+
+
+class RerankConfig(StrictModel):
+    runs: list[str] = Field(min_length=1, description="TREC run files, local or s3://.")
+    queries: str = Field(description="qid<TAB>text lines or JSON lines.")
+    corpus: CorpusSource
+    qrels: str | None = Field(None, description="TREC qrels (qid 0 docid relevance): metrics before and after.")
+    top_k: int = Field(100, ge=1, description="Candidates per query to rerank (by the run's rank column).")
+    scorer: ScorerConfig = Field(default_factory=EmbeddingScorerConfig)
+    chunks: int = Field(64, ge=1, description="Units of work and of resumption (by the hash of the query id).")
+    resources: Resources = Field(default_factory=lambda: Resources(num_gpus=1))
+    output: RerankOutput
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+
+    @field_validator("runs")
+    @classmethod
+    def _distinct_names(cls, runs: list[str]) -> list[str]:
+        names = [run_name(uri) for uri in runs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two runs would be written to the same file name: {names}")
+        return runs
+
+
+def run_name(uri: str) -> str:
+    """``runs/bm25.run.gz`` -> ``bm25``."""
+    name = posixpath.basename(uri.rstrip("/"))
+    while name.endswith(RUN_SUFFIXES):
+        name = name.rsplit(".", 1)[0]
+    return name
+
+
+def rerank(config: RerankConfig, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the job; returns the summary also written to ``OUTPUT/summary.json``."""
+    started = time.monotonic()
+    for uri in [*config.runs, config.queries, *([config.qrels] if config.qrels else [])]:
+        if not exists(uri, config.storage):
+            raise InputError(f"input path does not exist: {uri}")
+    queries = dict(read_queries(config.queries, config.storage))
+    staging = join(config.output.path, "_staging")
+    with ray_session(config.ray.address, config.ray.num_cpus):
+        ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress and progress
+        pairs = ensure_pairs(config, join(staging, "pairs"))
+        scored = score_chunks(config, queries, join(staging, "pairs"), join(staging, "scores"), progress)
+    runs = {run_name(uri): write_run(config, uri, join(staging, "scores")) for uri in config.runs}
+    summary = {"pairs": pairs, "scored_this_attempt": scored, "runs": runs}
+    summary["seconds"] = round(time.monotonic() - started, 3)
+    put_bytes(join(config.output.path, "summary.json"), json.dumps(summary, indent=2).encode(), config.storage)
+    return summary
+
+
+# ---------------------------------------------------------------- step 1: pairs
+
+
+def ensure_pairs(config: RerankConfig, folder: str) -> dict[str, Any]:
+    inputs = config.model_dump(mode="json", include={"runs", "corpus", "top_k", "chunks"})
+    if not finished(folder, inputs, config.storage):
+        fs, local = filesystem(folder, config.storage)
+        pairs = read_runs(config).join(
+            read_corpus(config.corpus, config.storage),
+            join_type="left_outer",
+            num_partitions=max(1, config.chunks // 4),
+            on=("docid",),
+            right_on=("corpus_id",),
+        )
+        pairs = pairs.map_batches(_tag_chunks, fn_kwargs={"chunks": config.chunks}, batch_format="pyarrow")
+        pairs.write_parquet(local, filesystem=arrow_filesystem(fs), partition_cols=["chunk"])
+        mark_finished(folder, inputs, config.storage, **pair_counts(folder, config.storage))
+    fs, local = filesystem(folder, config.storage)
+    return {k: v for k, v in json.loads(fs.cat_file(join(local, "_DONE.json"))).items() if k != "inputs"}
+
+
+def read_runs(config: RerankConfig) -> ray.data.Dataset:
+    fs, _ = filesystem(config.runs[0], config.storage)
+    paths = [filesystem(uri, config.storage)[1] for uri in config.runs]
+    lines = ray.data.read_text(paths, filesystem=arrow_filesystem(fs), include_paths=True)
+    names = {path: run_name(path) for path in paths}
+    return lines.map_batches(
+        _parse_run_lines, fn_kwargs={"names": names, "top_k": config.top_k}, batch_format="pyarrow"
+    )
+
+
+def _parse_run_lines(batch: pa.Table, names: dict[str, str], top_k: int) -> pa.Table:
+    """``qid Q0 docid rank score tag`` lines -> rows with rank <= top_k; a malformed line is an error naming it."""
+    runs, qids, docids, ranks, scores = [], [], [], [], []
+    for line, path in zip(batch["text"].to_pylist(), batch["path"].to_pylist(), strict=True):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            qid, _, docid, rank, score, _ = fields
+            rank_value, score_value = int(rank), float(score)
+        except ValueError:
+            raise InputError(f"{path}: not a TREC run line (qid Q0 docid rank score tag): {line[:120]!r}") from None
+        if rank_value <= top_k:
+            runs.append(names[path])
+            qids.append(qid)
+            docids.append(docid)
+            ranks.append(rank_value)
+            scores.append(score_value)
+    return pa.table(
+        {
+            "run": pa.array(runs, pa.string()),
+            "qid": pa.array(qids, pa.string()),
+            "docid": pa.array(docids, pa.string()),
+            "rank": pa.array(ranks, pa.int32()),
+            "score": pa.array(scores, pa.float64()),
+        }
+    )
+
+
+def read_corpus(source: CorpusSource, storage: StorageConfig) -> ray.data.Dataset:
+    """``corpus_id, text`` rows from a shardflow output, JSONL, TSV or parquet."""
+    kind = source.format
+    if kind == "auto":
+        if exists(join(source.path, "manifest.json"), storage):
+            kind = "shardflow"
+        elif source.path.endswith((".tsv", ".tsv.gz")):
+            kind = "tsv"
+        elif source.path.endswith(".parquet"):
+            kind = "parquet"
+        else:
+            kind = "jsonl"
+    fs, local = filesystem(source.path, storage)
+    arrow_fs = arrow_filesystem(fs)
+    if kind == "shardflow":
+        data = ray.data.read_parquet(
+            join(local, "corpus"), filesystem=arrow_fs, columns=["doc_id", "text"], partitioning=None
+        )
+        id_field, text_field = "doc_id", "text"
+    elif kind == "parquet":
+        data = ray.data.read_parquet(local, filesystem=arrow_fs, columns=[source.id_field, source.text_field])
+        id_field, text_field = source.id_field, source.text_field
+    elif kind == "tsv":
+        import pyarrow.csv as csv
+
+        data = ray.data.read_csv(
+            local,
+            filesystem=arrow_fs,
+            read_options=csv.ReadOptions(column_names=["id", "text"]),
+            parse_options=csv.ParseOptions(delimiter="\t", quote_char=False),
+            convert_options=csv.ConvertOptions(column_types={"id": pa.string(), "text": pa.string()}),
+        )
+        id_field, text_field = "id", "text"
+    else:
+        data = ray.data.read_json(local, filesystem=arrow_fs)
+        id_field, text_field = source.id_field, source.text_field
+    return data.map_batches(
+        _corpus_columns, fn_kwargs={"id_field": id_field, "text_field": text_field}, batch_format="pyarrow"
+    )
+
+
+def _corpus_columns(batch: pa.Table, id_field: str, text_field: str) -> pa.Table:
+    for name in (id_field, text_field):
+        if name not in batch.column_names:
+            raise InputError(
+                f"corpus: no {name!r} field (columns: {batch.column_names}); set corpus.id_field/text_field"
+            )
+    return pa.table(
+        {"corpus_id": pc.cast(batch[id_field], pa.string()), "text": pc.cast(batch[text_field], pa.string())}
+    )
+
+
+def chunk_of(qid: str, chunks: int) -> int:
+    """The chunk of a query: stable across processes and runs (not Python's salted ``hash``)."""
+    return xxhash.xxh64_intdigest(qid.encode()) % chunks
+
+
+def _tag_chunks(batch: pa.Table, chunks: int) -> pa.Table:
+    numbers = [chunk_of(qid, chunks) for qid in batch["qid"].to_pylist()]
+    table = batch.select([name for name in batch.column_names if name != "corpus_id"])
+    return table.append_column("chunk", pa.array(numbers, pa.int32()))
+
+
+def pair_counts(folder: str, storage: StorageConfig) -> dict[str, int]:
+    """Pairs per run, and those whose docid the corpus lacks (read from the written step: counts only)."""
+    fs, local = filesystem(folder, storage)
+    counts: dict[str, int] = {"pairs": 0, "missing_docids": 0}
+    for path in sorted(f for f in fs.find(local) if f.endswith(".parquet")):
+        table = read_table(path, storage, ["text"])
+        counts["pairs"] += table.num_rows
+        counts["missing_docids"] += table["text"].null_count
+    return counts
+
+
+# ---------------------------------------------------------------- step 2: scores
+
+
+def chunk_folders(pairs: str, storage: StorageConfig) -> dict[int, str]:
+    fs, local = filesystem(pairs, storage)
+    found = {}
+    for path in fs.ls(local, detail=False) if fs.exists(local) else []:
+        name = posixpath.basename(path.rstrip("/"))
+        if name.startswith("chunk="):
+            found[int(name.split("=", 1)[1])] = path
+    return found
+
+
+def result_uri(scores: str, chunk: int) -> str:
+    return join(scores, f"chunk-{chunk:05d}.parquet")
+
+
+@ray.remote
+class ChunkScorer:
+    """One model per actor; scores whole chunks and writes each chunk's result at once."""
+
+    def __init__(self, scorer: Any, queries: dict[str, str], storage: StorageConfig) -> None:
+        self.scorer = load_scorer(scorer)
+        self.queries, self.storage = queries, storage
+
+    def placement(self) -> dict[str, Any]:
+        """Where this actor runs: the GPU Ray pinned it to (``CUDA_VISIBLE_DEVICES``), or none."""
+        return {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
+
+    def score(self, folder: str, out: str) -> int:
+        fs, _ = filesystem(out, self.storage)
+        files = sorted(f for f in fs.find(folder) if f.endswith(".parquet"))
+        table = first_of_each_pair(pa.concat_tables([read_table(f, self.storage) for f in files]))
+        texts = table["text"].to_pylist()
+        query_texts = [self.queries.get(qid) for qid in table["qid"].to_pylist()]
+        scorable = np.array([t is not None and q is not None for t, q in zip(texts, query_texts, strict=True)])
+        scores = np.full(table.num_rows, np.nan, dtype=np.float64)
+        if scorable.any():
+            rows = np.flatnonzero(scorable)
+            scores[rows] = self.scorer.score([query_texts[i] for i in rows], [texts[i] for i in rows])
+        result = table.select(["run", "qid", "docid", "rank"]).append_column("rerank_score", pa.array(scores))
+        write_table(result, out, self.storage)
+        return table.num_rows
+
+
+def first_of_each_pair(table: pa.Table) -> pa.Table:
+    """Rows sorted by run, query and rank, one per (run, qid, docid): a docid a run lists twice for a query, or
+    one the corpus holds twice, is scored once, at its best rank."""
+    table = table.sort_by([("run", "ascending"), ("qid", "ascending"), ("docid", "ascending"), ("rank", "ascending")])
+    keys = [table[name].to_numpy(zero_copy_only=False) for name in ("run", "qid", "docid")]
+    first = np.ones(table.num_rows, dtype=bool)
+    if table.num_rows:
+        first[1:] = np.any([key[1:] != key[:-1] for key in keys], axis=0)
+    table = table.filter(pa.array(first))
+    return table.sort_by([("run", "ascending"), ("qid", "ascending"), ("rank", "ascending"), ("docid", "ascending")])
+
+
+def score_chunks(
+    config: RerankConfig, queries: dict[str, str], pairs: str, scores: str, progress: bool
+) -> dict[str, Any]:
+    """Score every chunk without a result yet on a fixed pool of scorer actors; returns how many it scored
+    and where the actors ran."""
+    todo = [(chunk, folder) for chunk, folder in sorted(chunk_folders(pairs, config.storage).items())]
+    todo = [(chunk, folder) for chunk, folder in todo if not exists(result_uri(scores, chunk), config.storage)]
+    if not todo:
+        return {"chunks": 0, "actors": []}
+    resources = on_cluster("resources", config.resources, ray.cluster_resources().get("GPU", 0.0))
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    size = resources.concurrency or max(1, int(cpus // max(resources.num_cpus, 1e-9)))
+    size = min(size, len(todo))
+    actor = ChunkScorer.options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None)
+    queries_ref = ray.put(queries)
+    actors = [actor.remote(config.scorer, queries_ref, config.storage) for _ in range(size)]
+    placements = ray.get([a.placement.remote() for a in actors])
+    pool = ray.util.ActorPool(actors)
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"scoring {len(todo)} chunks on {size} actor(s)", total=len(todo))
+        for _ in pool.map_unordered(lambda a, item: a.score.remote(item[1], result_uri(scores, item[0])), todo):
+            bar.advance(task)
+    return {"chunks": len(todo), "actors": placements}
+
+
+# ---------------------------------------------------------------- step 3: runs and metrics
+
+
+def reranked_rows(config: RerankConfig, name: str, scores: str) -> Iterator[tuple[str, list[str], list[float]]]:
+    """Per query of run ``name``, chunk by chunk: docids and scores, best first, unscorable pairs last."""
+    fs, local = filesystem(scores, config.storage)
+    for path in sorted(f for f in fs.find(local) if f.endswith(".parquet")):
+        table = read_table(path, config.storage)
+        table = table.filter(pc.equal(table["run"], name))
+        if not table.num_rows:
+            continue
+        unscored = pc.is_nan(table["rerank_score"])
+        ordering = pc.if_else(unscored, -np.inf, table["rerank_score"])
+        table = table.append_column("order", ordering).append_column("unscored", unscored)
+        table = table.sort_by([("qid", "ascending"), ("order", "descending"), ("rank", "ascending")])
+        qids = table["qid"].to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(np.r_[True, qids[1:] != qids[:-1]])
+        docids, values = table["docid"].to_pylist(), table["order"].to_numpy()
+        for begin, end in zip(starts, [*starts[1:], len(qids)], strict=True):
+            yield str(qids[begin]), docids[begin:end], _finite_scores(values[begin:end])
+
+
+def _finite_scores(values: np.ndarray) -> list[float]:
+    """Unscorable pairs (score -inf) get scores below the query's lowest real one, in their input order."""
+    finite = values[np.isfinite(values)]
+    floor = (finite.min() if len(finite) else 0.0) - 1.0
+    out = values.astype(np.float64).copy()
+    missing = ~np.isfinite(out)
+    out[missing] = floor - np.arange(int(missing.sum()))
+    return out.tolist()
+
+
+def write_run(config: RerankConfig, uri: str, scores: str) -> dict[str, Any]:
+    name = run_name(uri)
+    out = join(config.output.path, f"{name}.run")
+    fs, path = filesystem(out, config.storage)
+    lines = 0
+
+    def write(handle: Any) -> None:
+        nonlocal lines
+        for qid, docids, values in reranked_rows(config, name, scores):
+            chunk = run_lines(qid, docids, values, f"shardflow-{config.scorer.kind}")
+            handle.write("".join(chunk).encode())
+            lines += len(chunk)
+
+    write_atomic(fs, path, write)
+    facts: dict[str, Any] = {"path": out, "lines": lines}
+    if config.qrels:
+        facts["metrics"] = metrics(config, uri, out)
+        put_bytes(
+            join(config.output.path, f"{name}.metrics.json"),
+            json.dumps(facts["metrics"], indent=2).encode(),
+            config.storage,
+        )
+    return facts
+
+
+def metrics(config: RerankConfig, before: str, after: str) -> dict[str, dict[str, float]]:
+    """nDCG@10, RR@10, R@100 (ir-measures) of the input run's top_k and of the reranked run."""
+    import ir_measures
+
+    measures = [ir_measures.parse_measure(name) for name in MEASURES]
+    qrels = list(read_qrels(config.qrels, config.storage))
+    found = {}
+    for label, uri, top_k in (("before", before, config.top_k), ("after", after, None)):
+        values = ir_measures.calc_aggregate(measures, qrels, read_scored(uri, config.storage, top_k))
+        found[label] = {str(measure): round(float(values[measure]), 6) for measure in measures}
+    return found
+
+
+def read_scored(uri: str, storage: StorageConfig, top_k: int | None) -> Iterator[Any]:
+    from ir_measures import ScoredDoc
+
+    fs, path = filesystem(uri, storage)
+    with fs.open(path, "rt", compression="infer") as handle:
+        for line in handle:
+            fields = line.split()
+            if len(fields) == 6 and (top_k is None or int(fields[3]) <= top_k):
+                yield ScoredDoc(fields[0], fields[2], float(fields[4]))
+
+
+def read_qrels(uri: str, storage: StorageConfig) -> Iterator[Any]:
+    from ir_measures import Qrel
+
+    fs, path = filesystem(uri, storage)
+    with fs.open(path, "rt", compression="infer") as handle:
+        for number, line in enumerate(handle, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 4:
+                raise InputError(f"{uri}:{number}: not a qrels line (qid 0 docid relevance): {line[:120]!r}")
+            yield Qrel(fields[0], fields[2], int(fields[3]))

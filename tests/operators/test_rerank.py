@@ -1,0 +1,68 @@
+"""Scorers against a plain transformers forward, pair by pair, on tiny checkpoints the tests create."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shardflow.operators.rerank import CausalYesNoConfig, CausalYesNoScorer, CrossEncoderConfig, CrossEncoderScorer
+from support import sample_records, write_tiny_encoder
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def pairs() -> tuple[list[str], list[str]]:
+    texts = [r["text"] for r in sample_records()[:40]]
+    queries = [" ".join(t.split()[:4]) for t in texts[:8]] * 5
+    documents = [t[: 40 + 37 * i % 900] for i, t in enumerate(texts)]  # lengths spread: many batch shapes
+    return queries, documents
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("rerankers")
+    queries, documents = pairs()
+    words = [*queries, *documents, "yes no Instruct Query Document"]
+    return {kind: write_tiny_encoder(root / kind, kind, words) for kind in ("bert-1", "bert-2", "qwen3-lm")}
+
+
+@pytest.mark.parametrize("kind", ["bert-1", "bert-2"])
+def test_cross_encoder_scores_equal_one_pair_at_a_time(models: dict[str, Path], kind: str) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    queries, documents = pairs()
+    found = CrossEncoderScorer(CrossEncoderConfig(model=str(models[kind]), max_length=64, token_budget=300)).score(
+        queries, documents
+    )
+    tokenizer = AutoTokenizer.from_pretrained(models[kind])
+    model = AutoModelForSequenceClassification.from_pretrained(models[kind]).eval()
+    expected = []
+    for query, document in zip(queries, documents, strict=True):
+        inputs = tokenizer(query, document, truncation="longest_first", max_length=64, return_tensors="pt")
+        with torch.inference_mode():
+            logits = model(**inputs).logits[0]
+        expected.append(float(logits[0]) if len(logits) == 1 else float(torch.softmax(logits, -1)[1]))
+    np.testing.assert_allclose(found, expected, atol=1e-5)
+    assert len(np.unique(found)) > len(found) // 2  # the scores differ between pairs: the test can fail
+
+
+def test_causal_yes_no_scores_equal_one_prompt_at_a_time(models: dict[str, Path]) -> None:
+    from transformers import AutoModelForCausalLM
+
+    queries, documents = pairs()
+    scorer = CausalYesNoScorer(CausalYesNoConfig(model=str(models["qwen3-lm"]), max_length=96, token_budget=800))
+    found = scorer.score(queries, documents)
+    model = AutoModelForCausalLM.from_pretrained(models["qwen3-lm"]).eval()
+    yes, no = scorer.yes, scorer.no
+    assert yes != no and scorer.tokenizer.unk_token_id not in (yes, no)
+    expected = []
+    for query, document in zip(queries, documents, strict=True):
+        ids = scorer.prompt_ids(query, document)
+        assert len(ids) <= 96 and ids[-len(scorer.suffix) :] == scorer.suffix  # only the document is cut
+        with torch.inference_mode():
+            last = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        expected.append(float(torch.softmax(torch.stack([last[no], last[yes]]), -1)[1]))
+    np.testing.assert_allclose(found, expected, atol=1e-5)

@@ -1,0 +1,112 @@
+"""The rerank job end to end: real local Ray, real models (the offline default encoder, tiny checkpoints)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from shardflow.config import validate
+from shardflow.pipelines.rerank import RerankConfig, rerank
+from support import REPO, write_rerank_task, write_tiny_encoder
+
+
+def parsed(run: Path) -> list[list[str]]:
+    return [line.split() for line in run.read_text().splitlines()]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_default_embedding_reranker_fixes_a_shuffled_cross_lingual_run(tmp_path: Path) -> None:
+    inputs = write_rerank_task(tmp_path / "in")
+    config = validate(
+        {**inputs, "top_k": 100, "chunks": 3, "output": {"path": str(tmp_path / "out")}, "ray": {"progress": False}},
+        RerankConfig,
+    )
+    summary = rerank(config, progress=False)
+    assert summary["pairs"] == {"pairs": 30 * 91, "missing_docids": 30}
+    metrics = json.loads((tmp_path / "out" / "shuffled.metrics.json").read_text())
+    assert metrics["before"]["nDCG@10"] < 0.3 and metrics["after"]["nDCG@10"] >= 0.8, metrics
+    assert metrics["after"]["RR@10"] > metrics["before"]["RR@10"] and metrics["after"]["R@100"] == 1.0
+    lines = parsed(tmp_path / "out" / "shuffled.run")
+    assert len(lines) == 30 * 91 and all(line[5] == "shardflow-embedding" for line in lines)
+    for qid in {line[0] for line in lines}:
+        ranked = [line for line in lines if line[0] == qid]
+        assert [int(line[3]) for line in ranked] == list(range(1, 92))
+        assert ranked[-1][2] == f"ghost-{qid}"  # not in the corpus: kept, counted, ranked last
+        assert [float(line[4]) for line in ranked] == sorted((float(line[4]) for line in ranked), reverse=True)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_rerun_scores_only_the_missing_chunks_and_writes_the_identical_run(tmp_path: Path) -> None:
+    inputs = write_rerank_task(tmp_path / "in", articles=12)
+    texts = [json.loads(line)["text"] for line in Path(inputs["corpus"]["path"]).read_text().splitlines()]
+    model = write_tiny_encoder(tmp_path / "ce", "bert-1", texts)
+    raw = {
+        **inputs,
+        "chunks": 6,
+        "top_k": 20,
+        "scorer": {"kind": "cross_encoder", "model": str(model), "max_length": 64},
+        "output": {"path": str(tmp_path / "out")},
+        "ray": {"progress": False},
+    }
+    first = rerank(validate(raw, RerankConfig), progress=False)
+    scores = sorted((tmp_path / "out" / "_staging" / "scores").glob("chunk-*.parquet"))
+    assert first["scored_this_attempt"]["chunks"] == len(scores) >= 4 and first["pairs"]["pairs"] == 12 * 20
+    run = tmp_path / "out" / "shuffled.run"
+    reference = run.read_bytes()
+    assert len(parsed(run)) == 12 * 20
+    for lost in scores[::2]:  # as if the job had been killed with half of the chunks written
+        lost.unlink()
+    run.unlink()
+    again = rerank(validate(raw, RerankConfig), progress=False)
+    assert again["scored_this_attempt"]["chunks"] == len(scores[::2])
+    assert run.read_bytes() == reference
+    nothing = rerank(validate(raw, RerankConfig), progress=False)
+    assert nothing["scored_this_attempt"]["chunks"] == 0 and run.read_bytes() == reference
+
+
+def test_run_files_must_be_trec_lines(tmp_path: Path, ray_local: None) -> None:
+    inputs = write_rerank_task(tmp_path / "in", articles=2)
+    bad = tmp_path / "in" / "bad.run"
+    bad.write_text("a1 Q0 fra_Latn-1 1 0.5 tag\na1 fra_Latn-2 2\n")
+    raw = {**inputs, "runs": [str(bad)], "output": {"path": str(tmp_path / "out")}, "ray": {"progress": False}}
+    with pytest.raises(Exception, match=r"bad.run: not a TREC run line .*'a1 fra_Latn-2 2'"):
+        rerank(validate(raw, RerankConfig), progress=False)
+
+
+PINNING = textwrap.dedent(
+    """
+    import json, sys
+    import ray
+    from shardflow.pipelines.rerank import RerankConfig, rerank
+
+    ray.init(num_cpus=8, num_gpus=4, include_dashboard=False, log_to_driver=False)
+    summary = rerank(RerankConfig.model_validate_json(sys.argv[1]), progress=False)
+    print(json.dumps(summary["scored_this_attempt"]["actors"]))
+    """
+)
+
+
+def test_scorer_actors_are_one_per_gpu_each_on_its_own_device(tmp_path: Path) -> None:
+    inputs = write_rerank_task(tmp_path / "in", articles=8)
+    texts = [json.loads(line)["text"] for line in Path(inputs["corpus"]["path"]).read_text().splitlines()]
+    model = write_tiny_encoder(tmp_path / "ce", "bert-2", texts)
+    config = {
+        **inputs,
+        "chunks": 8,
+        "scorer": {"kind": "cross_encoder", "model": str(model)},
+        "resources": {"num_gpus": 1, "num_cpus": 1},
+        "output": {"path": str(tmp_path / "out")},
+        "ray": {"progress": False},
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", PINNING, json.dumps(config)], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    actors = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len({actor["pid"] for actor in actors}) == 4
+    assert sorted(actor["cuda_visible_devices"] for actor in actors) == ["0", "1", "2", "3"]

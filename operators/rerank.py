@@ -9,6 +9,10 @@ embedding stage's ``token_budget_batches``), so a batch of short pairs holds man
 | ``embedding`` (default) | the embedding stage's encoder (multilingual-e5-small offline) | cosine(query, document) |
 | ``cross_encoder`` | ``AutoModelForSequenceClassification`` | the logit (one label) or P(label 1) (two) |
 | ``causal_yes_no`` | ``AutoModelForCausalLM`` (Qwen3-Reranker recipe) | P("yes") vs "no", last position |
+| ``first`` | ``AutoModelForCausalLM`` (FIRST, single-token listwise) | list length - final position |
+
+Pointwise scorers score pairs independently; a listwise one (``listwise = True``) also gets which list each
+pair belongs to.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 from pydantic import Field
 
 from shardflow.config import StrictModel
+from shardflow.errors import ConfigError
 from shardflow.operators.embed import TOKEN_BUDGET, EmbedConfig, TextEncoder, token_budget_batches
 from shardflow.operators.model_source import resolve_model
 
@@ -54,7 +59,22 @@ class CausalYesNoConfig(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
-ScorerConfig = Annotated[EmbeddingScorerConfig | CrossEncoderConfig | CausalYesNoConfig, Field(discriminator="kind")]
+class FirstListwiseConfig(StrictModel):
+    """FIRST (single-token listwise): a causal LM reads a window of passages labelled [A], [B], ... and the
+    logits of its first generated token rank them; windows slide from the bottom of the list to the top."""
+
+    kind: Literal["first"] = "first"
+    model: str = Field(description="A causal LM trained for listwise ranking: a local folder or a cached model id.")
+    window: int = Field(20, ge=2, le=26, description="Passages per prompt (labelled A..Z).")
+    stride: int = Field(10, ge=1, description="Positions the window moves up each step.")
+    passage_tokens: int = Field(100, ge=8, description="Each passage is cut to this many tokens.")
+    token_budget: int | None = Field(None, ge=1)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+ScorerConfig = Annotated[
+    EmbeddingScorerConfig | CrossEncoderConfig | CausalYesNoConfig | FirstListwiseConfig, Field(discriminator="kind")
+]
 
 
 def device_and_dtype(dtype: str) -> tuple[Any, Any]:
@@ -158,11 +178,96 @@ class CausalYesNoScorer:
         return torch.softmax(pair, dim=1)[:, 1].cpu().numpy()
 
 
-def batched_scores(scorer: Any, encoded: dict[str, list[list[int]]], forward: Any) -> np.ndarray:
-    """``forward`` over token-budget batches of the tokenized pairs (sorted by length), back in input order."""
+class FirstListwiseScorer:
+    """Lists (a query's candidates in input order) are reranked by sliding windows; a window's order comes
+    from one forward pass (the logits of the labels at the first generated position, not a generated
+    permutation). One query's windows run in sequence, each on the previous one's result; the windows of
+    different queries run together in batches. The score of a candidate is its list length minus its final
+    position, so higher is better, as for every scorer."""
+
+    listwise = True
+
+    def __init__(self, config: FirstListwiseConfig) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device, dtype = device_and_dtype(config.dtype)
+        path = resolve_model(config.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.config = config
+        self.token_budget = config.token_budget or TOKEN_BUDGET[self.device.type]
+        self.labels = [chr(ord("A") + i) for i in range(config.window)]
+        self.label_ids = [self.tokenizer.convert_tokens_to_ids(label) for label in self.labels]
+        if len(set(self.label_ids)) < len(self.labels) or self.tokenizer.unk_token_id in self.label_ids:
+            raise ConfigError(f"scorer.model: {config.model}: the labels A..{self.labels[-1]} are not single tokens")
+
+    def score(self, queries: list[str], documents: list[str], lists: np.ndarray) -> np.ndarray:
+        """``lists`` numbers each row's list; rows of a list are contiguous and in input rank order."""
+        bounds = np.flatnonzero(np.r_[True, lists[1:] != lists[:-1], True])
+        orders = [list(range(start, end)) for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+        passages = [self.tokenizer.encode(d, add_special_tokens=False)[: self.config.passage_tokens] for d in documents]
+
+        def rank_windows(requests: list[tuple[int, list[int]]]) -> list[list[int]]:
+            prompts = [self.prompt_ids(queries[orders[i][0]], [passages[row] for row in rows]) for i, rows in requests]
+            logits = batched_scores(self, {"input_ids": prompts}, self._label_logits, width=len(self.labels))
+            return [list(np.argsort(-logits[n, : len(rows)], kind="stable")) for n, (_, rows) in enumerate(requests)]
+
+        final = slide(orders, self.config.window, self.config.stride, rank_windows)
+        scores = np.zeros(len(documents), dtype=np.float32)
+        for order in final:
+            scores[order] = len(order) - np.arange(len(order))
+        return scores
+
+    def prompt_ids(self, query: str, passages: list[list[int]]) -> list[int]:
+        encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+        ids = encode(f"Search query: {query}\nRank the {len(passages)} passages below by relevance to the query.\n")
+        for label, passage in zip(self.labels, passages, strict=False):
+            ids += encode(f"[{label}] ") + passage + encode("\n")
+        return ids + encode("The most relevant passage is [")
+
+    def _label_logits(self, padded: dict[str, Any]) -> np.ndarray:
+        import torch
+
+        positions = (padded["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            last = self.model(**padded, position_ids=positions).logits[:, -1, :].float()
+        return last[:, self.label_ids].cpu().numpy()
+
+
+def window_plan(length: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of each window, from the bottom of a list of ``length`` to the top (RankGPT, FIRST)."""
+    if length <= window:
+        return [(0, length)]
+    plan, end = [], length
+    while True:
+        start = max(0, end - window)
+        plan.append((start, end))
+        if start == 0:
+            return plan
+        end -= stride
+
+
+def slide(orders: list[list[int]], window: int, stride: int, rank_windows: Any) -> list[list[int]]:
+    """Rerank each list by its windows; step k of every list goes to ``rank_windows`` in one call, as
+    ``(list number, rows in the window)``, and comes back as each window's new order (positions in it)."""
+    orders = [list(order) for order in orders]
+    plans = [window_plan(len(order), window, stride) for order in orders]
+    for step in range(max((len(plan) for plan in plans), default=0)):
+        requests = [(i, orders[i][plan[step][0] : plan[step][1]]) for i, plan in enumerate(plans) if step < len(plan)]
+        for (i, rows), new_order in zip(requests, rank_windows(requests), strict=True):
+            start, end = plans[i][step]
+            orders[i][start:end] = [rows[position] for position in new_order]
+    return orders
+
+
+def batched_scores(scorer: Any, encoded: dict[str, list[list[int]]], forward: Any, width: int = 0) -> np.ndarray:
+    """``forward`` over token-budget batches of the tokenized inputs (sorted by length), back in input order
+    (one score per input, or ``width`` of them)."""
     ids = encoded["input_ids"]
     lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
-    scores = np.zeros(len(ids), dtype=np.float32)
+    scores = np.zeros((len(ids), width) if width else len(ids), dtype=np.float32)
     for batch in token_budget_batches(lengths, scorer.token_budget):
         rows = {key: [values[i] for i in batch] for key, values in encoded.items()}
         padded = scorer.tokenizer.pad(rows, return_tensors="pt").to(scorer.device)
@@ -170,7 +275,12 @@ def batched_scores(scorer: Any, encoded: dict[str, list[list[int]]], forward: An
     return scores
 
 
-SCORERS = {"embedding": EmbeddingScorer, "cross_encoder": CrossEncoderScorer, "causal_yes_no": CausalYesNoScorer}
+SCORERS = {
+    "embedding": EmbeddingScorer,
+    "cross_encoder": CrossEncoderScorer,
+    "causal_yes_no": CausalYesNoScorer,
+    "first": FirstListwiseScorer,
+}
 
 
 def load_scorer(config: Any) -> Any:

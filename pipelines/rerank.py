@@ -291,7 +291,11 @@ class ChunkScorer:
         scores = np.full(table.num_rows, np.nan, dtype=np.float64)
         if scorable.any():
             rows = np.flatnonzero(scorable)
-            scores[rows] = self.scorer.score([query_texts[i] for i in rows], [texts[i] for i in rows])
+            arguments = [[query_texts[i] for i in rows], [texts[i] for i in rows]]
+            if getattr(self.scorer, "listwise", False):  # rows of one (run, qid) are contiguous, by input rank
+                keys = zip(table["run"].to_pylist(), table["qid"].to_pylist(), strict=True)
+                arguments.append(np.array([f"{run}\t{qid}" for run, qid in keys], dtype=object)[rows])
+            scores[rows] = self.scorer.score(*arguments)
         result = table.select(["run", "qid", "docid", "rank"]).append_column("rerank_score", pa.array(scores))
         write_table(result, out, self.storage)
         return table.num_rows

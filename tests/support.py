@@ -94,7 +94,7 @@ def jaccard(left: str, right: str, n: int = 5) -> float:
     return len(a & b) / len(a | b)
 
 
-def write_tiny_encoder(folder: Path, kind: str, texts: list[str]) -> Path:
+def write_tiny_encoder(folder: Path, kind: str, texts: list[str], lowercase: bool = True) -> Path:
     """A tiny random model saved as a Hugging Face folder, with a word-level tokenizer trained on ``texts``
     (plus the e5 prompt words): ``bert`` (encoder), ``bert-1``/``bert-2`` (cross-encoders with one or two
     labels), ``qwen3`` (decoder) or ``qwen3-lm`` (decoder with its language-model head)."""
@@ -111,7 +111,8 @@ def write_tiny_encoder(folder: Path, kind: str, texts: list[str]) -> Path:
     )
 
     tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.Lowercase()
+    if lowercase:
+        tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.WordLevelTrainer(vocab_size=2000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
     tokenizer.train_from_iterator([*texts, "query: passage:"], trainer)

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from shardflow.operators.rerank import CausalYesNoConfig, CausalYesNoScorer, CrossEncoderConfig, CrossEncoderScorer
+from shardflow.operators.rerank import (
+    CausalYesNoConfig,
+    CausalYesNoScorer,
+    CrossEncoderConfig,
+    CrossEncoderScorer,
+    FirstListwiseConfig,
+    FirstListwiseScorer,
+    slide,
+    window_plan,
+)
 from support import sample_records, write_tiny_encoder
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -66,3 +75,40 @@ def test_causal_yes_no_scores_equal_one_prompt_at_a_time(models: dict[str, Path]
             last = model(input_ids=torch.tensor([ids])).logits[0, -1]
         expected.append(float(torch.softmax(torch.stack([last[no], last[yes]]), -1)[1]))
     np.testing.assert_allclose(found, expected, atol=1e-5)
+
+
+def test_sliding_windows_with_a_known_preference_give_the_known_order() -> None:
+    value = [3, 7, 1, 8, 2, 6, 5, 4]  # row -> how much the "model" likes it
+    calls = []
+
+    def prefer_higher(requests: list[tuple[int, list[int]]]) -> list[list[int]]:
+        calls.append(len(requests))
+        return [sorted(range(len(rows)), key=lambda p: -value[rows[p]]) for _, rows in requests]
+
+    assert window_plan(8, 4, 2) == [(4, 8), (2, 6), (0, 4)] and window_plan(3, 4, 2) == [(0, 3)]
+    final = slide([list(range(8)), [0, 1, 2]], window=4, stride=2, rank_windows=prefer_higher)
+    # bottom window [4..8) -> 5 6 7 4; then [2..6) -> 3 5 6 2; then [0..4) -> 3 1 5 0: the best rise to the top
+    assert final[0] == [3, 1, 5, 0, 6, 2, 7, 4] and final[1] == [1, 0, 2]
+    assert calls == [2, 1, 1]  # step 1 of both lists in one call, then the longer list alone
+
+
+def test_first_ranks_a_short_list_by_the_label_logits_of_one_forward(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    queries, documents = pairs()
+    labels = " ".join(chr(ord("A") + i) for i in range(26))
+    words = [*queries, *documents, labels, "Search query: Rank the passages below by relevance to the query."]
+    model = write_tiny_encoder(tmp_path / "first", "qwen3-lm", words, lowercase=False)
+    scorer = FirstListwiseScorer(FirstListwiseConfig(model=str(model), window=6, stride=3, passage_tokens=12))
+    lists = np.array([0] * 5 + [1] * 14)
+    found = scorer.score(queries[:19], documents[:19], lists)
+    assert sorted(found[:5]) == [1, 2, 3, 4, 5] and sorted(found[5:]) == list(range(1, 15))
+    passages = [scorer.tokenizer.encode(d, add_special_tokens=False)[:12] for d in documents[:5]]
+    with torch.inference_mode():
+        last = (
+            AutoModelForCausalLM.from_pretrained(model)
+            .eval()(input_ids=torch.tensor([scorer.prompt_ids(queries[0], passages)]))
+            .logits[0, -1]
+        )
+    expected_order = np.argsort(-last[scorer.label_ids[:5]].numpy(), kind="stable")
+    assert list(np.argsort(-found[:5], kind="stable")) == list(expected_order)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +113,53 @@ def test_scorer_actors_are_one_per_gpu_each_on_its_own_device(tmp_path: Path) ->
     actors = json.loads(done.stdout.strip().splitlines()[-1])
     assert len({actor["pid"] for actor in actors}) == 4
     assert sorted(actor["cuda_visible_devices"] for actor in actors) == ["0", "1", "2", "3"]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_listwise_scorer_reranks_each_query_list_in_the_job(tmp_path: Path) -> None:
+    inputs = write_rerank_task(tmp_path / "in", articles=4)
+    texts = [json.loads(line)["text"] for line in Path(inputs["corpus"]["path"]).read_text().splitlines()]
+    labels = " ".join(chr(ord("A") + i) for i in range(26))
+    model = write_tiny_encoder(tmp_path / "first", "qwen3-lm", [*texts, labels], lowercase=False)
+    raw = {
+        **inputs,
+        "chunks": 2,
+        "scorer": {"kind": "first", "model": str(model), "window": 5, "stride": 2, "passage_tokens": 16},
+        "output": {"path": str(tmp_path / "out")},
+        "ray": {"progress": False},
+    }
+    summary = rerank(validate(raw, RerankConfig), progress=False)
+    lines = parsed(tmp_path / "out" / "shuffled.run")
+    assert summary["pairs"]["pairs"] == len(lines) == 4 * 13
+    for qid in ("a1", "a2", "a3", "a4"):
+        ranked = [line for line in lines if line[0] == qid]
+        assert [line[4] for line in ranked[:12]] == [f"{12 - i:.6f}" for i in range(12)]  # list length - position
+        assert ranked[-1][2] == f"ghost-{qid}"
+
+
+def test_a_job_killed_after_some_chunks_resumes_to_the_uninterrupted_output(tmp_path: Path, ray_local: None) -> None:
+    inputs = write_rerank_task(tmp_path / "in", articles=20)
+    settings = {**inputs, "chunks": 10, "top_k": 20, "ray": {"progress": False}}
+    config_file = tmp_path / "rerank.yaml"
+    config_file.write_text(json.dumps({**settings, "output": {"path": str(tmp_path / "killed")}}))
+    job = subprocess.Popen(
+        [sys.executable, "-m", "shardflow.cli", "rerank", str(config_file)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill takes its local Ray with it
+    )
+    scores = tmp_path / "killed" / "_staging" / "scores"
+    deadline = time.monotonic() + 240
+    while len(list(scores.glob("chunk-*.parquet"))) < 2 and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    written = len(list(scores.glob("chunk-*.parquet")))
+    assert 2 <= written < 10 and not (tmp_path / "killed" / "shuffled.run").exists()
+
+    resumed = rerank(validate({**settings, "output": {"path": str(tmp_path / "killed")}}, RerankConfig), False)
+    fresh = rerank(validate({**settings, "output": {"path": str(tmp_path / "fresh")}}, RerankConfig), False)
+    assert resumed["scored_this_attempt"]["chunks"] + written == fresh["scored_this_attempt"]["chunks"]
+    assert (tmp_path / "killed" / "shuffled.run").read_bytes() == (tmp_path / "fresh" / "shuffled.run").read_bytes()
+    assert resumed["runs"]["shuffled"]["metrics"] == fresh["runs"]["shuffled"]["metrics"]

@@ -46,6 +46,7 @@ from shardflow.storage import (
     join,
     put_bytes,
     read_table,
+    to_uri,
     write_atomic,
     write_table,
 )
@@ -246,7 +247,7 @@ def pair_counts(folder: str, storage: StorageConfig) -> dict[str, int]:
     fs, local = filesystem(folder, storage)
     counts: dict[str, int] = {"pairs": 0, "missing_docids": 0}
     for path in sorted(f for f in fs.find(local) if f.endswith(".parquet")):
-        table = read_table(path, storage, ["text"])
+        table = read_table(to_uri(fs, path), storage, ["text"])
         counts["pairs"] += table.num_rows
         counts["missing_docids"] += table["text"].null_count
     return counts
@@ -261,7 +262,7 @@ def chunk_folders(pairs: str, storage: StorageConfig) -> dict[int, str]:
     for path in fs.ls(local, detail=False) if fs.exists(local) else []:
         name = posixpath.basename(path.rstrip("/"))
         if name.startswith("chunk="):
-            found[int(name.split("=", 1)[1])] = path
+            found[int(name.split("=", 1)[1])] = to_uri(fs, path)
     return found
 
 
@@ -282,8 +283,8 @@ class ChunkScorer:
         return {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
 
     def score(self, folder: str, out: str) -> int:
-        fs, _ = filesystem(out, self.storage)
-        files = sorted(f for f in fs.find(folder) if f.endswith(".parquet"))
+        fs, local = filesystem(folder, self.storage)
+        files = sorted(to_uri(fs, f) for f in fs.find(local) if f.endswith(".parquet"))
         table = first_of_each_pair(pa.concat_tables([read_table(f, self.storage) for f in files]))
         texts = table["text"].to_pylist()
         query_texts = [self.queries.get(qid) for qid in table["qid"].to_pylist()]
@@ -345,7 +346,7 @@ def reranked_rows(config: RerankConfig, name: str, scores: str) -> Iterator[tupl
     """Per query of run ``name``, chunk by chunk: docids and scores, best first, unscorable pairs last."""
     fs, local = filesystem(scores, config.storage)
     for path in sorted(f for f in fs.find(local) if f.endswith(".parquet")):
-        table = read_table(path, config.storage)
+        table = read_table(to_uri(fs, path), config.storage)
         table = table.filter(pc.equal(table["run"], name))
         if not table.num_rows:
             continue

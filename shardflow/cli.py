@@ -2,7 +2,7 @@
 
     shardflow run CONFIG [--set a.b=value ...] [--address ADDR]
     shardflow search INDEX --queries FILE --out RUN [--k 100]
-    shardflow rerank CONFIG [--set a.b=value ...] [--address ADDR]
+    shardflow rerank CONFIG [--set a.b=value ...] [--top-k N] [--address ADDR]
     shardflow report OUTPUT
 
 Errors that are the user's to fix (config, inputs, output state) print as one line, exit status 2.
@@ -68,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     )
     rerank.add_argument("config", help="YAML config (see configs/rerank.yaml)")
     add_overrides(rerank)
+    rerank.add_argument("--top-k", type=positive, help="candidates per query to rerank (overrides top_k)")
     rerank.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
     rerank.set_defaults(handler=rerank_command)
     search = commands.add_parser(
@@ -132,6 +133,7 @@ def rerank_command(args: argparse.Namespace) -> int:
     from shardflow.pipelines.rerank import RerankConfig, rerank
 
     overrides = args.overrides + ([f"ray.address={args.address}"] if args.address else [])
+    overrides += [f"top_k={args.top_k}"] if args.top_k else []
     config = load_config(args.config, RerankConfig, overrides)
     summary = rerank(config)
     pairs = summary["pairs"]

@@ -89,8 +89,8 @@ def test_rerank_the_bundled_example(tmp_path: Path) -> None:
         "configs/rerank.yaml",
         "--set",
         f"output.path={tmp_path}",
-        "--set",
-        "top_k=5",
+        "--top-k",
+        "5",
         "--set",
         "ray.progress=false",
     )

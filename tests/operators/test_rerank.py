@@ -43,9 +43,11 @@ def test_cross_encoder_scores_equal_one_pair_at_a_time(models: dict[str, Path], 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     queries, documents = pairs()
-    found = CrossEncoderScorer(CrossEncoderConfig(model=str(models[kind]), max_length=64, token_budget=300)).score(
-        queries, documents
-    )
+    scorer = CrossEncoderScorer(CrossEncoderConfig(model=str(models[kind]), max_length=64, token_budget=300))
+    found = scorer.score(queries, documents)
+    shuffled = np.random.default_rng(0).permutation(len(queries))
+    again = scorer.score([queries[i] for i in shuffled], [documents[i] for i in shuffled])
+    np.testing.assert_allclose(again, found[shuffled], atol=1e-6)  # any input order: the same score per pair
     tokenizer = AutoTokenizer.from_pretrained(models[kind])
     model = AutoModelForSequenceClassification.from_pretrained(models[kind]).eval()
     expected = []
@@ -68,6 +70,7 @@ def test_causal_yes_no_scores_equal_one_prompt_at_a_time(models: dict[str, Path]
     yes, no = scorer.yes, scorer.no
     assert yes != no and scorer.tokenizer.unk_token_id not in (yes, no)
     expected = []
+    assert any(len(scorer.prompt_ids(q, d)) == 96 for q, d in zip(queries, documents, strict=True))  # some are cut
     for query, document in zip(queries, documents, strict=True):
         ids = scorer.prompt_ids(query, document)
         assert len(ids) <= 96 and ids[-len(scorer.suffix) :] == scorer.suffix  # only the document is cut

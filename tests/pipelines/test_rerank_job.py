@@ -11,11 +11,15 @@ import textwrap
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from shardflow.config import validate
+from shardflow.pipelines.corpus import CorpusConfig, run_corpus
 from shardflow.pipelines.rerank import RerankConfig, rerank
-from support import REPO, write_rerank_task, write_tiny_encoder
+from shardflow.storage import filesystem
+from support import REPO, write_rerank_task, write_shard, write_tiny_encoder
 
 
 def parsed(run: Path) -> list[list[str]]:
@@ -163,3 +167,62 @@ def test_a_job_killed_after_some_chunks_resumes_to_the_uninterrupted_output(tmp_
     assert resumed["scored_this_attempt"]["chunks"] + written == fresh["scored_this_attempt"]["chunks"]
     assert (tmp_path / "killed" / "shuffled.run").read_bytes() == (tmp_path / "fresh" / "shuffled.run").read_bytes()
     assert resumed["runs"]["shuffled"]["metrics"] == fresh["runs"]["shuffled"]["metrics"]
+
+
+def corpus_as(form: str, docs: list[dict], folder: Path) -> dict:
+    """The same documents as a TSV file, a parquet file with other field names, or a shardflow output."""
+    if form == "tsv":
+        (folder / "corpus.tsv").write_text("".join(f"{d['doc_id']}\t{' '.join(d['text'].split())}\n" for d in docs))
+        return {"path": str(folder / "corpus.tsv")}
+    if form == "parquet":
+        table = pa.table({"pid": [d["doc_id"] for d in docs], "body": [d["text"] for d in docs]})
+        pq.write_table(table, folder / "corpus.parquet")
+        return {"path": str(folder / "corpus.parquet"), "id_field": "pid", "text_field": "body"}
+    write_shard(folder / "shards" / "a.jsonl.zst", [{"id": d["doc_id"], "text": d["text"]} for d in docs])
+    config = {"input": {"paths": [str(folder / "shards")]}, "output": {"path": str(folder / "corpus")}}
+    run_corpus(validate({**config, "ray": {"progress": False}}, CorpusConfig))
+    return {"path": str(folder / "corpus")}
+
+
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.parametrize("form", ["tsv", "parquet", "shardflow"])
+def test_the_corpus_may_be_tsv_parquet_or_a_shardflow_output(tmp_path: Path, form: str) -> None:
+    inputs = write_rerank_task(tmp_path / "in", articles=3)
+    docs = [json.loads(line) for line in Path(inputs["corpus"]["path"]).read_text().splitlines()]
+    model = write_tiny_encoder(tmp_path / "ce", "bert-1", [d["text"] for d in docs])
+    raw = {
+        **inputs,
+        "corpus": corpus_as(form, docs, tmp_path / "in"),
+        "chunks": 2,
+        "scorer": {"kind": "cross_encoder", "model": str(model), "max_length": 64},
+        "output": {"path": str(tmp_path / "out")},
+        "ray": {"progress": False},
+    }
+    summary = rerank(validate(raw, RerankConfig), progress=False)
+    assert summary["pairs"] == {"pairs": 3 * 10, "missing_docids": 3}
+    assert len(parsed(tmp_path / "out" / "shuffled.run")) == 30
+
+
+def test_runs_queries_corpus_and_output_on_s3(s3_storage, tmp_path: Path, ray_local: None) -> None:
+    storage, bucket = s3_storage
+    write_rerank_task(tmp_path / "in", articles=3)
+    fs, _ = filesystem(f"s3://{bucket}", storage)
+    for name in ("shuffled.run", "queries.jsonl", "corpus.jsonl", "qrels.txt"):
+        fs.put_file(str(tmp_path / "in" / name), f"{bucket}/in/{name}")
+    texts = [json.loads(line)["text"] for line in (tmp_path / "in" / "corpus.jsonl").read_text().splitlines()]
+    model = write_tiny_encoder(tmp_path / "ce", "bert-2", texts)
+    raw = {
+        "runs": [f"s3://{bucket}/in/shuffled.run"],
+        "queries": f"s3://{bucket}/in/queries.jsonl",
+        "corpus": {"path": f"s3://{bucket}/in/corpus.jsonl"},
+        "qrels": f"s3://{bucket}/in/qrels.txt",
+        "chunks": 2,
+        "scorer": {"kind": "cross_encoder", "model": str(model), "max_length": 64},
+        "output": {"path": f"s3://{bucket}/out"},
+        "storage": storage.model_dump(),
+        "ray": {"progress": False},
+    }
+    summary = rerank(validate(raw, RerankConfig), progress=False)
+    assert summary["pairs"] == {"pairs": 30, "missing_docids": 3}
+    run = fs.cat_file(f"{bucket}/out/shuffled.run").decode().splitlines()
+    assert len(run) == 30 and set(json.loads(fs.cat_file(f"{bucket}/out/shuffled.metrics.json"))) == {"before", "after"}

@@ -42,6 +42,23 @@ def on_cluster(key: str, resources: Resources, cluster_gpus: float) -> Resources
     return resources.model_copy(update={"concurrency": max(1, int(cluster_gpus // resources.num_gpus))})
 
 
+def actors_that_fit(resources: Resources, nodes: list[dict]) -> int:
+    """How many actors asking ``resources`` the live ``nodes`` (``ray.nodes()``) can hold at once: a fixed
+    pool larger than this would wait forever for its last actors."""
+    total = 0
+    for node in nodes:
+        if not node.get("Alive"):
+            continue
+        held = node.get("Resources", {})
+        fits = [
+            held.get(name, 0.0) // want
+            for name, want in (("CPU", resources.num_cpus), ("GPU", resources.num_gpus))
+            if want > 0
+        ]
+        total += int(min(fits)) if fits else 1 << 10
+    return total
+
+
 def reserved_for_tasks(cluster_cpus: float) -> float:
     """One CPU for read and write tasks (half of a one-CPU machine)."""
     return min(1.0, cluster_cpus / 2)

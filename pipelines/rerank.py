@@ -31,10 +31,10 @@ import xxhash
 from pydantic import Field, field_validator
 from rich.progress import Progress
 
-from shardflow.cluster.pools import on_cluster
+from shardflow.cluster.pools import actors_that_fit, on_cluster
 from shardflow.cluster.runtime import ray_session
 from shardflow.config import Resources, StrictModel
-from shardflow.errors import InputError
+from shardflow.errors import ConfigError, InputError
 from shardflow.operators.dedup.steps import finished, mark_finished
 from shardflow.operators.rerank import EmbeddingScorerConfig, ScorerConfig, load_scorer
 from shardflow.pipelines.corpus import RayConfig
@@ -280,7 +280,13 @@ class ChunkScorer:
 
     def placement(self) -> dict[str, Any]:
         """Where this actor runs: the GPU Ray pinned it to (``CUDA_VISIBLE_DEVICES``), or none."""
-        return {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
+        context = ray.get_runtime_context()
+        return {
+            "node_id": context.get_node_id(),
+            "gpu_ids": context.get_accelerator_ids().get("GPU", []),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "pid": os.getpid(),
+        }
 
     def score(self, folder: str, out: str) -> int:
         fs, local = filesystem(folder, self.storage)
@@ -326,7 +332,13 @@ def score_chunks(
     resources = on_cluster("resources", config.resources, ray.cluster_resources().get("GPU", 0.0))
     cpus = ray.cluster_resources().get("CPU", 1.0)
     size = resources.concurrency or max(1, int(cpus // max(resources.num_cpus, 1e-9)))
-    size = min(size, len(todo))
+    fit = actors_that_fit(resources, ray.nodes())
+    if fit == 0:
+        raise ConfigError(
+            f"config error: resources: no node of the cluster can hold a scorer actor (num_cpus "
+            f"{resources.num_cpus:g}, num_gpus {resources.num_gpus:g}); lower them"
+        )
+    size = min(size, len(todo), fit)
     actor = ChunkScorer.options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None)
     queries_ref = ray.put(queries)
     actors = [actor.remote(config.scorer, queries_ref, config.storage) for _ in range(size)]

@@ -3,6 +3,8 @@
     shardflow run CONFIG [--set a.b=value ...] [--address ADDR]
     shardflow search INDEX --queries FILE --out RUN [--k 100]
     shardflow rerank CONFIG [--set a.b=value ...] [--top-k N] [--address ADDR]
+    shardflow submit --address http://HEAD:8265 run|rerank CONFIG [--set ...] [--follow]
+    shardflow jobs list|status|logs|stop [JOB] --address http://HEAD:8265
     shardflow report OUTPUT
 
 Errors that are the user's to fix (config, inputs, output state) print as one line, exit status 2.
@@ -71,6 +73,29 @@ def parser() -> argparse.ArgumentParser:
     rerank.add_argument("--top-k", type=positive, help="candidates per query to rerank (overrides top_k)")
     rerank.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
     rerank.set_defaults(handler=rerank_command)
+    submit = commands.add_parser(
+        "submit",
+        help="submit a run or rerank job to a Ray cluster (Jobs API, token auth)",
+        description="Upload the working directory and this package to the cluster and run the command there. "
+        "The cluster token comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, never from "
+        "the command line.",
+    )
+    submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
+    submit.add_argument("job_command", choices=["run", "rerank"], metavar="run|rerank", help="what to run")
+    submit.add_argument("config", help="YAML config, inside the working directory")
+    add_overrides(submit)
+    submit.add_argument("--working-dir", default=".", help="uploaded with the job (default: the current directory)")
+    submit.add_argument("--follow", action="store_true", help="print the job's log until it ends; exit 1 if it fails")
+    submit.set_defaults(handler=submit_command)
+    jobs = commands.add_parser(
+        "jobs",
+        help="list, inspect, read the logs of, or stop jobs on a Ray cluster",
+        description="The cluster's jobs through its Jobs API (token as for submit).",
+    )
+    jobs.add_argument("action", choices=["list", "status", "logs", "stop"])
+    jobs.add_argument("job", nargs="?", help="the job id (for status, logs, stop)")
+    jobs.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
+    jobs.set_defaults(handler=jobs_command)
     search = commands.add_parser(
         "search",
         help="search a corpus's dense index with queries; write a TREC run",
@@ -125,6 +150,51 @@ def run_command(args: argparse.Namespace) -> int:
 def report_command(args: argparse.Namespace) -> int:
     html_uri, json_uri = write_report(args.output, storage_of(args.config))
     print(f"{html_uri}\n{json_uri}")
+    return 0
+
+
+def config_model(command: str) -> Any:
+    """The config model of a job command."""
+    if command == "rerank":
+        from shardflow.pipelines.rerank import RerankConfig
+
+        return RerankConfig
+    from shardflow.pipelines.corpus import CorpusConfig
+
+    return CorpusConfig
+
+
+def submit_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from shardflow.cluster.submit import submit
+
+    job_id, status = submit(
+        args.address, args.job_command, Path(args.config), args.overrides, Path(args.working_dir), args.follow
+    )
+    print(f"submitted {job_id} to {args.address}" + (f": {status}" if args.follow else ""), file=sys.stderr)
+    if not args.follow:
+        print(f"follow it: shardflow jobs logs {job_id} --address {args.address}", file=sys.stderr)
+    return 0 if status in ("SUCCEEDED", "PENDING") else 1
+
+
+def jobs_command(args: argparse.Namespace) -> int:
+    import json
+
+    from shardflow.cluster import submit
+    from shardflow.errors import ConfigError
+
+    if args.action == "list":
+        print(json.dumps(submit.list_jobs(args.address), indent=2))
+        return 0
+    if not args.job:
+        raise ConfigError(f"shardflow jobs {args.action}: give the job id")
+    if args.action == "status":
+        print(json.dumps(submit.job_status(args.address, args.job), indent=2))
+    elif args.action == "logs":
+        print(submit.job_logs(args.address, args.job), end="")
+    else:
+        print(f"stop requested: {submit.stop_job(args.address, args.job)}")
     return 0
 
 

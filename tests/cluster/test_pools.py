@@ -36,3 +36,17 @@ def test_gpu_stages_get_one_actor_per_gpu_or_fall_back_to_cpu_actors() -> None:
 def test_pools_that_leave_nothing_to_read_and_write_are_refused(stages) -> None:
     with pytest.raises(ConfigError, match=r"stages\.0\.resources.*would hang"):
         plan_pools(stages, 2)
+
+
+def test_a_fixed_pool_is_never_larger_than_the_nodes_can_hold() -> None:
+    from shardflow.cluster.pools import actors_that_fit
+
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 2.0}},
+        {"Alive": True, "Resources": {"CPU": 1.0, "GPU": 2.0}},  # two GPUs but one CPU: one actor
+        {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 4.0}},
+        {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 8.0}},
+    ]
+    assert actors_that_fit(Resources(num_cpus=1, num_gpus=1), nodes) == 5
+    assert actors_that_fit(Resources(num_cpus=0.5, num_gpus=1), nodes) == 6
+    assert actors_that_fit(Resources(num_cpus=3, num_gpus=0), nodes) == 2

@@ -66,6 +66,8 @@ PINNING = textwrap.dedent(
 
     corpus.OPERATORS["embed"] = Probe
     ray.init(num_cpus=8, num_gpus=4, include_dashboard=False, log_to_driver=False)
+    # Ray Data starts pool actors asynchronously: a small job can end before a slow fourth one is up
+    ray.data.DataContext.get_current().wait_for_min_actors_s = 300
     config = corpus.CorpusConfig.model_validate_json(sys.argv[1])
     manifest = corpus.run_corpus(config).manifest
     print(json.dumps(manifest["counts"]))

@@ -79,6 +79,14 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
 def test_help_documents_the_command() -> None:
     helped = shardflow("run", "--help")
     assert helped.returncode == 0 and "--set KEY=VALUE" in helped.stdout and "--address" in helped.stdout
+    submitted = shardflow("submit", "--help")
+    assert (
+        submitted.returncode == 0
+        and "--follow" in submitted.stdout
+        and "token" not in submitted.stdout.split("options")[1]
+    )
+    listed = shardflow("jobs", "--help")
+    assert listed.returncode == 0 and "list,status,logs,stop" in listed.stdout
     searched = shardflow("search", "--help")
     assert searched.returncode == 0 and all(flag in searched.stdout for flag in ("--queries", "--out", "--k"))
 

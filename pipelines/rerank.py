@@ -54,7 +54,6 @@ from shardflow.trec import read_queries, run_lines
 
 MEASURES = ("nDCG@10", "RR@10", "R@100")
 RUN_SUFFIXES = (".gz", ".run", ".txt", ".trec", ".tsv")
-PAIR_COLUMNS = ("run", "qid", "docid", "rank", "score", "text", "chunk")
 
 
 class CorpusSource(StrictModel):

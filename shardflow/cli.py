@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shardflow import __version__
+from shardflow.cluster.submit import COMMANDS
 from shardflow.errors import ShardflowError
 from shardflow.report import write_report
 
@@ -81,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
         "the command line.",
     )
     submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
-    submit.add_argument("job_command", choices=["run", "rerank"], metavar="run|rerank", help="what to run")
+    submit.add_argument("job_command", choices=COMMANDS, metavar="|".join(COMMANDS), help="what to run")
     submit.add_argument("config", help="YAML config, inside the working directory")
     add_overrides(submit)
     submit.add_argument("--working-dir", default=".", help="uploaded with the job (default: the current directory)")

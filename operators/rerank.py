@@ -87,6 +87,18 @@ def device_and_dtype(dtype: str) -> tuple[Any, Any]:
     return device, getattr(torch, dtype)
 
 
+def load_causal_lm(model: str, dtype: str) -> tuple[Any, Any, Any]:
+    """Device, tokenizer (left padding: the last position is every prompt's own) and model of a causal LM."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device, torch_dtype = device_and_dtype(dtype)
+    path = resolve_model(model)
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return device, tokenizer, AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
+
+
 class EmbeddingScorer:
     """Cosine of query and document embeddings; each distinct query and document of a call is embedded once.
 
@@ -136,14 +148,7 @@ class CausalYesNoScorer:
     last position. Left padding, so the last position is every prompt's own; only the document is cut."""
 
     def __init__(self, config: CausalYesNoConfig) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.device, dtype = device_and_dtype(config.dtype)
-        path = resolve_model(config.model)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.device, self.tokenizer, self.model = load_causal_lm(config.model, config.dtype)
         self.config = config
         self.token_budget = config.token_budget or TOKEN_BUDGET[self.device.type]
         self.yes = self.tokenizer.convert_tokens_to_ids("yes")
@@ -188,14 +193,7 @@ class FirstListwiseScorer:
     listwise = True
 
     def __init__(self, config: FirstListwiseConfig) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.device, dtype = device_and_dtype(config.dtype)
-        path = resolve_model(config.model)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.device, self.tokenizer, self.model = load_causal_lm(config.model, config.dtype)
         self.config = config
         self.token_budget = config.token_budget or TOKEN_BUDGET[self.device.type]
         self.labels = [chr(ord("A") + i) for i in range(config.window)]

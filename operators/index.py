@@ -182,13 +182,13 @@ def build_index(files: list[str], out: str, config: IndexConfig, storage: Storag
 def _sample(files: list[str], counts: list[int], size: int, total: int, storage: StorageConfig) -> np.ndarray:
     """These files' share of a ``size``-vector training sample: rows spread evenly, in proportion to each
     file's rows (deterministic); read in parallel with the other shares."""
-    picked = [np.zeros((0, 0), dtype=np.float32)]
+    picked = []
     for uri, count in zip(files, counts, strict=True):
         take = min(count, math.ceil(size * count / max(total, 1)))
         if take:
             table = read_table(uri, storage, [EMBEDDING])
             picked.append(vectors_of(table.take(pa.array(np.linspace(0, count - 1, take).astype(np.int64)))))
-    return np.concatenate(picked[1:]) if len(picked) > 1 else picked[0]
+    return np.concatenate(picked) if picked else np.zeros((0, 0), dtype=np.float32)
 
 
 @ray.remote

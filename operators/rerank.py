@@ -24,6 +24,7 @@ from pydantic import Field
 
 from shardflow.config import StrictModel
 from shardflow.errors import ConfigError
+from shardflow.operators.dedup.steps import run_starts
 from shardflow.operators.embed import TOKEN_BUDGET, EmbedConfig, TextEncoder, token_budget_batches
 from shardflow.operators.model_source import resolve_model
 
@@ -203,7 +204,7 @@ class FirstListwiseScorer:
 
     def score(self, queries: list[str], documents: list[str], lists: np.ndarray) -> np.ndarray:
         """``lists`` numbers each row's list; rows of a list are contiguous and in input rank order."""
-        bounds = np.flatnonzero(np.r_[True, lists[1:] != lists[:-1], True])
+        bounds = np.r_[np.flatnonzero(run_starts(lists)), len(lists)]
         orders = [list(range(start, end)) for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
         passages = [self.tokenizer.encode(d, add_special_tokens=False)[: self.config.passage_tokens] for d in documents]
 

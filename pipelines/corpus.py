@@ -24,7 +24,7 @@ from shardflow.config import StrictModel
 from shardflow.operators.base import Operator, run_in_task
 from shardflow.operators.dedup.exact import ExactDedup, ExactDedupConfig, ensure_duplicate_table
 from shardflow.operators.dedup.fuzzy import FuzzyDedup, FuzzyDedupConfig, FuzzyPlan, check_index, fuzzy_facts
-from shardflow.operators.dedup.steps import finished, mark_finished, step_facts
+from shardflow.operators.dedup.steps import DONE, finished, mark_finished, step_facts
 from shardflow.operators.embed import EmbedConfig, Embedder
 from shardflow.operators.index import IndexConfig, build_index, write_index_card
 from shardflow.operators.langid import LangIdConfig, LanguageId
@@ -201,7 +201,7 @@ def dedup_facts(config: CorpusConfig, layout: OutputLayout) -> dict[str, Any]:
 
 
 def index_built(layout: OutputLayout) -> bool:
-    fs, path = layout.fs(join(layout.staging, DENSE_INDEX, "_DONE.json"))
+    fs, path = layout.fs(join(layout.staging, DENSE_INDEX, DONE))
     return fs.exists(path)
 
 

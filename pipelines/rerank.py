@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 import xxhash
 from pydantic import Field, field_validator
@@ -35,7 +36,7 @@ from shardflow.cluster.pools import actors_that_fit, on_cluster
 from shardflow.cluster.runtime import ray_session
 from shardflow.config import Resources, StrictModel
 from shardflow.errors import ConfigError, InputError
-from shardflow.operators.dedup.steps import finished, mark_finished
+from shardflow.operators.dedup.steps import finished, mark_finished, run_starts, step_facts
 from shardflow.operators.rerank import EmbeddingScorerConfig, ScorerConfig, load_scorer
 from shardflow.pipelines.corpus import RayConfig
 from shardflow.storage import (
@@ -135,8 +136,7 @@ def ensure_pairs(config: RerankConfig, folder: str) -> dict[str, Any]:
         pairs = pairs.map_batches(_tag_chunks, fn_kwargs={"chunks": config.chunks}, batch_format="pyarrow")
         pairs.write_parquet(local, filesystem=arrow_filesystem(fs), partition_cols=["chunk"])
         mark_finished(folder, inputs, config.storage, **pair_counts(folder, config.storage))
-    fs, local = filesystem(folder, config.storage)
-    return {k: v for k, v in json.loads(fs.cat_file(join(local, "_DONE.json"))).items() if k != "inputs"}
+    return {k: v for k, v in step_facts(folder, config.storage).items() if k != "inputs"}
 
 
 def read_runs(config: RerankConfig) -> ray.data.Dataset:
@@ -242,13 +242,18 @@ def _tag_chunks(batch: pa.Table, chunks: int) -> pa.Table:
 
 
 def pair_counts(folder: str, storage: StorageConfig) -> dict[str, int]:
-    """Pairs per run, and those whose docid the corpus lacks (read from the written step: counts only)."""
+    """Pairs, and those whose docid the corpus lacks, from the written files' parquet footers (row counts and
+    the text column's null counts): the driver reads no text."""
     fs, local = filesystem(folder, storage)
     counts: dict[str, int] = {"pairs": 0, "missing_docids": 0}
     for path in sorted(f for f in fs.find(local) if f.endswith(".parquet")):
-        table = read_table(to_uri(fs, path), storage, ["text"])
-        counts["pairs"] += table.num_rows
-        counts["missing_docids"] += table["text"].null_count
+        with fs.open(path, "rb") as handle:
+            metadata = pq.ParquetFile(handle).metadata
+        text = metadata.schema.names.index("text")
+        for number in range(metadata.num_row_groups):
+            group = metadata.row_group(number)
+            counts["pairs"] += group.num_rows
+            counts["missing_docids"] += group.column(text).statistics.null_count
     return counts
 
 
@@ -361,12 +366,11 @@ def reranked_rows(config: RerankConfig, name: str, scores: str) -> Iterator[tupl
         table = table.filter(pc.equal(table["run"], name))
         if not table.num_rows:
             continue
-        unscored = pc.is_nan(table["rerank_score"])
-        ordering = pc.if_else(unscored, -np.inf, table["rerank_score"])
-        table = table.append_column("order", ordering).append_column("unscored", unscored)
+        ordering = pc.if_else(pc.is_nan(table["rerank_score"]), -np.inf, table["rerank_score"])
+        table = table.append_column("order", ordering)
         table = table.sort_by([("qid", "ascending"), ("order", "descending"), ("rank", "ascending")])
         qids = table["qid"].to_numpy(zero_copy_only=False)
-        starts = np.flatnonzero(np.r_[True, qids[1:] != qids[:-1]])
+        starts = np.flatnonzero(run_starts(qids))
         docids, values = table["docid"].to_pylist(), table["order"].to_numpy()
         for begin, end in zip(starts, [*starts[1:], len(qids)], strict=True):
             yield str(qids[begin]), docids[begin:end], _finite_scores(values[begin:end])

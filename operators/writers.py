@@ -52,8 +52,9 @@ CORPUS, REMOVED, QUARANTINE = "corpus", "removed", "quarantine"
 KINDS = (CORPUS, REMOVED, QUARANTINE)
 MANIFEST = "manifest.json"
 DEDUP_INDEX = "dedup_index"  # fuzzy dedup's band index, kept with the corpus for incremental runs
+EXACT_INDEX = "exact_index"  # exact dedup's keys, kept for the same reason
 DENSE_INDEX = "index"  # the FAISS index over the corpus's embeddings
-ARTIFACTS = (DEDUP_INDEX, DENSE_INDEX)  # folders built in staging beside the corpus, moved at commit
+ARTIFACTS = (DEDUP_INDEX, EXACT_INDEX, DENSE_INDEX)  # folders built in staging beside the corpus, moved at commit
 COMMIT_PLAN = "COMMIT.json"
 NO_LANG = "und_Zyyy"
 

@@ -22,8 +22,9 @@ from shardflow.cluster.pools import Pool, plan_pools
 from shardflow.cluster.runtime import ray_session
 from shardflow.config import StrictModel
 from shardflow.operators.base import Operator, run_in_task
+from shardflow.operators.dedup import exact, fuzzy
 from shardflow.operators.dedup.exact import ExactDedup, ExactDedupConfig, ensure_duplicate_table
-from shardflow.operators.dedup.fuzzy import FuzzyDedup, FuzzyDedupConfig, FuzzyPlan, check_index, fuzzy_facts
+from shardflow.operators.dedup.fuzzy import FuzzyDedup, FuzzyDedupConfig, FuzzyPlan, fuzzy_facts
 from shardflow.operators.dedup.steps import DONE, finished, mark_finished, step_facts
 from shardflow.operators.embed import EmbedConfig, Embedder
 from shardflow.operators.index import IndexConfig, build_index, write_index_card
@@ -33,6 +34,7 @@ from shardflow.operators.readers import ReaderConfig, Shard, list_shards, read_d
 from shardflow.operators.writers import (
     DEDUP_INDEX,
     DENSE_INDEX,
+    EXACT_INDEX,
     CorpusSink,
     OutputLayout,
     WriterConfig,
@@ -55,6 +57,7 @@ OPERATORS: dict[str, type[Operator]] = {
     "quality": QualityFilter,
     "embed": Embedder,
 }
+INDEX_CHECKS = {"exact_dedup": exact.check_index, "fuzzy_dedup": fuzzy.check_index}  # of their index_from
 GLOBAL_STAGES = ("exact_dedup", "fuzzy_dedup")  # at most once each: their steps have one place in staging
 VERSIONED_PACKAGES = (
     "shardflow",
@@ -139,8 +142,8 @@ def run_corpus(config: CorpusConfig) -> RunResult:
         OPERATORS[stage.op].preflight(stage, config.storage, f"stages.{position}")
     shards = list_shards(config.input, config.storage)
     for position, stage in enumerate(config.stages):
-        if stage.op == "fuzzy_dedup":
-            check_index(stage, config.storage, f"stages.{position}", shards)
+        if stage.op in INDEX_CHECKS:
+            INDEX_CHECKS[stage.op](stage, config.storage, f"stages.{position}", shards)
     todo = resume(layout, shards)
     index_todo = config.index is not None and not index_built(layout)
     if todo or index_todo:
@@ -176,8 +179,8 @@ def prepare_global_steps(
     stages: list[Any] = []
     for stage in config.stages:
         if stage.op == "exact_dedup":
-            table = join(layout.staging, "exact_dedup")
-            ensure_duplicate_table(table, shards, config.input, config.storage, stage.partitions)
+            table = join(layout.staging, EXACT_INDEX)
+            ensure_duplicate_table(table, shards, config.input, config.storage, stage.partitions, stage.index_from)
             stage = stage.model_copy(update={"table": table})
         elif stage.op == "fuzzy_dedup":
             workdir = join(layout.staging, "fuzzy_dedup")
@@ -190,14 +193,15 @@ def prepare_global_steps(
 
 
 def dedup_facts(config: CorpusConfig, layout: OutputLayout) -> dict[str, Any]:
-    """For the manifest: what fuzzy dedup found, and the index files that move into the output."""
-    if not any(stage.op == "fuzzy_dedup" for stage in config.stages):
-        return {}
-    facts = fuzzy_facts(join(layout.staging, "fuzzy_dedup"), config.storage)
-    return {
-        "fuzzy_dedup": facts,
-        DEDUP_INDEX: {"path": DEDUP_INDEX, "files": staged_artifact_files(layout, DEDUP_INDEX)},
-    }
+    """For the manifest: what fuzzy dedup found, and the dedup index files that move into the output."""
+    ops = {stage.op for stage in config.stages}
+    facts: dict[str, Any] = {}
+    if "exact_dedup" in ops:
+        facts[EXACT_INDEX] = {"path": EXACT_INDEX, "files": staged_artifact_files(layout, EXACT_INDEX)}
+    if "fuzzy_dedup" in ops:
+        facts["fuzzy_dedup"] = fuzzy_facts(join(layout.staging, "fuzzy_dedup"), config.storage)
+        facts[DEDUP_INDEX] = {"path": DEDUP_INDEX, "files": staged_artifact_files(layout, DEDUP_INDEX)}
+    return facts
 
 
 def index_built(layout: OutputLayout) -> bool:

@@ -2,10 +2,15 @@
 
 Two steps. First, before the DAG, a global pass over every shard computes each document's key (xxh128 of
 the text after Unicode NFKC, case folding and whitespace collapsing), shuffles by key with Ray Data
-(``by_partition``: nothing is collected on the driver) and keeps, per key, the lowest ``doc_id`` (ties:
-the earliest source). It writes only the duplicates, partitioned by shard, as ``(line, dup_cluster)``: a
-table that is usually far smaller than the corpus. Then, inside the streaming DAG, the ``exact_dedup``
-operator (a ``DuplicateLookup``) drops the listed documents.
+(``by_partition``: nothing is collected on the driver) and keeps, per key, the earliest document in input
+order (shards by URI, then lines: the rule fuzzy dedup follows too). It writes every document's key,
+partitioned by shard, as ``(line, dup_cluster, key, key_low, doc_id)`` with ``dup_cluster`` set on the
+duplicates (the kept document's id) and null on kept documents. Then, inside the streaming DAG, the
+``exact_dedup`` operator (a ``DuplicateLookup``) drops the listed documents.
+
+That table is also the output's ``exact_index/``: with ``index_from`` a later run adds the kept keys of an
+earlier output to its shuffle, ahead of every new document, so a new document whose text the old corpus
+holds is dropped in favour of the old one, and the new index is the old one plus this run's keys.
 
 Because the first step sees every shard, a resumed run (which re-reads only unfinished shards) makes the
 same choices as an uninterrupted one. Keys are computed over all readable documents, before language ID:
@@ -17,6 +22,8 @@ from __future__ import annotations
 import unicodedata
 from typing import Literal
 
+import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
@@ -24,10 +31,22 @@ from pydantic import Field
 
 from shardflow.config import Resources, StrictModel
 from shardflow.operators.dedup.lookup import DUPLICATES_SCHEMA, DuplicateLookup
-from shardflow.operators.dedup.steps import by_partition, finished, first_of_run, mark_finished, run_starts, write_step
+from shardflow.operators.dedup.steps import (
+    INDEX_FILE,
+    by_partition,
+    checked_index,
+    finished,
+    first_of_run,
+    mark_finished,
+    node_ids,
+    read_index_manifest,
+    read_step,
+    run_starts,
+    write_step,
+)
 from shardflow.operators.readers import ReaderConfig, Shard, read_documents, shard_key
 from shardflow.schema import DOC_ID, QUARANTINE_REASON, SOURCE, split_source
-from shardflow.storage import StorageConfig
+from shardflow.storage import StorageConfig, copy_files, join, put_bytes
 
 KEYS_SCHEMA = pa.schema(
     [
@@ -36,8 +55,11 @@ KEYS_SCHEMA = pa.schema(
         (DOC_ID, pa.string()),
         ("shard", pa.string()),
         ("line", pa.int64()),
+        ("node", pa.int64()),  # input order; -1 for the keys of an earlier output's index
     ]
 )
+TABLE_SCHEMA = pa.schema([*DUPLICATES_SCHEMA, ("key", pa.uint64()), ("key_low", pa.uint64()), (DOC_ID, pa.string())])
+INDEX_FORMAT = "shardflow-exact-index/1"
 
 
 class ExactDedupConfig(StrictModel):
@@ -45,6 +67,9 @@ class ExactDedupConfig(StrictModel):
 
     op: Literal["exact_dedup"] = "exact_dedup"
     table: str | None = Field(None, exclude=True, description="Set by the pipeline; not a user setting.")
+    index_from: str | None = Field(
+        None, description="The exact_index/ of an earlier output: drop new documents whose text it holds (incremental)."
+    )
     partitions: int = Field(8, ge=1, description="Shuffle partitions of step one.")
     resources: Resources = Resources()
 
@@ -59,8 +84,9 @@ def dedup_key(text: str) -> int:
     return xxhash.xxh128_intdigest(normalise(text).encode("utf-8"))
 
 
-def document_keys(batch: pa.Table) -> pa.Table:
-    """``(key, key_low, doc_id, shard, line)`` for every document of the batch (quarantined rows have no text)."""
+def document_keys(batch: pa.Table, ordinals: dict[str, int]) -> pa.Table:
+    """``(key, key_low, doc_id, shard, line, node)`` for every document of the batch (quarantined rows have
+    no text)."""
     docs = batch.filter(pc.is_null(batch[QUARANTINE_REASON]))
     uris, lines = split_source(docs[SOURCE])
     keys = [dedup_key(text) for text in docs["text"].to_pylist()]
@@ -71,40 +97,85 @@ def document_keys(batch: pa.Table) -> pa.Table:
             DOC_ID: docs[DOC_ID],
             "shard": [shard_key(uri) for uri in uris],
             "line": pa.array(lines, pa.int64()),
+            "node": pa.array(node_ids(docs[SOURCE], ordinals), pa.int64()),
         },
         schema=KEYS_SCHEMA,
     )
 
 
-def duplicates_in_partition(rows: pa.Table) -> pa.Table:
-    """All members of each key group but the kept one (lowest id, then earliest source), with its id."""
-    rows = rows.sort_by([(c, "ascending") for c in ("key", "key_low", DOC_ID, "shard", "line")])
+def index_keys(batch: pa.Table) -> pa.Table:
+    """An earlier output's kept keys as rows that sort before every new document of their key."""
+    kept = batch.filter(pc.is_null(batch["dup_cluster"]))
+    return pa.table(
+        {
+            "key": kept["key"],
+            "key_low": kept["key_low"],
+            DOC_ID: kept[DOC_ID],
+            "shard": pa.nulls(kept.num_rows, pa.string()),
+            "line": pa.nulls(kept.num_rows, pa.int64()),
+            "node": pa.array(np.full(kept.num_rows, -1, np.int64)),
+        },
+        schema=KEYS_SCHEMA,
+    )
+
+
+def resolve_partition(rows: pa.Table) -> pa.Table:
+    """Every new document of the partition with its key; ``dup_cluster`` = the id of its group's earliest
+    document (an indexed one first) on all members but that one."""
+    rows = rows.sort_by([(c, "ascending") for c in ("key", "key_low", "node")])
     high, low = rows["key"].to_numpy(), rows["key_low"].to_numpy()
     starts = run_starts(high) | run_starts(low)
     kept = rows[DOC_ID].take(pa.array(first_of_run(starts)))
-    duplicates = pa.array(~starts)
+    new = pc.greater_equal(rows["node"], 0)
     return pa.table(
         {
-            "shard": rows["shard"].filter(duplicates),
-            "line": rows["line"].filter(duplicates),
-            "dup_cluster": kept.filter(duplicates),
+            "shard": rows["shard"].filter(new),
+            "line": rows["line"].filter(new),
+            "dup_cluster": pc.if_else(pa.array(starts), pa.nulls(len(starts), pa.string()), kept).filter(new),
+            "key": rows["key"].filter(new),
+            "key_low": rows["key_low"].filter(new),
+            DOC_ID: rows[DOC_ID].filter(new),
         },
-        schema=DUPLICATES_SCHEMA,
+        schema=TABLE_SCHEMA,
     )
 
 
 def ensure_duplicate_table(
-    table: str, shards: list[Shard], reader: ReaderConfig, storage: StorageConfig, partitions: int
+    table: str,
+    shards: list[Shard],
+    reader: ReaderConfig,
+    storage: StorageConfig,
+    partitions: int,
+    index_from: str | None = None,
 ) -> None:
-    """Run step one unless an earlier attempt finished it for exactly these inputs."""
-    inputs = [[shard.uri, shard.version] for shard in shards]
+    """Run step one unless an earlier attempt finished it for exactly these inputs; the table is also the
+    run's exact index (with ``index_from``'s files copied in, and ``index.json`` listing every shard)."""
+    inputs = {"shards": [[shard.uri, shard.version] for shard in shards], "index_from": index_from}
     if finished(table, inputs, storage):
         return
-    dataset = read_documents(shards, reader, storage)
-    keys = dataset.map_batches(document_keys, batch_format="pyarrow")
-    duplicates = by_partition(keys, "key", duplicates_in_partition, partitions)
-    write_step(duplicates, table, storage, partition_cols=["shard"])
+    ordinals = {shard.uri: position for position, shard in enumerate(shards)}
+    keys = read_documents(shards, reader, storage).map_batches(
+        document_keys, batch_format="pyarrow", fn_kwargs={"ordinals": ordinals}
+    )
+    indexed: list[str] = []
+    if index_from is not None:
+        indexed = read_index_manifest(index_from, storage)["shards"]
+        stored = pa.schema(list(TABLE_SCHEMA)[1:])  # "shard" is in the folder names
+        old = read_step(index_from, storage, stored, columns=stored.names, partitioning=None)
+        keys = keys.union(old.map_batches(index_keys, batch_format="pyarrow"))
+    write_step(by_partition(keys, "key", resolve_partition, partitions), table, storage, partition_cols=["shard"])
+    if index_from is not None:
+        copy_files(index_from, table, storage)
+    shards_now = [{"uri": shard.uri, "version": shard.version} for shard in shards]
+    manifest = {"format": INDEX_FORMAT, "shards": indexed + shards_now}
+    put_bytes(join(table, INDEX_FILE), orjson.dumps(manifest), storage)
     mark_finished(table, inputs, storage)
+
+
+def check_index(config: ExactDedupConfig, storage: StorageConfig, key: str, shards: list[Shard]) -> None:
+    """An ``index_from`` must be an exact index that does not cover the new shards."""
+    if config.index_from is not None:
+        checked_index(config.index_from, storage, key, "exact", shards)
 
 
 class ExactDedup(DuplicateLookup):

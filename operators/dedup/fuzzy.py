@@ -51,10 +51,15 @@ from shardflow.operators.dedup.lookup import DUPLICATES_SCHEMA, DuplicateLookup
 from shardflow.operators.dedup.minhash import MinHasher, MinHashParams, shingle, unspaced
 from shardflow.operators.dedup.steps import (
     DONE,
+    INDEX_FILE,
+    LINE_BITS,
     by_partition,
+    checked_index,
     finished,
     first_of_run,
     mark_finished,
+    node_ids,
+    read_index_manifest,
     read_step,
     run_starts,
     split,
@@ -63,12 +68,10 @@ from shardflow.operators.dedup.steps import (
     write_step,
 )
 from shardflow.operators.readers import Shard, shard_key
-from shardflow.schema import DOC_ID, LANG, SOURCE, TEXT, split_source
-from shardflow.storage import StorageConfig, exists, filesystem, join, put_bytes, write_table
+from shardflow.schema import DOC_ID, LANG, SOURCE, TEXT
+from shardflow.storage import StorageConfig, copy_files, exists, filesystem, join, put_bytes, write_table
 
 INDEX_FORMAT = "shardflow-dedup-index/1"
-INDEX_FILE = "index.json"
-LINE_BITS = 32
 SIGN_BATCH_ROWS = 4096  # documents hashed at once: numpy's fixed costs are small, its arrays stay in cache
 KEY_ROWS_SCHEMA = pa.schema([("key", pa.uint64()), ("node", pa.int64())])
 INDEX_BANDS_SCHEMA = pa.schema([("key", pa.uint64()), ("root", pa.int64())])
@@ -101,13 +104,6 @@ class FuzzyDedupConfig(MinHashParams):
     @property
     def params(self) -> MinHashParams:
         return MinHashParams(**{name: getattr(self, name) for name in MinHashParams.model_fields})
-
-
-def node_ids(sources: pa.ChunkedArray, ordinals: dict[str, int]) -> np.ndarray:
-    """``ordinal << 32 | line`` for each ``source`` (``URI:line``)."""
-    uris, lines = split_source(sources)
-    shard = np.fromiter((ordinals[uri] for uri in uris), dtype=np.int64, count=len(uris))
-    return (shard << LINE_BITS) | np.asarray(lines, dtype=np.int64)
 
 
 def document_langs(docs: pa.Table) -> list[str | None]:
@@ -332,7 +328,7 @@ class FuzzyPlan:
         """The output's index: the old index's files (copied) plus this run's, and what it covers."""
         shards = [{"uri": s.uri, "version": s.version, "ordinal": self.ordinals[s.uri]} for s in self.shards]
         if self.old:
-            copy_index_files(self.config.index_from, self.index, self.storage)
+            copy_files(self.config.index_from, self.index, self.storage)
             shards = self.old["shards"] + shards
         manifest = {
             "format": INDEX_FORMAT,
@@ -446,38 +442,15 @@ def fuzzy_facts(workdir: str, storage: StorageConfig) -> dict[str, Any]:
     return facts
 
 
-def read_index_manifest(index: str, storage: StorageConfig) -> dict[str, Any]:
-    fs, path = filesystem(join(index, INDEX_FILE), storage)
-    return orjson.loads(fs.cat_file(path))
-
-
-def copy_index_files(source: str, target: str, storage: StorageConfig) -> None:
-    fs, root = filesystem(source, storage)
-    for path in fs.find(root):
-        if path.endswith(".parquet"):
-            relative = path[len(root.rstrip("/")) + 1 :]
-            put_bytes(join(target, relative), fs.cat_file(path), storage)
-
-
 def check_index(config: FuzzyDedupConfig, storage: StorageConfig, key: str, shards: list[Shard] | None = None) -> None:
     """An ``index_from`` must exist, use the same MinHash parameters and not cover the new shards."""
     if config.index_from is None:
         return
-    if not exists(join(config.index_from, INDEX_FILE), storage):
-        raise ConfigError(
-            f"config error: {key}.index_from: no dedup index at {config.index_from} ({INDEX_FILE} missing)"
-        )
-    old = read_index_manifest(config.index_from, storage)
+    old = checked_index(config.index_from, storage, key, "dedup", shards or [])
     if old.get("params") != config.params.model_dump():
         raise ConfigError(
             f"config error: {key}: the MinHash parameters differ from those of the index at {config.index_from} "
             f"({old.get('params')}); band keys would never match"
-        )
-    indexed = {entry["uri"] for entry in old["shards"]}
-    again = sorted(indexed & {shard.uri for shard in shards or []})
-    if again:
-        raise ConfigError(
-            f"config error: {key}.index_from: {len(again)} input shard(s) are already in the index, e.g. {again[0]}"
         )
 
 

@@ -21,11 +21,14 @@ import pyarrow as pa
 import ray
 from ray.data.context import ShuffleStrategy
 
-from shardflow.errors import OutputStateError
+from shardflow.errors import ConfigError, OutputStateError
 from shardflow.operators.dedup.minhash import mix
-from shardflow.storage import StorageConfig, arrow_filesystem, filesystem, join, put_bytes, to_uri
+from shardflow.schema import split_source
+from shardflow.storage import StorageConfig, arrow_filesystem, exists, filesystem, join, put_bytes, to_uri
 
 DONE = "_DONE.json"
+INDEX_FILE = "index.json"  # beside a dedup index's parquet: what it covers
+LINE_BITS = 32  # a node id is ``shard ordinal << LINE_BITS | line``
 PART = "_part"
 GROUPS_PER_PARTITION = 4  # map_groups calls per shuffle partition: small enough to keep tasks short
 
@@ -68,6 +71,34 @@ def read_step(path: str, storage: StorageConfig, schema: pa.Schema, **options: A
     if not files:
         return ray.data.from_arrow(schema.empty_table())
     return ray.data.read_parquet(files, filesystem=arrow_filesystem(fs), schema=schema, **options)
+
+
+def node_ids(sources: pa.ChunkedArray, ordinals: dict[str, int]) -> np.ndarray:
+    """``ordinal << 32 | line`` for each ``source`` (``URI:line``): ids that order documents by input
+    (shards in ``ordinals``' order, then lines), which is how every dedup stage picks the copy it keeps."""
+    uris, lines = split_source(sources)
+    shard = np.fromiter((ordinals[uri] for uri in uris), dtype=np.int64, count=len(uris))
+    return (shard << LINE_BITS) | np.asarray(lines, dtype=np.int64)
+
+
+def read_index_manifest(index: str, storage: StorageConfig) -> dict[str, Any]:
+    """A dedup index's ``index.json``: what it covers (``shards``: uri, version, ...) and its settings."""
+    fs, path = filesystem(join(index, INDEX_FILE), storage)
+    return orjson.loads(fs.cat_file(path))
+
+
+def checked_index(index_from: str, storage: StorageConfig, key: str, what: str, shards: list[Any]) -> dict[str, Any]:
+    """The manifest of the ``what`` index at ``index_from``, which must exist and must not cover the new
+    ``shards`` (their documents would be compared with themselves and all dropped)."""
+    if not exists(join(index_from, INDEX_FILE), storage):
+        raise ConfigError(f"config error: {key}.index_from: no {what} index at {index_from} ({INDEX_FILE} missing)")
+    manifest = read_index_manifest(index_from, storage)
+    again = sorted({entry["uri"] for entry in manifest["shards"]} & {shard.uri for shard in shards})
+    if again:
+        raise ConfigError(
+            f"config error: {key}.index_from: {len(again)} input shard(s) are already in the index, e.g. {again[0]}"
+        )
+    return manifest
 
 
 def partition_numbers(keys: np.ndarray, groups: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from shardflow.config import validate
-from shardflow.errors import OutputStateError
+from shardflow.errors import ConfigError, OutputStateError
 from shardflow.operators.dedup.exact import dedup_key, ensure_duplicate_table, normalise
 from shardflow.operators.readers import ReaderConfig, list_shards
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
@@ -42,13 +42,13 @@ def write_inputs(folder: Path) -> dict[str, str]:
     write_shard(
         folder / "c.jsonl",
         [
-            {"id": "000", "text": base[3]},  # a lower id in a later shard wins
+            {"id": "000", "text": base[3]},  # a lower id in a later shard: the earlier document is kept
             {"id": "c01", "text": base[0]},
             {"text": "", "id": "bad"},
         ],
     )
     expected = {f"a{i:02d}": f"a{i:02d}" for i in range(20)} | {f"b{i:02d}": f"b{i:02d}" for i in range(3, 13)}
-    return expected | {"b00": "a00", "c01": "a00", "b01": "a01", "b02": "a02", "a03": "000", "000": "000"}
+    return expected | {"b00": "a00", "c01": "a00", "b01": "a01", "b02": "a02", "000": "a03"}
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -89,9 +89,38 @@ def test_the_duplicate_table_is_reused_by_a_resumed_run_and_refused_if_inputs_ch
     table = tmp_path / "table"
     ensure_duplicate_table(str(table), shards, reader, StorageConfig(), partitions=2)
     files = sorted(table.glob("shard=*/*.parquet"))
-    assert len({f.parent for f in files}) == 3  # the three shards that hold duplicates
+    assert len({f.parent for f in files}) == 3  # every document's key, by shard
     stamps = [f.stat().st_mtime_ns for f in files]
     ensure_duplicate_table(str(table), shards, reader, StorageConfig(), partitions=2)
     assert [f.stat().st_mtime_ns for f in files] == stamps
     with pytest.raises(OutputStateError, match="inputs changed"):
         ensure_duplicate_table(str(table), shards[:2], reader, StorageConfig(), partitions=2)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_incremental_run_against_an_exact_index_equals_one_run_over_both_batches(tmp_path: Path) -> None:
+    expected = write_inputs(tmp_path / "in")
+    night1 = [str(tmp_path / "in" / "a.jsonl.zst"), str(tmp_path / "in" / "b.jsonl.gz")]
+    night2 = [str(tmp_path / "in" / "c.jsonl")]
+
+    def run(name: str, paths: list[str], **exact: str) -> dict[str, tuple[str, str]]:
+        config = {"input": {"paths": paths}, "output": {"path": str(tmp_path / name)}}
+        manifest = run_corpus(validate(config | {"stages": [{"op": "exact_dedup", **exact}]}, CorpusConfig)).manifest
+        return {
+            row["doc_id"]: (entry["kind"], row["dup_cluster"])
+            for entry in manifest["files"]
+            if entry["kind"] != "quarantine"
+            for row in pq.read_table(tmp_path / name / entry["path"]).to_pylist()
+        }
+
+    first = run("first", night1)
+    index = str(tmp_path / "first" / "exact_index")
+    second = run("second", night2, index_from=index)
+    assert first | second == run("both", night1 + night2)
+    assert {doc: cluster for doc, (_, cluster) in (first | second).items()} == expected
+    assert second["c01"] == ("removed", "a00") and second["000"] == ("removed", "a03")
+    assert (tmp_path / "second" / "exact_index" / "index.json").exists()
+    with pytest.raises(ConfigError, match="already in the index"):
+        run("again", night1, index_from=index)
+    with pytest.raises(ConfigError, match="no exact index"):
+        run("missing", night2, index_from=str(tmp_path / "nowhere"))

@@ -142,40 +142,74 @@ def _merge_and_write(out: str, storage: StorageConfig, *parts: np.ndarray) -> in
 
 
 @ray.remote
-def _write_ids(files: list[str], first_ids: list[int], out: str, storage: StorageConfig) -> None:
-    tables = []
+def _write_ids(files: list[str], first_ids: list[int], out: str, storage: StorageConfig, base: str | None) -> None:
+    tables = [read_table(join(base, IDS_FILE), storage)] if base else []
     for uri, first in zip(files, first_ids, strict=True):
         ids = read_table(uri, storage, [DOC_ID])[DOC_ID]
         tables.append(pa.table({"id": pa.array(np.arange(first, first + len(ids)), pa.int64()), DOC_ID: ids}))
     write_table(pa.concat_tables(tables), join(out, IDS_FILE), storage)
 
 
-def build_index(files: list[str], out: str, config: IndexConfig, storage: StorageConfig) -> dict[str, object]:
+@ray.remote
+def _read_index(folder: str, storage: StorageConfig, emptied: bool) -> np.ndarray:
+    """A built index, serialised; ``emptied``: its trained structure without vectors, to add new ones to."""
+    import faiss
+
+    fs, path = filesystem(join(folder, INDEX_FILE), storage)
+    with fs.open(path, "rb") as handle:
+        index = faiss.read_index(faiss.PyCallbackIOReader(handle.read))
+    if emptied:
+        index.reset()
+    return faiss.serialize_index(index)
+
+
+def build_index(
+    files: list[str], out: str, config: IndexConfig, storage: StorageConfig, base: str | None = None
+) -> dict[str, object]:
     """Index the ``embedding`` column of ``files`` (parquet URIs) into ``out``; returns what was built.
-    The driver reads only the files' row counts; sampling, training, adding and merging run in Ray tasks."""
+
+    With ``base`` (a built index's folder) the vectors are added to a copy of that index, after its own,
+    with its training: how a corpus refresh grows its index without retraining. The driver reads only the
+    files' row counts; sampling, training, adding and merging run in Ray tasks."""
     counts = [pq_rows(uri, storage) for uri in files]
-    first_ids = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(int).tolist() if counts else []
+    card = read_index_card(base, storage) if base else {"vectors": 0}
+    first_ids = [card["vectors"] + int(before) for before in np.cumsum([0, *counts[:-1]])] if counts else []
     groups = config.partitions or int(ray.cluster_resources().get("CPU", 1))
-    chunks = [(files[i::groups], counts[i::groups], first_ids[i::groups]) for i in range(groups) if files[i::groups]]
-    samples = [_sample.remote(chunk, sizes, config.train_vectors, sum(counts), storage) for chunk, sizes, _ in chunks]
+    chunks = [(files[i::groups], first_ids[i::groups]) for i in range(groups) if files[i::groups]]
     threads = node_cpus()  # training (k-means) and an HNSW build are multi-threaded: give them a whole node
-    trained, factory, dim = _train.options(num_returns=3, num_cpus=threads).remote(
-        config, sum(counts), threads, *samples
-    )
-    try:
-        factory = ray.get(factory)
-    except ray.exceptions.RayTaskError as err:
-        if isinstance(err.cause, ShardflowError):
-            raise err.cause from None  # the user's to fix: the message alone, not a remote traceback
-        raise
+    if base:
+        factory, dim = card["factory"], card["dim"]
+        trained = _read_index.remote(base, storage, emptied=True)
+    else:
+        samples = [
+            _sample.remote(files[i::groups], counts[i::groups], config.train_vectors, sum(counts), storage)
+            for i in range(len(chunks))
+        ]
+        trained, factory, dim = _train.options(num_returns=3, num_cpus=threads).remote(
+            config, sum(counts), threads, *samples
+        )
+        factory, dim = user_facing(factory), ray.get(dim)
     if mergeable(factory):
-        parts = [_add_files.remote(trained, chunk, firsts, storage) for chunk, _, firsts in chunks]
+        parts = [_add_files.remote(trained, chunk, firsts, storage) for chunk, firsts in chunks]
     else:
         parts = [_add_files.options(num_cpus=threads).remote(trained, files, first_ids, storage, threads)]
-    ids = _write_ids.remote(files, first_ids, out, storage)
+    if base:
+        parts = [_read_index.remote(base, storage, emptied=False), *parts]
+    ids = _write_ids.remote(files, first_ids, out, storage, base)
     added = ray.get(_merge_and_write.remote(out, storage, *parts))
     ray.get(ids)
-    return {"factory": factory, "vectors": added, "dim": ray.get(dim), "metric": config.metric}
+    return {"factory": factory, "vectors": added, "dim": dim, "metric": config.metric}
+
+
+def user_facing(result: ray.ObjectRef) -> object:
+    """A task's result; a ``ShardflowError`` it raised (the user's to fix) as the message alone, not a
+    remote traceback."""
+    try:
+        return ray.get(result)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, ShardflowError):
+            raise err.cause from None
+        raise
 
 
 @ray.remote

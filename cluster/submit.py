@@ -29,7 +29,7 @@ from typing import Any
 
 from shardflow.errors import ConfigError, ShardflowError
 
-COMMANDS = ("run", "rerank")
+COMMANDS = ("run", "refresh", "rerank")
 SECRET_KEYS = ("storage.key", "storage.secret", "storage.token")
 EXCLUDES = [".venv", ".git", "out", "__pycache__", "*.egg-info", ".pytest_cache"]
 SUBPACKAGES = ("operators", "pipelines", "cluster")

@@ -33,9 +33,17 @@ class SearchRequest:
 
 
 def index_folder(path: str, storage: StorageConfig) -> str:
-    """``path`` itself, or the ``index/`` of the corpus output it names."""
-    if not exists(join(path, CARD_FILE), storage) and exists(join(path, "index", CARD_FILE), storage):
+    """``path`` itself, the ``index/`` of the corpus output it names, or the current version's index of the
+    refreshed corpus it names."""
+    from shardflow.pipelines.refresh import current_version
+
+    if exists(join(path, CARD_FILE), storage):
+        return path
+    if exists(join(path, "index", CARD_FILE), storage):
         return join(path, "index")
+    record = current_version(path, storage)
+    if record is not None and record.get("index"):
+        return join(path, record["index"]["path"])
     return path
 
 

@@ -2,8 +2,9 @@
 
     shardflow run CONFIG [--set a.b=value ...] [--address ADDR]
     shardflow search INDEX --queries FILE --out RUN [--k 100]
+    shardflow refresh CONFIG [--set a.b=value ...] [--rebuild] [--address ADDR]
     shardflow rerank CONFIG [--set a.b=value ...] [--top-k N] [--address ADDR]
-    shardflow submit --address http://HEAD:8265 run|rerank CONFIG [--set ...] [--follow]
+    shardflow submit --address http://HEAD:8265 run|refresh|rerank CONFIG [--set ...] [--follow]
     shardflow jobs list|status|logs|stop [JOB] --address http://HEAD:8265
     shardflow report OUTPUT
 
@@ -53,6 +54,18 @@ def parser() -> argparse.ArgumentParser:
     add_overrides(run)
     run.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
     run.set_defaults(handler=run_command)
+    refresh = commands.add_parser(
+        "refresh",
+        help="add the new shards to a published corpus and publish its next version",
+        description="List the inputs, process only the shards not yet in the published corpus (deduplicated "
+        "against it), add their vectors to the index and publish version N+1 by flipping CURRENT.json. Nothing "
+        "new: nothing published. Run it again after a crash: it resumes.",
+    )
+    refresh.add_argument("config", help="YAML config (see configs/refresh.yaml)")
+    add_overrides(refresh)
+    refresh.add_argument("--rebuild", action="store_true", help="publish a full rebuild over every input")
+    refresh.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
+    refresh.set_defaults(handler=refresh_command)
     report = commands.add_parser(
         "report",
         help="write report.html and report.json for a finished output",
@@ -148,6 +161,33 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def refresh_command(args: argparse.Namespace) -> int:
+    from shardflow.config import load_config
+    from shardflow.pipelines.refresh import RefreshConfig, refresh
+
+    overrides = args.overrides + ([f"ray.address={args.address}"] if args.address else [])
+    config = load_config(args.config, RefreshConfig, overrides)
+    result = refresh(config, rebuild=args.rebuild)
+    record, root = result.record, config.output.path
+    if not result.published:
+        shown = f"version {result.version}" if result.version else "nothing published yet"
+        print(f"{root}: no new or changed shards; {shown} stays current ({result.seconds:.1f} s)", file=sys.stderr)
+        return 0
+    night, counts = record["this_version"]["counts"], record["counts"]
+    index = record.get("index")
+    print(
+        f"published version {record['version']} of {root} ({record['mode']}: {record['reason']}) in "
+        f"{result.seconds:.1f} s\n  this version: read {night['read']:,} = kept {night['kept']:,} + dropped "
+        f"{night['dropped']:,} + quarantined {night['quarantined']:,}\n  corpus: {counts['kept']:,} documents "
+        f"in {len(record['segments'])} segment(s)"
+        + (f", index {index['factory']} with {index['vectors']:,} vectors" if index else ""),
+        file=sys.stderr,
+    )
+    segment = f"{root.rstrip('/')}/{record['this_version']['segment']}"
+    print(f"  this version's report: {write_report(segment, config.storage)[0]}", file=sys.stderr)
+    return 0
+
+
 def report_command(args: argparse.Namespace) -> int:
     html_uri, json_uri = write_report(args.output, storage_of(args.config))
     print(f"{html_uri}\n{json_uri}")
@@ -160,6 +200,10 @@ def config_model(command: str) -> Any:
         from shardflow.pipelines.rerank import RerankConfig
 
         return RerankConfig
+    if command == "refresh":
+        from shardflow.pipelines.refresh import RefreshConfig
+
+        return RefreshConfig
     from shardflow.pipelines.corpus import CorpusConfig
 
     return CorpusConfig

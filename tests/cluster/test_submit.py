@@ -105,6 +105,34 @@ def test_the_sample_corpus_job_runs_on_the_cluster(cluster: dict, tmp_path: Path
     assert listed.returncode == 0 and "SUCCEEDED" in listed.stdout
 
 
+def test_a_refresh_job_publishes_a_version_and_a_second_one_nothing(cluster: dict, tmp_path: Path) -> None:
+    light = ["--set", "stages=[{op: exact_dedup}, {op: fuzzy_dedup}]", "--set", "index=null"]
+    root = tmp_path / "corpus"
+    for attempt in ("first", "second"):
+        done = shardflow(
+            cluster["env"],
+            "submit",
+            "--address",
+            cluster["address"],
+            "refresh",
+            "configs/refresh.yaml",
+            *light,
+            "--set",
+            f"output.path={root}",
+            "--set",
+            "ray.progress=false",
+            "--follow",
+        )
+        assert done.returncode == 0, (attempt, done.stdout[-3000:], done.stderr[-2000:])
+        if attempt == "first":
+            assert "published version 1 of" in done.stdout
+            record = json.loads((root / "versions" / "v000001" / "version.json").read_text())
+            assert record["counts"]["read"] == sum(entry["rows"] for entry in record["inputs"]) > 0
+        else:
+            assert "no new or changed shards; version 1 stays current" in done.stdout
+    assert json.loads((root / "CURRENT.json").read_text())["version"] == 1
+
+
 def test_a_rerank_job_puts_its_model_actors_on_the_gpu_node(cluster: dict, tmp_path: Path) -> None:
     done = shardflow(
         cluster["env"],

@@ -1,0 +1,321 @@
+"""The nightly corpus refresh: process only the shards that are new, publish a new version atomically.
+
+Layout of a refreshed corpus (``output.path``, local or s3://)::
+
+    ROOT/CURRENT.json                       the pointer: {"version": N, "manifest": "versions/vN/version.json"}
+    ROOT/versions/v000N/version.json        version N: its segments, every corpus file, inputs, counts, indexes
+    ROOT/versions/v000N/index/              the dense index over every kept document of version N
+    ROOT/segments/s000N/                    a corpus output (``shardflow run``) over the shards new in version N
+
+Version N+1 = version N's segments + one new segment. The segment is an ordinary corpus run over the new
+shards whose dedup stages take the published corpus's dedup indexes as ``index_from``: a new document that
+repeats (exactly or nearly) a published one is dropped in favour of it, and new documents are deduplicated
+among themselves. The dense index of N+1 is N's index with the new vectors added (same training), or a
+fresh build over every segment when ``index.factory: auto`` would now pick another kind of index.
+
+A shard whose size or etag changed since it was published, a change of the stages, or ``--rebuild`` makes
+version N+1 a full rebuild: one segment over every input. Shards that disappeared from the inputs stay in
+the corpus (a refresh only adds) and are listed in the version.
+
+Publishing: everything of N+1 is written under new names first; then ``CURRENT.json`` is replaced, one
+small object (atomic on S3, a rename locally). Readers that resolved N keep reading N's files, which are
+never modified; ``keep_versions`` versions stay, older ones and the segments only they used are deleted.
+An attempt writes ``plan.json`` into its version folder first: a rerun after a crash with the same plan
+resumes (the segment run and the index step are restartable), one whose inputs changed meanwhile starts
+the version over. A refresh with nothing new publishes nothing. One refresh at a time per output: each
+holds a lease (``_refresh.lease``, ``shardflow/lease.py``) while it works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from pydantic import Field, model_validator
+
+from shardflow.cluster.runtime import ray_session
+from shardflow.config import StrictModel
+from shardflow.lease import lease
+from shardflow.operators.dedup.steps import finished, mark_finished
+from shardflow.operators.index import build_index, choose_factory, mergeable, read_index_card, write_index_card
+from shardflow.operators.readers import Shard, list_shards
+from shardflow.operators.writers import CORPUS, DEDUP_INDEX, EXACT_INDEX, WriterConfig
+from shardflow.pipelines.corpus import CorpusConfig, run_corpus
+from shardflow.storage import StorageConfig, filesystem, join, put_bytes
+
+CURRENT = "CURRENT.json"
+VERSION_FILE = "version.json"
+PLAN_FILE = "plan.json"
+LEASE_FILE = "_refresh.lease"  # one refresh at a time per output
+VERSION_FORMAT = "shardflow-corpus-version/1"
+DEDUP_INDEXES = {"exact_dedup": EXACT_INDEX, "fuzzy_dedup": DEDUP_INDEX}  # stage -> the index it leaves
+
+
+class RefreshOutputConfig(StrictModel):
+    """The ``output`` section of a refresh: the published corpus's root and how many versions it keeps."""
+
+    path: str = Field(description="Root of the published corpus, local or s3://.")
+    keep_versions: int = Field(3, ge=1, description="Published versions kept (readers of older ones may break).")
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+
+class RefreshConfig(CorpusConfig):
+    """A corpus config whose output is a versioned, refreshed corpus (``input.paths``: where shards land)."""
+
+    output: RefreshOutputConfig
+
+    @model_validator(mode="after")
+    def _indexes_are_managed(self) -> RefreshConfig:
+        for position, stage in enumerate(self.stages):
+            if getattr(stage, "index_from", None) is not None:
+                raise ValueError(
+                    f"stages.{position}.index_from: a refresh dedups against its own published corpus; remove it"
+                )
+        return self
+
+    def corpus_fingerprint(self) -> str:
+        """What makes published documents comparable with new ones: the stages and how inputs are read."""
+        identity = self.model_dump(mode="json", include={"stages": True, "input": {"format", "max_doc_bytes"}})
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class RefreshResult:
+    version: int | None  # the current version after this refresh (None: nothing ever published)
+    published: bool
+    record: dict[str, Any] | None  # version.json of the current version
+    seconds: float
+
+
+def refresh(config: RefreshConfig, rebuild: bool = False) -> RefreshResult:
+    """Publish version N+1 if the inputs hold anything new (or ``rebuild``); else leave version N as it is."""
+    started = time.monotonic()
+    with lease(join(config.output.path, LEASE_FILE), config.storage, f"a refresh of {config.output.path}"):
+        version, published, record = refresh_once(config, rebuild)
+    return RefreshResult(version, published, record, time.monotonic() - started)
+
+
+def refresh_once(config: RefreshConfig, rebuild: bool) -> tuple[int | None, bool, dict[str, Any] | None]:
+    """The refresh under the lease: (current version, whether this call published it, its record)."""
+    root = config.output.path
+    current = read_json(join(root, CURRENT), config.storage)
+    published = read_json(join(root, current["manifest"]), config.storage) if current else None
+    shards = list_shards(config.input, config.storage)
+    plan = plan_version(config, published, shards, rebuild)
+    if plan is None:
+        collect_garbage(config, current["version"] if current else 0)
+        return (current and current["version"]), False, published
+    with ray_session(config.ray.address, config.ray.num_cpus):
+        record = build_version(config, plan, published)
+    put_bytes(join(root, version_folder(plan["version"]), VERSION_FILE), dumps(record), config.storage)
+    pointer = {"version": plan["version"], "manifest": join(version_folder(plan["version"]), VERSION_FILE)}
+    put_bytes(join(root, CURRENT), dumps(pointer), config.storage)  # the moment version N+1 is published
+    collect_garbage(config, plan["version"])
+    return plan["version"], True, record
+
+
+def plan_version(
+    config: RefreshConfig, published: dict[str, Any] | None, shards: list[Shard], rebuild: bool
+) -> dict[str, Any] | None:
+    """What version N+1 processes and why, or None when the inputs hold nothing new."""
+    known = {entry["uri"]: entry for entry in published["inputs"]} if published else {}
+    new = [shard for shard in shards if shard.uri not in known]
+    changed = [
+        shard.uri
+        for shard in shards
+        if shard.uri in known and (shard.size, shard.version) != (known[shard.uri]["size"], known[shard.uri]["version"])
+    ]
+    reason = (
+        "first version"
+        if published is None
+        else "--rebuild"
+        if rebuild
+        else f"{len(changed)} shard(s) changed since published, e.g. {changed[0]}"
+        if changed
+        else "the stages changed"
+        if published["corpus_fingerprint"] != config.corpus_fingerprint()
+        else None
+    )
+    if reason is None and not new:
+        return None
+    full = reason is not None
+    return {
+        "version": (published["version"] if published else 0) + 1,
+        "parent": published["version"] if published else None,
+        "mode": "full" if full else "incremental",
+        "reason": reason or f"{len(new)} new shard(s)",
+        "shards": [[shard.uri, shard.size, shard.version] for shard in (shards if full else new)],
+        "missing": [] if full else sorted(set(known) - {shard.uri for shard in shards}),
+        "corpus_fingerprint": config.corpus_fingerprint(),
+        "index": config.index.model_dump(mode="json") if config.index else None,
+    }
+
+
+def build_version(config: RefreshConfig, plan: dict[str, Any], published: dict[str, Any] | None) -> dict[str, Any]:
+    """Run the new segment and the index of version N+1; return its ``version.json`` (not yet published)."""
+    parent = published if plan["mode"] == "incremental" else None
+    start_attempt(config, plan)
+    segment = segment_folder(plan["version"])
+    manifest = run_corpus(segment_config(config, plan, parent)).manifest
+    files = (parent["files"] if parent else []) + [
+        {**entry, "path": join(segment, entry["path"])} for entry in manifest["files"]
+    ]
+    inputs = (parent["inputs"] if parent else []) + [{**entry, "segment": segment} for entry in manifest["inputs"]]
+    record = {
+        "format": VERSION_FORMAT,
+        "version": plan["version"],
+        "parent": plan["parent"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "mode": plan["mode"],
+        "reason": plan["reason"],
+        "corpus_fingerprint": plan["corpus_fingerprint"],
+        "segments": (parent["segments"] if parent else []) + [segment],
+        "counts": add_counts(parent["counts"] if parent else {}, manifest["counts"]),
+        "this_version": {"segment": segment, "shards": len(manifest["inputs"]), "counts": manifest["counts"]},
+        "inputs": inputs,
+        "missing_inputs": plan["missing"],
+        "files": files,
+        **{name: join(segment, name) for name in dedup_indexes(config)},
+    }
+    if config.index is not None:
+        record["index"] = ensure_version_index(config, plan, files, parent)
+    return record
+
+
+def start_attempt(config: RefreshConfig, plan: dict[str, Any]) -> None:
+    """Resume an attempt at this version with the same plan; clear one with another plan (its inputs
+    changed meanwhile: nothing of it was published)."""
+    plan_uri = join(config.output.path, version_folder(plan["version"]), PLAN_FILE)
+    earlier = read_json(plan_uri, config.storage)
+    if earlier == plan:
+        return
+    for folder in (version_folder(plan["version"]), segment_folder(plan["version"])):
+        fs, path = filesystem(join(config.output.path, folder), config.storage)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    put_bytes(plan_uri, dumps(plan), config.storage)
+
+
+def segment_config(config: RefreshConfig, plan: dict[str, Any], parent: dict[str, Any] | None) -> CorpusConfig:
+    """The corpus run of the new shards; with a parent, its dedup stages dedup against the parent's indexes."""
+    stages = [
+        stage.model_copy(update={"index_from": join(config.output.path, parent[DEDUP_INDEXES[stage.op]])})
+        if parent is not None and stage.op in DEDUP_INDEXES
+        else stage
+        for stage in config.stages
+    ]
+    return CorpusConfig(
+        input=config.input.model_copy(update={"paths": [shard[0] for shard in plan["shards"]]}),
+        output=WriterConfig(
+            path=join(config.output.path, segment_folder(plan["version"])),
+            if_exists="resume",
+            compression=config.output.compression,
+        ),
+        stages=stages,
+        storage=config.storage,
+        ray=config.ray,
+    )
+
+
+def dedup_indexes(config: RefreshConfig) -> list[str]:
+    return [DEDUP_INDEXES[stage.op] for stage in config.stages if stage.op in DEDUP_INDEXES]
+
+
+def ensure_version_index(
+    config: RefreshConfig, plan: dict[str, Any], files: list[dict[str, Any]], parent: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The dense index of every kept document: the parent's with the new segment's vectors added, or built
+    anew (first or full version, a changed index config, or ``auto`` choosing another kind of index)."""
+    root, storage = config.output.path, config.storage
+    folder = join(version_folder(plan["version"]), "index")
+    corpus = [entry for entry in files if entry["kind"] == CORPUS and entry["rows"]]
+    base = parent and parent.get("index") and join(root, parent["index"]["path"])
+    if base and not extends(config, parent, corpus):
+        base = None
+    added = [entry for entry in corpus if not base or entry["path"].startswith(segment_folder(plan["version"]))]
+    if not finished(join(root, folder), [entry["path"] for entry in added], storage):
+        uris = [join(root, entry["path"]) for entry in added]
+        facts = build_index(uris, join(root, folder), config.index, storage, base) if uris or base else {"vectors": 0}
+        write_index_card(join(root, folder), facts, config.index, config.embed_stage, storage)
+        mark_finished(join(root, folder), [entry["path"] for entry in added], storage, **facts, extended=bool(base))
+    card = read_index_card(join(root, folder), storage)
+    return {
+        "path": folder,
+        "factory": card.get("factory"),
+        "vectors": card["vectors"],
+        "extended": bool(base),
+        "config": config.index.model_dump(mode="json"),
+    }
+
+
+def extends(config: RefreshConfig, parent: dict[str, Any], corpus: list[dict[str, Any]]) -> bool:
+    """Whether the parent's index can take the new vectors: same index config, and the factory that
+    ``auto`` would choose for the grown corpus is the one it has."""
+    index = parent["index"]
+    factory = index.get("factory")  # None: the parent kept no documents to index
+    if factory is None or not mergeable(factory) or index.get("config") != config.index.model_dump(mode="json"):
+        return False
+    if config.index.factory != "auto":
+        return True
+    card = read_index_card(join(config.output.path, index["path"]), config.storage)
+    total = sum(entry["rows"] for entry in corpus)
+    return choose_factory(total, int(card["dim"]), config.index.memory_budget_mb << 20) == card["factory"]
+
+
+def add_counts(before: dict[str, int], night: dict[str, int]) -> dict[str, int]:
+    return {key: before.get(key, 0) + night[key] for key in ("read", "kept", "dropped", "quarantined")}
+
+
+def collect_garbage(config: RefreshConfig, current: int) -> list[str]:
+    """Delete versions older than the ``keep_versions`` newest published ones, and the segments that only
+    they used; an attempt at a version not yet published is left alone."""
+    root, storage = config.output.path, config.storage
+    kept = range(max(1, current - config.output.keep_versions + 1), current + 1)
+    used = set()
+    for number in kept:
+        record = read_json(join(root, version_folder(number), VERSION_FILE), storage)
+        used |= set(record["segments"]) if record else set()
+    removed = []
+    for kind, name in (("versions", version_folder), ("segments", segment_folder)):
+        fs, path = filesystem(join(root, kind), storage)
+        for entry in fs.ls(path, detail=False) if fs.exists(path) else []:
+            number = folder_number(entry)
+            if number is not None and number < kept.start and name(number) not in used:
+                fs.rm(entry, recursive=True)
+                removed.append(name(number))
+    return removed
+
+
+def version_folder(number: int) -> str:
+    return f"versions/v{number:06d}"
+
+
+def segment_folder(number: int) -> str:
+    return f"segments/s{number:06d}"
+
+
+def folder_number(path: str) -> int | None:
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return int(name[1:]) if name[1:].isdigit() else None
+
+
+def read_json(uri: str, storage: StorageConfig) -> Any:
+    fs, path = filesystem(uri, storage)
+    try:
+        return orjson.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2)
+
+
+def current_version(root: str, storage: StorageConfig) -> dict[str, Any] | None:
+    """The published version's record (``version.json``), for readers; None if ``root`` is no refreshed corpus."""
+    pointer = read_json(join(root, CURRENT), storage)
+    return read_json(join(root, pointer["manifest"]), storage) if pointer else None

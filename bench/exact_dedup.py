@@ -35,7 +35,7 @@ def main() -> None:
     start_ray()
 
     started = time.perf_counter()
-    ensure_duplicate_table(str(work / "table"), shards, reader, StorageConfig(), partitions=8)
+    ensure_duplicate_table(str(work / "table"), str(work / "index"), shards, reader, StorageConfig(), partitions=8)
     step_one = time.perf_counter() - started
     config = validate(
         {

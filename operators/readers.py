@@ -105,6 +105,8 @@ def list_shards(config: ReaderConfig, storage: StorageConfig) -> list[Shard]:
 
 def _expand(pattern: str, storage: StorageConfig) -> list[Shard]:
     fs, path = filesystem(pattern, storage)
+    if fs.isfile(path):  # first: a file whose name holds [, * or ? is that file, not a pattern
+        return [_shard(fs, path, fs.info(path))]
     if any(ch in path for ch in "*?["):
         entries = fs.glob(path, detail=True)
     elif fs.isdir(path):

@@ -179,8 +179,10 @@ def prepare_global_steps(
     stages: list[Any] = []
     for stage in config.stages:
         if stage.op == "exact_dedup":
-            table = join(layout.staging, EXACT_INDEX)
-            ensure_duplicate_table(table, shards, config.input, config.storage, stage.partitions, stage.index_from)
+            table, index = join(layout.staging, "exact_dedup"), join(layout.staging, EXACT_INDEX)
+            ensure_duplicate_table(
+                table, index, shards, config.input, config.storage, stage.partitions, stage.index_from
+            )
             stage = stage.model_copy(update={"table": table})
         elif stage.op == "fuzzy_dedup":
             workdir = join(layout.staging, "fuzzy_dedup")

@@ -2,10 +2,10 @@
 
 Layout of a refreshed corpus (``output.path``, local or s3://)::
 
-    ROOT/CURRENT.json                       the pointer: {"version": N, "manifest": "versions/vN/version.json"}
-    ROOT/versions/v000N/version.json        version N: its segments, every corpus file, inputs, counts, indexes
-    ROOT/versions/v000N/index/              the dense index over every kept document of version N
-    ROOT/segments/s000N/                    a corpus output (``shardflow run``) over the shards new in version N
+    ROOT/CURRENT.json                       the pointer: {"version": N, "manifest": "versions/v00000N/version.json"}
+    ROOT/versions/v00000N/version.json      version N: its segments, every corpus file, inputs, counts, indexes
+    ROOT/versions/v00000N/index/            the dense index over every kept document of version N
+    ROOT/segments/s00000N/                  a corpus output (``shardflow run``) over the shards new in version N
 
 Version N+1 = version N's segments + one new segment. The segment is an ordinary corpus run over the new
 shards whose dedup stages take the published corpus's dedup indexes as ``index_from``: a new document that
@@ -15,7 +15,8 @@ fresh build over every segment when ``index.factory: auto`` would now pick anoth
 
 A shard whose size or etag changed since it was published, a change of the stages, or ``--rebuild`` makes
 version N+1 a full rebuild: one segment over every input. Shards that disappeared from the inputs stay in
-the corpus (a refresh only adds) and are listed in the version.
+the corpus (a refresh only adds) and are listed in the version; a full rebuild would drop them, so it is
+refused while any are missing, unless ``--drop-missing`` says that is meant.
 
 Publishing: everything of N+1 is written under new names first; then ``CURRENT.json`` is replaced, one
 small object (atomic on S3, a rename locally). Readers that resolved N keep reading N's files, which are
@@ -39,19 +40,22 @@ from pydantic import Field, model_validator
 
 from shardflow.cluster.runtime import ray_session
 from shardflow.config import StrictModel
-from shardflow.lease import lease
+from shardflow.errors import OutputStateError
+from shardflow.lease import Lease, lease
 from shardflow.operators.dedup.steps import finished, mark_finished
 from shardflow.operators.index import build_index, choose_factory, mergeable, read_index_card, write_index_card
 from shardflow.operators.readers import Shard, list_shards
 from shardflow.operators.writers import CORPUS, DEDUP_INDEX, EXACT_INDEX, WriterConfig
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
-from shardflow.storage import StorageConfig, filesystem, join, put_bytes
+from shardflow.storage import StorageConfig, filesystem, join, put_bytes, read_json
 
 CURRENT = "CURRENT.json"
 VERSION_FILE = "version.json"
 PLAN_FILE = "plan.json"
 LEASE_FILE = "_refresh.lease"  # one refresh at a time per output
 VERSION_FORMAT = "shardflow-corpus-version/1"
+TUNING = ("resources", "partitions", "token_budget")  # stage settings that change speed, not the corpus
+INDEX_BUILD = ("factory", "metric", "memory_budget_mb", "train_vectors")  # index settings that change its contents
 DEDUP_INDEXES = {"exact_dedup": EXACT_INDEX, "fuzzy_dedup": DEDUP_INDEX}  # stage -> the index it leaves
 
 
@@ -78,8 +82,12 @@ class RefreshConfig(CorpusConfig):
         return self
 
     def corpus_fingerprint(self) -> str:
-        """What makes published documents comparable with new ones: the stages and how inputs are read."""
-        identity = self.model_dump(mode="json", include={"stages": True, "input": {"format", "max_doc_bytes"}})
+        """What makes published documents comparable with new ones: the stages' settings that decide what
+        they keep and write, and how inputs are read (not how many workers or partitions do the work)."""
+        identity = {
+            "stages": [stage.model_dump(mode="json", exclude=set(TUNING)) for stage in self.stages],
+            "input": self.input.model_dump(mode="json", include={"format", "max_doc_bytes"}),
+        }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -91,38 +99,44 @@ class RefreshResult:
     seconds: float
 
 
-def refresh(config: RefreshConfig, rebuild: bool = False) -> RefreshResult:
-    """Publish version N+1 if the inputs hold anything new (or ``rebuild``); else leave version N as it is."""
+def refresh(config: RefreshConfig, rebuild: bool = False, drop_missing: bool = False) -> RefreshResult:
+    """Publish version N+1 if the inputs hold anything new (or ``rebuild``); else leave version N as it is.
+    ``drop_missing`` lets a full rebuild leave out published shards that are no longer in the inputs."""
     started = time.monotonic()
-    with lease(join(config.output.path, LEASE_FILE), config.storage, f"a refresh of {config.output.path}"):
-        version, published, record = refresh_once(config, rebuild)
+    with lease(join(config.output.path, LEASE_FILE), config.storage, f"a refresh of {config.output.path}") as held:
+        version, published, record = refresh_once(config, held, rebuild, drop_missing)
     return RefreshResult(version, published, record, time.monotonic() - started)
 
 
-def refresh_once(config: RefreshConfig, rebuild: bool) -> tuple[int | None, bool, dict[str, Any] | None]:
+def refresh_once(
+    config: RefreshConfig, held: Lease, rebuild: bool, drop_missing: bool
+) -> tuple[int | None, bool, dict[str, Any] | None]:
     """The refresh under the lease: (current version, whether this call published it, its record)."""
     root = config.output.path
     current = read_json(join(root, CURRENT), config.storage)
     published = read_json(join(root, current["manifest"]), config.storage) if current else None
     shards = list_shards(config.input, config.storage)
-    plan = plan_version(config, published, shards, rebuild)
+    plan = plan_version(config, published, shards, rebuild, drop_missing)
     if plan is None:
         collect_garbage(config, current["version"] if current else 0)
         return (current and current["version"]), False, published
     with ray_session(config.ray.address, config.ray.num_cpus):
-        record = build_version(config, plan, published)
+        record = build_version(config, plan, published, held)
+    held.check()
     put_bytes(join(root, version_folder(plan["version"]), VERSION_FILE), dumps(record), config.storage)
     pointer = {"version": plan["version"], "manifest": join(version_folder(plan["version"]), VERSION_FILE)}
+    held.check()
     put_bytes(join(root, CURRENT), dumps(pointer), config.storage)  # the moment version N+1 is published
     collect_garbage(config, plan["version"])
     return plan["version"], True, record
 
 
 def plan_version(
-    config: RefreshConfig, published: dict[str, Any] | None, shards: list[Shard], rebuild: bool
+    config: RefreshConfig, published: dict[str, Any] | None, shards: list[Shard], rebuild: bool, drop_missing: bool
 ) -> dict[str, Any] | None:
     """What version N+1 processes and why, or None when the inputs hold nothing new."""
     known = {entry["uri"]: entry for entry in published["inputs"]} if published else {}
+    missing = sorted(set(known) - {shard.uri for shard in shards})
     new = [shard for shard in shards if shard.uri not in known]
     changed = [
         shard.uri
@@ -143,21 +157,32 @@ def plan_version(
     if reason is None and not new:
         return None
     full = reason is not None
-    return {
+    if full and missing and not drop_missing:
+        raise OutputStateError(
+            f"version {published['version'] + 1} must be a full rebuild ({reason}), but {len(missing)} published "
+            f"shard(s) are no longer in the inputs (e.g. {missing[0]}): a rebuild would drop their documents. "
+            "Restore them, or run with --drop-missing"
+        )
+    plan = {
         "version": (published["version"] if published else 0) + 1,
         "parent": published["version"] if published else None,
         "mode": "full" if full else "incremental",
         "reason": reason or f"{len(new)} new shard(s)",
         "shards": [[shard.uri, shard.size, shard.version] for shard in (shards if full else new)],
-        "missing": [] if full else sorted(set(known) - {shard.uri for shard in shards}),
+        "missing": missing,
         "corpus_fingerprint": config.corpus_fingerprint(),
         "index": config.index.model_dump(mode="json") if config.index else None,
     }
+    segment = segment_config(config, plan, None if full else published)
+    return plan | {"segment_fingerprint": segment.fingerprint()}  # any other setting that changes the segment
 
 
-def build_version(config: RefreshConfig, plan: dict[str, Any], published: dict[str, Any] | None) -> dict[str, Any]:
+def build_version(
+    config: RefreshConfig, plan: dict[str, Any], published: dict[str, Any] | None, held: Lease
+) -> dict[str, Any]:
     """Run the new segment and the index of version N+1; return its ``version.json`` (not yet published)."""
     parent = published if plan["mode"] == "incremental" else None
+    held.check()
     start_attempt(config, plan)
     segment = segment_folder(plan["version"])
     manifest = run_corpus(segment_config(config, plan, parent)).manifest
@@ -177,7 +202,7 @@ def build_version(config: RefreshConfig, plan: dict[str, Any], published: dict[s
         "counts": add_counts(parent["counts"] if parent else {}, manifest["counts"]),
         "this_version": {"segment": segment, "shards": len(manifest["inputs"]), "counts": manifest["counts"]},
         "inputs": inputs,
-        "missing_inputs": plan["missing"],
+        "missing_inputs": plan["missing"] if parent else [],
         "files": files,
         **{name: join(segment, name) for name in dedup_indexes(config)},
     }
@@ -236,7 +261,7 @@ def ensure_version_index(
     base = parent and parent.get("index") and join(root, parent["index"]["path"])
     if base and not extends(config, parent, corpus):
         base = None
-    added = [entry for entry in corpus if not base or entry["path"].startswith(segment_folder(plan["version"]))]
+    added = [entry for entry in corpus if not base or entry["path"].startswith(segment_folder(plan["version"]) + "/")]
     if not finished(join(root, folder), [entry["path"] for entry in added], storage):
         uris = [join(root, entry["path"]) for entry in added]
         facts = build_index(uris, join(root, folder), config.index, storage, base) if uris or base else {"vectors": 0}
@@ -257,7 +282,8 @@ def extends(config: RefreshConfig, parent: dict[str, Any], corpus: list[dict[str
     ``auto`` would choose for the grown corpus is the one it has."""
     index = parent["index"]
     factory = index.get("factory")  # None: the parent kept no documents to index
-    if factory is None or not mergeable(factory) or index.get("config") != config.index.model_dump(mode="json"):
+    built_as = {key: (index.get("config") or {}).get(key) for key in INDEX_BUILD}
+    if factory is None or not mergeable(factory) or built_as != config.index.model_dump(include=set(INDEX_BUILD)):
         return False
     if config.index.factory != "auto":
         return True
@@ -301,14 +327,6 @@ def segment_folder(number: int) -> str:
 def folder_number(path: str) -> int | None:
     name = path.rstrip("/").rsplit("/", 1)[-1]
     return int(name[1:]) if name[1:].isdigit() else None
-
-
-def read_json(uri: str, storage: StorageConfig) -> Any:
-    fs, path = filesystem(uri, storage)
-    try:
-        return orjson.loads(fs.cat_file(path))
-    except FileNotFoundError:
-        return None
 
 
 def dumps(value: Any) -> bytes:

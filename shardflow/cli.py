@@ -2,7 +2,7 @@
 
     shardflow run CONFIG [--set a.b=value ...] [--address ADDR]
     shardflow search INDEX --queries FILE --out RUN [--k 100]
-    shardflow refresh CONFIG [--set a.b=value ...] [--rebuild] [--address ADDR]
+    shardflow refresh CONFIG [--set a.b=value ...] [--rebuild] [--drop-missing] [--address ADDR]
     shardflow rerank CONFIG [--set a.b=value ...] [--top-k N] [--address ADDR]
     shardflow submit --address http://HEAD:8265 run|refresh|rerank CONFIG [--set ...] [--follow]
     shardflow jobs list|status|logs|stop [JOB] --address http://HEAD:8265
@@ -64,6 +64,11 @@ def parser() -> argparse.ArgumentParser:
     refresh.add_argument("config", help="YAML config (see configs/refresh.yaml)")
     add_overrides(refresh)
     refresh.add_argument("--rebuild", action="store_true", help="publish a full rebuild over every input")
+    refresh.add_argument(
+        "--drop-missing",
+        action="store_true",
+        help="let a full rebuild leave out published shards that are no longer in the inputs (their documents)",
+    )
     refresh.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
     refresh.set_defaults(handler=refresh_command)
     report = commands.add_parser(
@@ -167,7 +172,7 @@ def refresh_command(args: argparse.Namespace) -> int:
 
     overrides = args.overrides + ([f"ray.address={args.address}"] if args.address else [])
     config = load_config(args.config, RefreshConfig, overrides)
-    result = refresh(config, rebuild=args.rebuild)
+    result = refresh(config, rebuild=args.rebuild, drop_missing=args.drop_missing)
     record, root = result.record, config.output.path
     if not result.published:
         shown = f"version {result.version}" if result.version else "nothing published yet"

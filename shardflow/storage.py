@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
@@ -146,6 +147,15 @@ def copy_files(source: str, target: str, storage: StorageConfig, suffix: str = "
     for path in fs.find(root):
         if path.endswith(suffix):
             put_bytes(join(target, path[len(root.rstrip("/")) + 1 :]), fs.cat_file(path), storage)
+
+
+def read_json(uri: str, storage: StorageConfig) -> Any:
+    """A small JSON file (pointer, lease, plan), or None where there is none."""
+    fs, path = filesystem(uri, storage)
+    try:
+        return orjson.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
 
 
 def read_table(uri: str, storage: StorageConfig, columns: list[str] | None = None) -> pa.Table:

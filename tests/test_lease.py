@@ -14,8 +14,8 @@ import pytest
 
 from shardflow import lease as lease_module
 from shardflow.errors import OutputStateError
-from shardflow.lease import lease, read_lease
-from shardflow.storage import StorageConfig
+from shardflow.lease import lease
+from shardflow.storage import StorageConfig, read_json
 
 
 @pytest.fixture(autouse=True)
@@ -36,13 +36,14 @@ def test_a_live_lease_refuses_a_second_writer_and_the_holder_renews_it(tmp_path:
             pass
     (tmp_path / "_refresh.lease").unlink()
     with lease(uri, StorageConfig(), "a refresh of X", seconds=0.4) as mine:
-        first = read_lease(uri, StorageConfig())["expires"]
+        first = read_json(uri, StorageConfig())["expires"]
         with pytest.raises(OutputStateError, match="already running"):
             with lease(uri, StorageConfig(), "a refresh of X"):
                 pass
         time.sleep(0.35)
-        assert read_lease(uri, StorageConfig())["expires"] > first  # renewed by the holder's thread
-        assert read_lease(uri, StorageConfig())["id"] == mine["id"]
+        assert read_json(uri, StorageConfig())["expires"] > first  # renewed by the holder's thread
+        assert read_json(uri, StorageConfig())["id"] == mine.holder["id"]
+        mine.check()
     assert not (tmp_path / "_refresh.lease").exists()
 
 
@@ -50,8 +51,32 @@ def test_an_expired_lease_or_one_of_an_ended_process_on_this_host_is_taken_over(
     uri = str(tmp_path / "_refresh.lease")
     held_by(tmp_path / "_refresh.lease", "another-host", 1, expires_in=-1)
     with lease(uri, StorageConfig(), "a refresh"):
-        assert read_lease(uri, StorageConfig())["pid"] == os.getpid()
+        assert read_json(uri, StorageConfig())["pid"] == os.getpid()
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     held_by(tmp_path / "_refresh.lease", socket.gethostname(), int(ended.stdout), expires_in=600)
     with lease(uri, StorageConfig(), "a refresh"):
-        assert read_lease(uri, StorageConfig())["pid"] == os.getpid()
+        assert read_json(uri, StorageConfig())["pid"] == os.getpid()
+
+
+def test_a_failed_renewal_is_retried_and_a_lease_taken_by_another_writer_stops_the_holder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = str(tmp_path / "_refresh.lease")
+    real, writes = lease_module.put_bytes, []
+
+    def flaky(*args, **kwargs):
+        writes.append(args[0])
+        if len(writes) == 2:  # the first renewal (the first write takes the lease)
+            raise OSError("503 Slow Down")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lease_module, "put_bytes", flaky)
+    with lease(uri, StorageConfig(), "a refresh", seconds=0.4) as mine:
+        time.sleep(0.35)
+        assert len(writes) >= 3
+        mine.check()  # renewed after the failure
+        held_by(tmp_path / "_refresh.lease", "another-host", 1, expires_in=600)  # taken over meanwhile
+        time.sleep(0.25)
+        with pytest.raises(OutputStateError, match="the lease .* was lost \\(taken by host another-host"):
+            mine.check()
+    assert json.loads((tmp_path / "_refresh.lease").read_text())["host"] == "another-host"  # not removed

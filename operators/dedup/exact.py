@@ -3,14 +3,15 @@
 Two steps. First, before the DAG, a global pass over every shard computes each document's key (xxh128 of
 the text after Unicode NFKC, case folding and whitespace collapsing), shuffles by key with Ray Data
 (``by_partition``: nothing is collected on the driver) and keeps, per key, the earliest document in input
-order (shards by URI, then lines: the rule fuzzy dedup follows too). It writes every document's key,
-partitioned by shard, as ``(line, dup_cluster, key, key_low, doc_id)`` with ``dup_cluster`` set on the
-duplicates (the kept document's id) and null on kept documents. Then, inside the streaming DAG, the
-``exact_dedup`` operator (a ``DuplicateLookup``) drops the listed documents.
+order (shards by URI, then lines: the rule fuzzy dedup follows too). It writes every document's key as
+``(shard, line, dup_cluster, key, key_low, doc_id)``, ``dup_cluster`` being the kept document's id on the
+duplicates and null on kept documents: the output's ``exact_index/``. The duplicates among them, partitioned
+by shard, are the table that the ``exact_dedup`` operator (a ``DuplicateLookup``) reads inside the streaming
+DAG to drop them.
 
-That table is also the output's ``exact_index/``: with ``index_from`` a later run adds the kept keys of an
-earlier output to its shuffle, ahead of every new document, so a new document whose text the old corpus
-holds is dropped in favour of the old one, and the new index is the old one plus this run's keys.
+With ``index_from`` a later run adds the kept keys of an earlier output's index to its shuffle, ahead of
+every new document, so a new document whose text the old corpus holds is dropped in favour of the old one;
+its index holds this run's keys and lists the old index's folders as its earlier ``parts``.
 
 Because the first step sees every shard, a resumed run (which re-reads only unfinished shards) makes the
 same choices as an uninterrupted one. Keys are computed over all readable documents, before language ID:
@@ -37,6 +38,7 @@ from shardflow.operators.dedup.steps import (
     checked_index,
     finished,
     first_of_run,
+    index_parts,
     mark_finished,
     node_ids,
     read_index_manifest,
@@ -46,7 +48,7 @@ from shardflow.operators.dedup.steps import (
 )
 from shardflow.operators.readers import ReaderConfig, Shard, read_documents, shard_key
 from shardflow.schema import DOC_ID, QUARANTINE_REASON, SOURCE, split_source
-from shardflow.storage import StorageConfig, copy_files, join, put_bytes
+from shardflow.storage import StorageConfig, join, put_bytes
 
 KEYS_SCHEMA = pa.schema(
     [
@@ -60,6 +62,7 @@ KEYS_SCHEMA = pa.schema(
 )
 TABLE_SCHEMA = pa.schema([*DUPLICATES_SCHEMA, ("key", pa.uint64()), ("key_low", pa.uint64()), (DOC_ID, pa.string())])
 INDEX_FORMAT = "shardflow-exact-index/1"
+KEYS = "keys"  # the index's parquet folder
 
 
 class ExactDedupConfig(StrictModel):
@@ -140,36 +143,55 @@ def resolve_partition(rows: pa.Table) -> pa.Table:
     )
 
 
+def duplicates_only(keys: pa.Table) -> pa.Table:
+    return keys.filter(pc.is_valid(keys["dup_cluster"])).select(DUPLICATES_SCHEMA.names)
+
+
 def ensure_duplicate_table(
     table: str,
+    index: str,
     shards: list[Shard],
     reader: ReaderConfig,
     storage: StorageConfig,
     partitions: int,
     index_from: str | None = None,
 ) -> None:
-    """Run step one unless an earlier attempt finished it for exactly these inputs; the table is also the
-    run's exact index (with ``index_from``'s files copied in, and ``index.json`` listing every shard)."""
+    """Run step one unless an earlier attempt finished it for exactly these inputs: every key into the
+    run's exact index (``index``, with ``index.json``), then the duplicates among them into ``table``."""
     inputs = {"shards": [[shard.uri, shard.version] for shard in shards], "index_from": index_from}
-    if finished(table, inputs, storage):
-        return
+    if not finished(index, inputs, storage):
+        ensure_index(index, shards, reader, storage, partitions, index_from)
+        mark_finished(index, inputs, storage)
+    if not finished(table, inputs, storage):
+        keys = read_step(join(index, KEYS), storage, TABLE_SCHEMA)
+        duplicates = keys.map_batches(duplicates_only, batch_format="pyarrow")
+        write_step(duplicates, table, storage, partition_cols=["shard"])
+        mark_finished(table, inputs, storage)
+
+
+def ensure_index(
+    index: str,
+    shards: list[Shard],
+    reader: ReaderConfig,
+    storage: StorageConfig,
+    partitions: int,
+    index_from: str | None,
+) -> None:
+    """Every document's key, and its group's kept id on duplicates, after the kept keys of ``index_from``'s
+    parts (which it lists as its own earlier parts: nothing is copied)."""
     ordinals = {shard.uri: position for position, shard in enumerate(shards)}
     keys = read_documents(shards, reader, storage).map_batches(
         document_keys, batch_format="pyarrow", fn_kwargs={"ordinals": ordinals}
     )
-    indexed: list[str] = []
-    if index_from is not None:
-        indexed = read_index_manifest(index_from, storage)["shards"]
-        stored = pa.schema(list(TABLE_SCHEMA)[1:])  # "shard" is in the folder names
-        old = read_step(index_from, storage, stored, columns=stored.names, partitioning=None)
-        keys = keys.union(old.map_batches(index_keys, batch_format="pyarrow"))
-    write_step(by_partition(keys, "key", resolve_partition, partitions), table, storage, partition_cols=["shard"])
-    if index_from is not None:
-        copy_files(index_from, table, storage)
+    old = read_index_manifest(index_from, storage) if index_from else {"shards": []}
+    old_parts = index_parts(index_from, old) if index_from else []
+    if old_parts:
+        stored = read_step([join(part, KEYS) for part in old_parts], storage, TABLE_SCHEMA)
+        keys = keys.union(stored.map_batches(index_keys, batch_format="pyarrow"))
+    write_step(by_partition(keys, "key", resolve_partition, partitions), join(index, KEYS), storage)
     shards_now = [{"uri": shard.uri, "version": shard.version} for shard in shards]
-    manifest = {"format": INDEX_FORMAT, "shards": indexed + shards_now}
-    put_bytes(join(table, INDEX_FILE), orjson.dumps(manifest), storage)
-    mark_finished(table, inputs, storage)
+    manifest = {"format": INDEX_FORMAT, "shards": old["shards"] + shards_now, "parts": [*old_parts, "."]}
+    put_bytes(join(index, INDEX_FILE), orjson.dumps(manifest), storage)
 
 
 def check_index(config: ExactDedupConfig, storage: StorageConfig, key: str, shards: list[Shard]) -> None:

@@ -20,7 +20,8 @@ and ``index.json`` (MinHash parameters, the shards indexed and their ordinals). 
 run numbers its shards after the indexed ones and adds the index's buckets to its own LSH step, so a new
 document that matches an old bucket joins that bucket's component, whose kept document is old: new
 documents are deduplicated against the old corpus and among themselves, and no old document is touched.
-The run's output index holds the old index plus this run's buckets.
+The run's output index holds this run's buckets and lists the old index's folders as its earlier ``parts``
+(nothing is copied, so a corpus grown over many nights costs no more per night to index).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from shardflow.operators.dedup.steps import (
     checked_index,
     finished,
     first_of_run,
+    index_parts,
     mark_finished,
     node_ids,
     read_index_manifest,
@@ -69,7 +71,7 @@ from shardflow.operators.dedup.steps import (
 )
 from shardflow.operators.readers import Shard, shard_key
 from shardflow.schema import DOC_ID, LANG, SOURCE, TEXT
-from shardflow.storage import StorageConfig, copy_files, exists, filesystem, join, put_bytes, write_table
+from shardflow.storage import StorageConfig, exists, filesystem, join, put_bytes, write_table
 
 INDEX_FORMAT = "shardflow-dedup-index/1"
 SIGN_BATCH_ROWS = 4096  # documents hashed at once: numpy's fixed costs are small, its arrays stay in cache
@@ -178,6 +180,7 @@ class FuzzyPlan:
         self.config, self.shards, self.storage = config, shards, storage
         self.workdir, self.index = workdir, index
         self.old = read_index_manifest(config.index_from, storage) if config.index_from else None
+        self.old_parts = index_parts(config.index_from, self.old) if self.old else []
         self.offset = self.old["next_ordinal"] if self.old else 0
         self.ordinals = {shard.uri: self.offset + i for i, shard in enumerate(shards)}
         self.inputs = {"shards": [[s.uri, s.version] for s in shards], "index_from": config.index_from}
@@ -225,7 +228,7 @@ class FuzzyPlan:
             signature_schema(self.config.bands, self.config.verify_threshold is not None),
         ).map_batches(key_rows, batch_format="pyarrow")
         if self.old:
-            old = read_step(join(self.config.index_from, "bands"), self.storage, INDEX_BANDS_SCHEMA)
+            old = read_step([join(part, "bands") for part in self.old_parts], self.storage, INDEX_BANDS_SCHEMA)
             rows = rows.union(old.map_batches(_index_rows, batch_format="pyarrow"))
         edges = by_partition(rows, "key", bucket_edges, self.config.partitions)
         write_step(edges, self.path("edges"), self.storage)
@@ -277,7 +280,7 @@ class FuzzyPlan:
         signatures = self.scatter_signatures(["node", DOC_ID, "keys"])
         old_nodes = (
             scatter(
-                step_files(join(self.config.index_from, "nodes"), self.storage),
+                step_files([join(part, "nodes") for part in self.old_parts], self.storage),
                 self.storage,
                 ["node", DOC_ID],
                 "node",
@@ -325,16 +328,14 @@ class FuzzyPlan:
         }
 
     def write_index_manifest(self) -> None:
-        """The output's index: the old index's files (copied) plus this run's, and what it covers."""
+        """The output's index: this run's files, the old index's parts by reference, and what it covers."""
         shards = [{"uri": s.uri, "version": s.version, "ordinal": self.ordinals[s.uri]} for s in self.shards]
-        if self.old:
-            copy_files(self.config.index_from, self.index, self.storage)
-            shards = self.old["shards"] + shards
         manifest = {
             "format": INDEX_FORMAT,
             "params": self.config.params.model_dump(),
             "next_ordinal": self.offset + len(self.shards),
-            "shards": shards,
+            "shards": (self.old["shards"] if self.old else []) + shards,
+            "parts": [*self.old_parts, "."],
         }
         put_bytes(join(self.index, INDEX_FILE), orjson.dumps(manifest), self.storage)
 

@@ -1,7 +1,7 @@
 """The streaming half of every dedup stage: look each document up in a duplicate table.
 
 A global step (exact or fuzzy) writes the documents to remove as ``(shard, line, dup_cluster)`` parquet,
-partitioned by shard, where ``dup_cluster`` is the id of the document kept in their place (null: kept). Inside the DAG
+partitioned by shard, where ``dup_cluster`` is the id of the document kept in their place. Inside the DAG
 the stage's operator reads the table of each batch's shards (once per actor; the few latest shards stay
 cached), sets ``dup_cluster`` and ``dup_rep`` on every document, and drops the duplicates.
 """
@@ -9,7 +9,6 @@ cached), sets ``dup_cluster`` and ``dup_rep`` on every document, and drops the d
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from shardflow.operators.base import Annotations, Operator
 from shardflow.operators.readers import shard_key
@@ -53,7 +52,6 @@ class DuplicateLookup(Operator):
             found: dict[int, str] = {}
             for part in sorted(fs.glob(join(path, "*.parquet"))):
                 rows = read_table(to_uri(fs, part), self.storage, ["line", "dup_cluster"])
-                rows = rows.filter(pc.is_valid(rows["dup_cluster"]))  # exact dedup lists its kept documents too
                 found.update(zip(rows["line"].to_pylist(), rows["dup_cluster"].to_pylist(), strict=True))
             self.cache[shard] = found
         return self.cache[shard]

@@ -64,13 +64,19 @@ def write_step(dataset: ray.data.Dataset, path: str, storage: StorageConfig, **o
     dataset.write_parquet(local, filesystem=arrow_filesystem(fs), **options)
 
 
-def read_step(path: str, storage: StorageConfig, schema: pa.Schema, **options: Any) -> ray.data.Dataset:
-    """A finished step's parquet as a dataset (an empty one of ``schema`` when the step wrote no rows)."""
-    fs, local = filesystem(path, storage)
-    files = _parquet_files(fs, local)
+def read_step(path: str | list[str], storage: StorageConfig, schema: pa.Schema, **options: Any) -> ray.data.Dataset:
+    """A finished step's parquet (or several folders' together) as a dataset (an empty one of ``schema``
+    when there are no rows). At most four read tasks per CPU: an index grown over many runs is many small
+    files, and a task per file costs more than reading it."""
+    files = step_files(path, storage)
     if not files:
         return ray.data.from_arrow(schema.empty_table())
-    return ray.data.read_parquet(files, filesystem=arrow_filesystem(fs), schema=schema, **options)
+    fs, _ = filesystem(files[0], storage)
+    tasks = min(len(files), 4 * int(ray.cluster_resources().get("CPU", 1)))
+    local = [filesystem(uri, storage)[1] for uri in files]
+    return ray.data.read_parquet(
+        local, filesystem=arrow_filesystem(fs), schema=schema, override_num_blocks=tasks, **options
+    )
 
 
 def node_ids(sources: pa.ChunkedArray, ordinals: dict[str, int]) -> np.ndarray:
@@ -85,6 +91,12 @@ def read_index_manifest(index: str, storage: StorageConfig) -> dict[str, Any]:
     """A dedup index's ``index.json``: what it covers (``shards``: uri, version, ...) and its settings."""
     fs, path = filesystem(join(index, INDEX_FILE), storage)
     return orjson.loads(fs.cat_file(path))
+
+
+def index_parts(index: str, manifest: dict[str, Any]) -> list[str]:
+    """The folders that together hold the index at ``index``: the index's own (``.``) and those of the
+    earlier runs it builds on (an incremental run adds its part and lists the old ones, copying nothing)."""
+    return [index if part == "." else part for part in manifest.get("parts", ["."])]
 
 
 def checked_index(index_from: str, storage: StorageConfig, key: str, what: str, shards: list[Any]) -> dict[str, Any]:
@@ -139,11 +151,14 @@ def split(table: pa.Table, key: str, partitions: int) -> list[pa.Table]:
     return [ordered.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(partitions)]
 
 
-def step_files(path: str, storage: StorageConfig) -> list[str]:
-    """The parquet files of a finished step, as URIs (none when it wrote no rows: an object store has no
-    empty folders)."""
-    fs, local = filesystem(path, storage)
-    return [to_uri(fs, f) for f in _parquet_files(fs, local)]
+def step_files(path: str | list[str], storage: StorageConfig) -> list[str]:
+    """The parquet files of a finished step (or of several folders), as URIs (none when it wrote no rows:
+    an object store has no empty folders)."""
+    files = []
+    for folder in [path] if isinstance(path, str) else path:
+        fs, local = filesystem(folder, storage)
+        files += [to_uri(fs, f) for f in _parquet_files(fs, local)]
+    return files
 
 
 def _parquet_files(fs: Any, folder: str) -> list[str]:

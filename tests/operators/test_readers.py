@@ -242,6 +242,8 @@ def test_listing_expands_dirs_and_globs_and_names_what_is_missing(tmp_path: Path
         list_shards(ReaderConfig(paths=[str(tmp_path / "nope.jsonl")]), STORAGE)
     with pytest.raises(InputError, match=r"input.paths\[1\].*matches no shard files"):
         list_shards(ReaderConfig(paths=[str(tmp_path), f"{tmp_path}/*.parquet"]), STORAGE)
+    literal = write_shard(tmp_path / "part[1].jsonl", [PLAIN])  # a name that looks like a pattern is that file
+    assert [s.uri for s in list_shards(ReaderConfig(paths=[str(literal)]), STORAGE)] == [str(literal)]
 
 
 def test_a_shard_deleted_after_listing_is_quarantined(tmp_path: Path) -> None:

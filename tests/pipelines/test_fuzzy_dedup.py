@@ -232,7 +232,7 @@ def test_every_step_and_the_index_live_on_s3(s3_storage) -> None:
     assert first["counts"]["dropped"] == 0 and fs.exists(f"{bucket}/night1/dedup_index/index.json")
     second = run_night("night2", {"index_from": f"s3://{bucket}/night1/dedup_index"})
     assert second["counts"]["dropped"] == second["fuzzy_dedup"]["duplicates"] == 5
-    assert len(fs.glob(f"{bucket}/night2/dedup_index/nodes/*.parquet")) > len(
-        fs.glob(f"{bucket}/night1/dedup_index/nodes/*.parquet")
-    )
+    index = json.loads(fs.cat_file(f"{bucket}/night2/dedup_index/index.json"))
+    assert index["parts"] == [f"s3://{bucket}/night1/dedup_index", "."]  # the old index by reference, not copied
+    assert len(index["shards"]) == 2 and fs.glob(f"{bucket}/night2/dedup_index/nodes/*.parquet")
     assert not fs.exists(f"{bucket}/night2/_staging")

@@ -12,7 +12,7 @@ import pytest
 
 from shardflow.cli import main
 from shardflow.config import validate
-from shardflow.errors import ConfigError
+from shardflow.errors import ConfigError, OutputStateError
 from shardflow.pipelines import refresh as refresh_module
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
 from shardflow.pipelines.refresh import RefreshConfig, current_version, refresh
@@ -225,6 +225,11 @@ def test_a_refresh_that_crashes_at_any_step_publishes_on_rerun_what_an_uninterru
     assert rebuilt.record["segments"] == ["segments/s000003"] and not rebuilt.record["index"]["extended"]
     assert_equal_to_from_scratch(config.output.path, str(inputs), str(tmp_path / "scratch2"), model, {})
 
+    (inputs / "2026-11-02" / "b.jsonl").unlink()  # a published shard leaves the inputs (retention)
+    assert not refresh(config).published  # its documents stay published
+    with pytest.raises(OutputStateError, match="1 published shard.s. are no longer in the inputs"):
+        refresh(config, rebuild=True)  # a full rebuild would drop them: only with drop_missing
+
 
 def test_a_refresh_manages_its_own_dedup_indexes() -> None:
     with pytest.raises(ConfigError, match="stages.0.index_from: .*a refresh dedups against its own"):
@@ -236,3 +241,16 @@ def test_a_refresh_manages_its_own_dedup_indexes() -> None:
             },
             RefreshConfig,
         )
+
+
+def test_only_settings_that_change_the_corpus_force_a_full_rebuild() -> None:
+    def fingerprint(**changes: Any) -> str:
+        stages = [{"op": "exact_dedup"}, {"op": "fuzzy_dedup"}, {"op": "embed", "model": "m"}]
+        for position, change in changes.items():
+            stages[int(position[1:])] |= change
+        config = {"input": {"paths": ["in"]}, "output": {"path": "out"}, "stages": stages}
+        return validate(config, RefreshConfig).corpus_fingerprint()
+
+    same = fingerprint()
+    assert fingerprint(s0={"partitions": 3}, s1={"resources": {"num_cpus": 4}}, s2={"token_budget": 64}) == same
+    assert fingerprint(s1={"bands": 20}) != same and fingerprint(s2={"max_length": 128}) != same

@@ -87,14 +87,16 @@ def test_the_duplicate_table_is_reused_by_a_resumed_run_and_refused_if_inputs_ch
     reader = ReaderConfig(paths=[str(tmp_path / "in")])
     shards = list_shards(reader, StorageConfig())
     table = tmp_path / "table"
-    ensure_duplicate_table(str(table), shards, reader, StorageConfig(), partitions=2)
+    index = tmp_path / "index"
+    ensure_duplicate_table(str(table), str(index), shards, reader, StorageConfig(), partitions=2)
     files = sorted(table.glob("shard=*/*.parquet"))
-    assert len({f.parent for f in files}) == 3  # every document's key, by shard
+    assert len({f.parent for f in files}) == 2  # the two shards that hold duplicates
+    assert pq.read_table(index / "keys").num_rows == 35  # every document's key (not the empty one's)
     stamps = [f.stat().st_mtime_ns for f in files]
-    ensure_duplicate_table(str(table), shards, reader, StorageConfig(), partitions=2)
+    ensure_duplicate_table(str(table), str(index), shards, reader, StorageConfig(), partitions=2)
     assert [f.stat().st_mtime_ns for f in files] == stamps
     with pytest.raises(OutputStateError, match="inputs changed"):
-        ensure_duplicate_table(str(table), shards[:2], reader, StorageConfig(), partitions=2)
+        ensure_duplicate_table(str(table), str(index), shards[:2], reader, StorageConfig(), partitions=2)
 
 
 @pytest.mark.usefixtures("ray_local")

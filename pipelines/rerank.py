@@ -55,6 +55,7 @@ from shardflow.trec import read_queries, run_lines
 
 MEASURES = ("nDCG@10", "RR@10", "R@100")
 RUN_SUFFIXES = (".gz", ".run", ".txt", ".trec", ".tsv")
+ACTOR_RETRIES = 3  # restarts of a scorer actor, and retries of its call, before the job fails
 
 
 class CorpusSource(StrictModel):
@@ -343,7 +344,14 @@ def score_chunks(
             f"{resources.num_cpus:g}, num_gpus {resources.num_gpus:g}); lower them"
         )
     size = min(size, len(todo), fit)
-    actor = ChunkScorer.options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None)
+    # A scorer that dies (a lost node, a killed process) is restarted and its chunk scored again: a chunk's
+    # result is written whole, and only by its one call, so a retried call writes the same file.
+    actor = ChunkScorer.options(
+        num_cpus=resources.num_cpus,
+        num_gpus=resources.num_gpus or None,
+        max_restarts=ACTOR_RETRIES,
+        max_task_retries=ACTOR_RETRIES,
+    )
     queries_ref = ray.put(queries)
     actors = [actor.remote(config.scorer, queries_ref, config.storage) for _ in range(size)]
     placements = ray.get([a.placement.remote() for a in actors])
@@ -352,7 +360,9 @@ def score_chunks(
         task = bar.add_task(f"scoring {len(todo)} chunks on {size} actor(s)", total=len(todo))
         for _ in pool.map_unordered(lambda a, item: a.score.remote(item[1], result_uri(scores, item[0])), todo):
             bar.advance(task)
-    return {"chunks": len(todo), "actors": placements}
+    now = ray.get([actor.placement.remote() for actor in actors])
+    restarted = [before["pid"] != after["pid"] for before, after in zip(placements, now, strict=True)]
+    return {"chunks": len(todo), "actors": placements, "actor_restarts": sum(restarted)}
 
 
 # ---------------------------------------------------------------- step 3: runs and metrics

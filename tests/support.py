@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
+import signal
 import struct
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +176,29 @@ def write_rerank_task(folder: Path, articles: int = 30) -> dict[str, str]:
         "corpus": {"path": str(folder / "corpus.jsonl")},
         "qrels": str(folder / "qrels.txt"),
     }
+
+
+def kill_worker_when(title: str, ready: Callable[[], bool] = lambda: True, timeout: float = 120) -> str | None:
+    """SIGKILL the first worker process of this test's Ray whose title starts with ``title`` (Ray titles its
+    workers ``ray::<what runs>``; an actor busy with a call ends in ``.<method>``) once ``ready()`` holds;
+    return its title, or None if none showed up in time. Only this Ray's processes: the raylet's children."""
+    import psutil
+    import ray
+
+    @ray.remote
+    def raylet_pid() -> int:
+        return os.getppid()  # a worker's parent is its node's raylet
+
+    raylet = psutil.Process(ray.get(raylet_pid.remote()))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in raylet.children(recursive=True) if ready() else []:
+            try:
+                command = " ".join(process.cmdline())
+            except psutil.Error:
+                continue
+            if command.startswith(title):
+                process.send_signal(signal.SIGKILL)
+                return command
+        time.sleep(0.01)
+    return None

@@ -8,12 +8,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -22,7 +20,7 @@ from shardflow.config import validate
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
 from shardflow.pipelines.rerank import RerankConfig, rerank
 from shardflow.storage import filesystem
-from support import REPO, write_rerank_task, write_shard, write_tiny_encoder
+from support import REPO, kill_worker_when, write_rerank_task, write_shard, write_tiny_encoder
 
 
 def parsed(run: Path) -> list[list[str]]:
@@ -173,24 +171,11 @@ def test_a_job_killed_after_some_chunks_resumes_to_the_uninterrupted_output(tmp_
 
     results = tmp_path / "actor" / "_staging" / "scores"  # a scorer actor killed mid-job: restarted, nothing lost
     two_done = lambda: len(list(results.glob("chunk-*.parquet"))) >= 2  # noqa: E731
-    killer = threading.Thread(target=kill_a_process_when, args=("ray::ChunkScorer", two_done))
-    killer.start()
-    survived = rerank(validate({**settings, "output": {"path": str(tmp_path / "actor")}}, RerankConfig), False)
-    killer.join()
-    assert survived["scored_this_attempt"]["actor_restarts"] == 1
+    with ThreadPoolExecutor(1) as pool:
+        killed = pool.submit(kill_worker_when, "ray::ChunkScorer", two_done)
+        survived = rerank(validate({**settings, "output": {"path": str(tmp_path / "actor")}}, RerankConfig), False)
+    assert killed.result() is not None and survived["scored_this_attempt"]["actor_restarts"] == 1
     assert (tmp_path / "actor" / "shuffled.run").read_bytes() == (tmp_path / "fresh" / "shuffled.run").read_bytes()
-
-
-def kill_a_process_when(name: str, ready: Callable[[], bool], timeout: float = 120) -> None:
-    """SIGKILL one process whose title starts with ``name`` (Ray titles workers ``ray::Class.method``) once
-    ``ready()`` holds."""
-    deadline = time.monotonic() + timeout
-    while not ready() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    for process in psutil.process_iter(["cmdline"]):
-        if " ".join(process.info["cmdline"] or []).startswith(name):
-            process.send_signal(signal.SIGKILL)
-            return
 
 
 def corpus_as(form: str, docs: list[dict], folder: Path) -> dict:

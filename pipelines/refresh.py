@@ -138,22 +138,7 @@ def plan_version(
     known = {entry["uri"]: entry for entry in published["inputs"]} if published else {}
     missing = sorted(set(known) - {shard.uri for shard in shards})
     new = [shard for shard in shards if shard.uri not in known]
-    changed = [
-        shard.uri
-        for shard in shards
-        if shard.uri in known and (shard.size, shard.version) != (known[shard.uri]["size"], known[shard.uri]["version"])
-    ]
-    reason = (
-        "first version"
-        if published is None
-        else "--rebuild"
-        if rebuild
-        else f"{len(changed)} shard(s) changed since published, e.g. {changed[0]}"
-        if changed
-        else "the stages changed"
-        if published["corpus_fingerprint"] != config.corpus_fingerprint()
-        else None
-    )
+    reason = full_rebuild_reason(config, published, known, shards, rebuild)
     if reason is None and not new:
         return None
     full = reason is not None
@@ -175,6 +160,30 @@ def plan_version(
     }
     segment = segment_config(config, plan, None if full else published)
     return plan | {"segment_fingerprint": segment.fingerprint()}  # any other setting that changes the segment
+
+
+def full_rebuild_reason(
+    config: RefreshConfig,
+    published: dict[str, Any] | None,
+    known: dict[str, dict[str, Any]],
+    shards: list[Shard],
+    rebuild: bool,
+) -> str | None:
+    """Why version N+1 must be built from every input, or None when it can add to version N."""
+    if published is None:
+        return "first version"
+    if rebuild:
+        return "--rebuild"
+    changed = [
+        shard.uri
+        for shard in shards
+        if shard.uri in known and (shard.size, shard.version) != (known[shard.uri]["size"], known[shard.uri]["version"])
+    ]
+    if changed:
+        return f"{len(changed)} shard(s) changed since published, e.g. {changed[0]}"
+    if published["corpus_fingerprint"] != config.corpus_fingerprint():
+        return "the stages changed"
+    return None
 
 
 def build_version(

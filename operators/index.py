@@ -150,14 +150,21 @@ def _write_ids(files: list[str], first_ids: list[int], out: str, storage: Storag
     write_table(pa.concat_tables(tables), join(out, IDS_FILE), storage)
 
 
+def read_faiss(folder: str, storage: StorageConfig):
+    """The index in ``folder``, streamed from its file (local or S3): no second copy of it in memory."""
+    import faiss
+
+    fs, path = filesystem(join(folder, INDEX_FILE), storage)
+    with fs.open(path, "rb") as handle:
+        return faiss.read_index(faiss.PyCallbackIOReader(handle.read))
+
+
 @ray.remote
 def _read_index(folder: str, storage: StorageConfig, emptied: bool) -> np.ndarray:
     """A built index, serialised; ``emptied``: its trained structure without vectors, to add new ones to."""
     import faiss
 
-    fs, path = filesystem(join(folder, INDEX_FILE), storage)
-    with fs.open(path, "rb") as handle:
-        index = faiss.read_index(faiss.PyCallbackIOReader(handle.read))
+    index = read_faiss(folder, storage)
     if emptied:
         index.reset()
     return faiss.serialize_index(index)
@@ -291,9 +298,7 @@ class DenseIndex:
     def __init__(self, folder: str, storage: StorageConfig, nprobe: int = 32) -> None:
         import faiss
 
-        fs, path = filesystem(join(folder, INDEX_FILE), storage)
-        with fs.open(path, "rb") as handle:  # streamed: no second copy of the index in memory
-            self.index = faiss.read_index(faiss.PyCallbackIOReader(handle.read))
+        self.index = read_faiss(folder, storage)
         ivf = faiss.try_extract_index_ivf(self.index)
         if ivf is not None:
             ivf.nprobe = nprobe

@@ -141,14 +141,6 @@ def put_bytes(uri: str, data: bytes, storage: StorageConfig) -> None:
     write_atomic(fs, path, lambda handle: handle.write(data))
 
 
-def copy_files(source: str, target: str, storage: StorageConfig, suffix: str = ".parquet") -> None:
-    """Copy the files under ``source`` that end in ``suffix`` to the same relative paths under ``target``."""
-    fs, root = filesystem(source, storage)
-    for path in fs.find(root):
-        if path.endswith(suffix):
-            put_bytes(join(target, path[len(root.rstrip("/")) + 1 :]), fs.cat_file(path), storage)
-
-
 def read_json(uri: str, storage: StorageConfig) -> Any:
     """A small JSON file (pointer, lease, plan), or None where there is none."""
     fs, path = filesystem(uri, storage)

@@ -24,7 +24,17 @@ from ray.data.context import ShuffleStrategy
 from shardflow.errors import ConfigError, OutputStateError
 from shardflow.operators.dedup.minhash import mix
 from shardflow.schema import split_source
-from shardflow.storage import StorageConfig, arrow_filesystem, exists, filesystem, join, put_bytes, read_table, to_uri
+from shardflow.storage import (
+    StorageConfig,
+    arrow_filesystem,
+    exists,
+    filesystem,
+    join,
+    put_bytes,
+    read_json,
+    read_table,
+    to_uri,
+)
 
 DONE = "_DONE.json"
 INDEX_FILE = "index.json"  # beside a dedup index's parquet: what it covers
@@ -94,8 +104,7 @@ def node_ids(sources: pa.ChunkedArray, ordinals: dict[str, int]) -> np.ndarray:
 
 def read_index_manifest(index: str, storage: StorageConfig) -> dict[str, Any]:
     """A dedup index's ``index.json``: what it covers (``shards``: uri, version, ...) and its settings."""
-    fs, path = filesystem(join(index, INDEX_FILE), storage)
-    return orjson.loads(fs.cat_file(path))
+    return read_json(join(index, INDEX_FILE), storage)
 
 
 def index_parts(index: str, manifest: dict[str, Any]) -> list[str]:

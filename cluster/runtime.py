@@ -1,30 +1,82 @@
-"""Connect to Ray: an embedded local instance by default, a running cluster when an address is given."""
+"""Connect to Ray: an embedded local instance by default, a running cluster when an address is given; and
+ask Ray afterwards what it had to retry."""
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import ray
+
+STATE_LIMIT = 10_000  # rows per state-API query: the most the API server answers (RAY_MAX_LIMIT_FROM_API_SERVER)
+NOT_RETRIES = {"TASK_CANCELLED"}  # Ray Data cancels work it no longer needs at the end of a run
 
 
 @contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
     """Run the body with Ray initialised; shut down afterwards only what this call started.
 
-    With no address, Ray starts a private local instance (``num_cpus`` caps it; no dashboard). An
-    address (``ray://...``, ``auto``, ``HOST:PORT``) joins an existing cluster. A session that is already
-    initialised (tests, notebooks) is used as it is.
+    With no address, Ray starts a private local instance (``num_cpus`` caps it; its dashboard listens on
+    127.0.0.1 only: it serves the state API that ``job_retries`` asks). An address (``ray://...``,
+    ``auto``, ``HOST:PORT``) joins an existing cluster. A session that is already initialised (tests,
+    notebooks) is used as it is.
     """
     if ray.is_initialized():
         yield
         return
     options: dict = {"address": address, "logging_level": logging.WARNING, "log_to_driver": True}
     if address is None:
-        options.update(num_cpus=num_cpus, include_dashboard=False)
+        options.update(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
     ray.init(**options)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+@dataclass
+class Retries:
+    """What Ray retried for this driver's job: failed task attempts by (task, error type) - in a run that
+    went on to finish, each one was retried - and restarts by actor class; ``unavailable`` says why Ray
+    could not be asked. ``job_retries()`` counts from the job's start; ``later.since(earlier)`` is what
+    happened in between (a notebook or test session runs many pipelines in one job)."""
+
+    tasks: Counter[tuple[str, str]] = field(default_factory=Counter)
+    restarts: Counter[str] = field(default_factory=Counter)
+    unavailable: str | None = None
+
+    def since(self, earlier: Retries) -> Retries:
+        return Retries(self.tasks - earlier.tasks, self.restarts - earlier.restarts, self.unavailable)
+
+    def as_dict(self) -> dict[str, Any]:
+        """For a manifest: a worker killed in a read task shows as ``{"tasks": {"ReadShards": {"WORKER_DIED":
+        1}}}``, an actor that died and came back as ``{"actor_restarts": {"MapWorker(MapBatches(Embedder))": 1}}``."""
+        if self.unavailable:
+            return {"unavailable": self.unavailable}
+        tasks: dict[str, dict[str, int]] = {}
+        for (name, error), count in sorted(self.tasks.items()):
+            tasks.setdefault(name, {})[error] = count
+        return {"tasks": tasks, "actor_restarts": dict(sorted(self.restarts.items()))}
+
+
+def job_retries() -> Retries:
+    """Ask Ray's state API (served by the dashboard: every ``ray start`` head and the embedded Ray have one)
+    what it retried for this job. Without an answer the result says so: the question is a diagnostic, never
+    a reason to fail a run."""
+    from ray.util.state import list_actors, list_tasks
+
+    context = ray.get_runtime_context()
+    job = [("job_id", "=", context.get_job_id())]
+    query = {"address": context.gcs_address, "detail": True, "limit": STATE_LIMIT, "raise_on_missing_output": False}
+    try:
+        failed = list_tasks(filters=[*job, ("state", "=", "FAILED")], **query)
+        actors = list_actors(filters=job, **query)
+    except Exception as err:  # noqa: BLE001 - a diagnostic that cannot be asked is reported, not raised
+        return Retries(unavailable=f"Ray's state API did not answer: {type(err).__name__}: {str(err)[:300]}")
+    tasks = Counter((task.name, task.error_type or "UNKNOWN") for task in failed if task.error_type not in NOT_RETRIES)
+    restarts = Counter({actor.class_name: actor.num_restarts for actor in actors if actor.num_restarts})
+    return Retries(tasks, restarts)

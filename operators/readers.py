@@ -231,13 +231,21 @@ def read_shard(
         put_bytes(join(marker_dir, f"{shard.key}.json"), orjson.dumps(marker), storage)
 
 
+UNREADABLE = (FileNotFoundError, PermissionError, IsADirectoryError)
+
+
+def unreadable(uri: str, line_no: int, err: OSError) -> dict[str, Any]:
+    """The quarantine row for a shard (or its rest, from ``line_no``) that the store will not hand over."""
+    return quarantine_row(uri, line_no, f"unreadable_shard: {type(err).__name__}: {err}")
+
+
 def shard_rows(shard: Shard, config: ReaderConfig, storage: StorageConfig) -> Iterator[dict[str, Any]]:
     """Every record of a shard as a row dict (document or quarantine), in file order."""
     fs, path = filesystem(shard.uri, storage)
     try:
         handle = fs.open(path, "rb")
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
-        yield quarantine_row(shard.uri, 0, f"unreadable_shard: {type(err).__name__}: {err}")
+    except UNREADABLE as err:
+        yield unreadable(shard.uri, 0, err)
         return
     with handle:
         if shard.is_parquet or config.format == "parquet":
@@ -262,6 +270,8 @@ def _jsonl_rows(handle: BinaryIO, uri: str, config: ReaderConfig) -> Iterator[di
             )
     except StreamError as err:
         yield quarantine_row(uri, line_no + 1, err.reason, err.pending)
+    except UNREADABLE as err:  # an object store may refuse only the first read (an archived S3 object)
+        yield unreadable(uri, line_no + 1, err)
 
 
 def _parquet_rows(handle: BinaryIO, uri: str, config: ReaderConfig) -> Iterator[dict[str, Any]]:

@@ -19,7 +19,7 @@ import ray
 from pydantic import Field, field_validator, model_validator
 
 from shardflow.cluster.pools import Pool, plan_pools
-from shardflow.cluster.runtime import ray_session
+from shardflow.cluster.runtime import job_retries, ray_session
 from shardflow.config import StrictModel
 from shardflow.operators.base import Operator, run_in_task
 from shardflow.operators.dedup import exact, fuzzy
@@ -146,9 +146,11 @@ def run_corpus(config: CorpusConfig) -> RunResult:
             INDEX_CHECKS[stage.op](stage, config.storage, f"stages.{position}", shards)
     todo = resume(layout, shards)
     index_todo = config.index is not None and not index_built(layout)
+    retries: dict[str, Any] = {}
     if todo or index_todo:
         with ray_session(config.ray.address, config.ray.num_cpus):
             ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress
+            before = job_retries()
             if todo:
                 pools = plan_stage_pools(config.stages)  # a config that would hang fails before any global step
                 stages = prepare_global_steps(config, layout, shards, pools)
@@ -157,12 +159,14 @@ def run_corpus(config: CorpusConfig) -> RunResult:
                 dataset.write_datasink(CorpusSink(layout, config.output.compression))
             if index_todo:
                 ensure_dense_index(config, layout)
+            retries = job_retries().since(before).as_dict()
     seconds = time.monotonic() - started
     extra = {
         "config": config.redacted(),
         "versions": versions(),
         "seconds": round(seconds, 3),
         "shards_this_attempt": len(todo),
+        "retries": retries,
         **dedup_facts(config, layout),
         **index_facts(config, layout),
     }

@@ -33,7 +33,7 @@ from pydantic import Field, field_validator
 from rich.progress import Progress
 
 from shardflow.cluster.pools import actors_that_fit, on_cluster
-from shardflow.cluster.runtime import ray_session
+from shardflow.cluster.runtime import job_retries, ray_session
 from shardflow.config import Resources, StrictModel
 from shardflow.errors import ConfigError, InputError
 from shardflow.operators.dedup.steps import finished, mark_finished, run_starts, step_facts
@@ -111,10 +111,12 @@ def rerank(config: RerankConfig, progress: bool = True) -> dict[str, Any]:
     staging = join(config.output.path, "_staging")
     with ray_session(config.ray.address, config.ray.num_cpus):
         ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress and progress
+        before = job_retries()
         pairs = ensure_pairs(config, join(staging, "pairs"))
         scored = score_chunks(config, queries, join(staging, "pairs"), join(staging, "scores"), progress)
+        retries = job_retries().since(before).as_dict()
     runs = {run_name(uri): write_run(config, uri, join(staging, "scores")) for uri in config.runs}
-    summary = {"pairs": pairs, "scored_this_attempt": scored, "runs": runs}
+    summary = {"pairs": pairs, "scored_this_attempt": scored, "retries": retries, "runs": runs}
     summary["seconds"] = round(time.monotonic() - started, 3)
     put_bytes(join(config.output.path, "summary.json"), json.dumps(summary, indent=2).encode(), config.storage)
     return summary
@@ -360,9 +362,7 @@ def score_chunks(
         task = bar.add_task(f"scoring {len(todo)} chunks on {size} actor(s)", total=len(todo))
         for _ in pool.map_unordered(lambda a, item: a.score.remote(item[1], result_uri(scores, item[0])), todo):
             bar.advance(task)
-    now = ray.get([actor.placement.remote() for actor in actors])
-    restarted = [before["pid"] != after["pid"] for before, after in zip(placements, now, strict=True)]
-    return {"chunks": len(todo), "actors": placements, "actor_restarts": sum(restarted)}
+    return {"chunks": len(todo), "actors": placements}
 
 
 # ---------------------------------------------------------------- step 3: runs and metrics

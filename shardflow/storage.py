@@ -23,7 +23,7 @@ import xxhash
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 from pyarrow.fs import FSSpecHandler, PyFileSystem
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
 class StorageConfig(BaseModel):
@@ -37,12 +37,21 @@ class StorageConfig(BaseModel):
     secret: SecretStr | None = None
     token: SecretStr | None = None
     anon: bool = False
+    max_attempts: int = Field(
+        12,
+        ge=1,
+        description="Attempts per S3 request (botocore's standard retry mode: exponential backoff with jitter, "
+        "at most 20 s apart), so that a store that fails for a minute or so costs time, not the run.",
+    )
 
     def options_for(self, protocol: str) -> dict[str, Any]:
         """fsspec keyword arguments for a filesystem of ``protocol``; empty for local files."""
         if protocol not in ("s3", "s3a"):
             return {}
-        options: dict[str, Any] = {"anon": self.anon}
+        options: dict[str, Any] = {
+            "anon": self.anon,
+            "config_kwargs": {"retries": {"mode": "standard", "max_attempts": self.max_attempts}},
+        }
         client_kwargs: dict[str, Any] = {}
         if self.endpoint_url:
             client_kwargs["endpoint_url"] = self.endpoint_url

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -25,8 +26,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
-    """A real local Ray, started once for the session (2 CPUs, as on CI)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    """A real local Ray, started once for the session (2 CPUs, as on CI), with the dashboard on loopback as
+    ``shardflow run`` starts it: its state API tells a run what Ray retried."""
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
@@ -38,17 +40,42 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server on loopback, as s3fs's own tests run it: a real HTTP endpoint for every process."""
-    from moto.server import ThreadedMotoServer
+class S3Server:
+    """moto's S3 server on loopback, as s3fs's own tests run it: a real HTTP endpoint for every process. Its
+    objects live in this process, so the server can go away for a while (``outage``) and come back on the
+    same port with everything it held."""
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+        self.port = _free_port()
+        self.make = lambda: ThreadedMotoServer(ip_address="127.0.0.1", port=self.port)
+        self.server = self.make()
+        self.server.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def outage(self, seconds: float) -> None:
+        """Refuse every connection for ``seconds``, then serve again."""
+        self.server.stop()
+        time.sleep(seconds)
+        self.server = self.make()
+        self.server.start()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    server = S3Server()
+    yield server
+    server.server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server: S3Server) -> str:
+    return s3_server.endpoint
 
 
 @pytest.fixture

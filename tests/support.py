@@ -1,4 +1,5 @@
-"""Test helpers: shard writers in every layout and compression, and a tiny real fastText model."""
+"""Test helpers: shard writers in every layout and compression, tiny real models, a real multi-node Ray on
+this machine and ways to hurt it."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ import gzip
 import json
 import os
 import random
+import secrets
 import signal
+import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -178,6 +183,27 @@ def write_rerank_task(folder: Path, articles: int = 30) -> dict[str, str]:
     }
 
 
+def verdicts(output: str, manifest: dict[str, Any], storage: Any = None) -> dict[tuple[str, int], str]:
+    """Every input record - (shard file name, line), wherever the shards lay - -> where it ended: corpus,
+    removed or quarantine. A record written twice fails the assertion here."""
+    import pyarrow.parquet as pq
+
+    from shardflow.schema import split_source
+    from shardflow.storage import StorageConfig, filesystem, join
+
+    found = {}
+    for entry in manifest["files"]:
+        fs, path = filesystem(join(output, entry["path"]), storage or StorageConfig())
+        with fs.open(path, "rb") as handle:
+            sources = pq.read_table(handle, columns=["source"])["source"]
+        uris, lines = split_source(sources)
+        for uri, line in zip(uris, lines, strict=True):
+            key = (uri.rsplit("/", 1)[-1], line)
+            assert key not in found, f"{key} was written twice"
+            found[key] = entry["kind"]
+    return found
+
+
 def kill_worker_when(title: str, ready: Callable[[], bool] = lambda: True, timeout: float = 120) -> str | None:
     """SIGKILL the first worker process of this test's Ray whose title starts with ``title`` (Ray titles its
     workers ``ray::<what runs>``; an actor busy with a call ends in ``.<method>``) once ``ready()`` holds;
@@ -202,3 +228,94 @@ def kill_worker_when(title: str, ready: Callable[[], bool] = lambda: True, timeo
                 return command
         time.sleep(0.01)
     return None
+
+
+# Nodes of the fixture's cluster, by number: the head (2 CPUs), a CPU worker (1 CPU) and a GPU worker
+# (2 CPUs, 2 logical GPUs).
+HEAD, CPU_WORKER, GPU_WORKER = 0, 1, 2
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ray_cli() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+class LocalCluster:
+    """The nodes as processes: each node keeps its own temp dir, as on separate machines (nodes sharing one
+    would unpack a job's working directory over each other and pull it from under the running driver), so
+    a node can be removed - every process of it SIGKILLed, as when a machine vanishes - and started again."""
+
+    def __init__(self, temp: Path) -> None:
+        self.temp = temp
+        home = temp / "home"
+        home.mkdir()
+        env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+        env.update(HOME=str(home), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+        # a lost node is noticed in ~3 s instead of ~30 s
+        env.update(RAY_USAGE_STATS_ENABLED="0", RAY_health_check_period_ms="1000", RAY_health_check_timeout_ms="1000")
+        env.update(RAY_health_check_failure_threshold="3")
+        self.env = env
+        self.port, self.dashboard = free_port(), free_port()
+        self.nodes = [
+            ["--head", "--port", str(self.port), "--dashboard-port", str(self.dashboard), "--num-cpus", "2"],
+            ["--address", self.gcs, "--num-cpus", "1"],
+            ["--address", self.gcs, "--num-cpus", "2", "--num-gpus", "2"],
+        ]
+
+    @property
+    def gcs(self) -> str:
+        """The address a driver joins with (``ray.address`` / ``--address``)."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        """The job API's address (``shardflow submit --address``)."""
+        return f"http://127.0.0.1:{self.dashboard}"
+
+    def start(self, number: int) -> None:
+        agent = ["--dashboard-agent-listen-port", str(free_port()), "--temp-dir", str(self.temp / str(number))]
+        started = subprocess.run(
+            [ray_cli(), "start", *self.nodes[number], *agent, "--disable-usage-stats"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert started.returncode == 0, started.stderr[-3000:]
+
+    def remove(self, number: int) -> None:
+        """SIGKILL every process of node ``number`` (its raylet, agents and workers)."""
+        stop_processes_under(self.temp / str(number))
+
+    def alive_nodes(self) -> int:
+        listed = subprocess.run(
+            [ray_cli(), "list", "nodes", "--address", self.gcs, "--filter", "state=ALIVE", "--format", "json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return listed.stdout.count('"node_id"')
+
+    def wait_for_nodes(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.alive_nodes() != count:
+            assert time.monotonic() < deadline, f"the cluster did not reach {count} live nodes"
+            time.sleep(0.5)
+
+
+def stop_processes_under(temp: Path) -> None:
+    """Kill every process whose command line names ``temp``, with its children (not `ray stop`, which would
+    kill every Ray on this machine)."""
+    import psutil
+
+    mine = [p for p in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(p.info["cmdline"] or [])]
+    for process in mine:
+        for child in process.children(recursive=True):
+            child.send_signal(signal.SIGKILL)
+        process.send_signal(signal.SIGKILL)

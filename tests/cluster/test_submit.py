@@ -1,80 +1,18 @@
-"""`shardflow submit` against a real multi-node Ray on this machine: a head and two workers started with
-`ray start`, token authentication on, one worker with (logical) GPUs."""
+"""`shardflow submit` against a real multi-node Ray on this machine (the ``cluster`` fixture: a head and two
+workers started with `ray start`, token authentication on, one worker with logical GPUs)."""
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from shardflow.cluster.submit import entrypoint, package_snapshot, source_excludes
 from shardflow.errors import ConfigError
-from support import REPO
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def ray_cli() -> str:
-    return str(Path(sys.executable).with_name("ray"))
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[dict]:
-    """Head (2 CPUs), a CPU worker (1 CPU) and a GPU worker (2 CPUs, 2 logical GPUs), token auth on, the
-    dashboard on 127.0.0.1 only. Stopped by process (not `ray stop`, which would kill every Ray here)."""
-    temp = Path(tempfile.mkdtemp(prefix="sfc", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    home = temp / "home"
-    home.mkdir()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
-    env.update(HOME=str(home), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    env.update(RAY_USAGE_STATS_ENABLED="0")
-    port, dashboard = free_port(), free_port()
-    nodes = [
-        ["--head", "--port", str(port), "--dashboard-port", str(dashboard), "--num-cpus", "2"],
-        ["--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
-        ["--address", f"127.0.0.1:{port}", "--num-cpus", "2", "--num-gpus", "2"],
-    ]
-    try:
-        for number, options in enumerate(nodes):
-            # a temp dir per node, as on separate machines: nodes sharing one would unpack a job's working
-            # directory over each other (and pull it from under the running driver)
-            agent = ["--dashboard-agent-listen-port", str(free_port()), "--temp-dir", str(temp / str(number))]
-            started = subprocess.run(
-                [ray_cli(), "start", *options, *agent, "--disable-usage-stats"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert started.returncode == 0, started.stderr[-3000:]
-        yield {"address": f"http://127.0.0.1:{dashboard}", "env": env, "temp": temp}
-    finally:
-        stop_processes_under(temp)
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def stop_processes_under(temp: Path) -> None:
-    mine = [p for p in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(p.info["cmdline"] or [])]
-    for process in mine:
-        for child in process.children(recursive=True):
-            child.send_signal(signal.SIGKILL)
-        process.send_signal(signal.SIGKILL)
+from support import REPO, LocalCluster
 
 
 def shardflow(env: dict, *args: str) -> subprocess.CompletedProcess[str]:
@@ -83,14 +21,18 @@ def shardflow(env: dict, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_sample_corpus_job_runs_on_the_cluster(cluster: dict, tmp_path: Path) -> None:
+def test_the_sample_corpus_job_runs_on_the_cluster(cluster: LocalCluster, tmp_path: Path) -> None:
     done = shardflow(
-        cluster["env"],
+        cluster.env,
         "submit",
         "--address",
-        cluster["address"],
+        cluster.address,
         "run",
         "configs/sample.yaml",
+        "--set",  # the CPU stages (model actors on the cluster: the rerank job below)
+        "stages=[{op: langid}, {op: exact_dedup}, {op: fuzzy_dedup}, {op: quality}]",
+        "--set",
+        "index=null",
         "--set",
         f"output.path={tmp_path / 'out'}",
         "--set",
@@ -98,22 +40,22 @@ def test_the_sample_corpus_job_runs_on_the_cluster(cluster: dict, tmp_path: Path
         "--follow",
     )
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-2000:])
-    assert ": SUCCEEDED" in done.stderr and cluster["env"]["RAY_AUTH_TOKEN"] not in done.stdout + done.stderr
+    assert ": SUCCEEDED" in done.stderr and cluster.env["RAY_AUTH_TOKEN"] not in done.stdout + done.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["counts"]["read"] == manifest["counts"]["kept"] + manifest["counts"]["dropped"]
-    listed = shardflow(cluster["env"], "jobs", "list", "--address", cluster["address"])
+    listed = shardflow(cluster.env, "jobs", "list", "--address", cluster.address)
     assert listed.returncode == 0 and "SUCCEEDED" in listed.stdout
 
 
-def test_a_refresh_job_publishes_a_version_and_a_second_one_nothing(cluster: dict, tmp_path: Path) -> None:
+def test_a_refresh_job_publishes_a_version_and_a_second_one_nothing(cluster: LocalCluster, tmp_path: Path) -> None:
     light = ["--set", "stages=[{op: exact_dedup}, {op: fuzzy_dedup}]", "--set", "index=null"]
     root = tmp_path / "corpus"
     for attempt in ("first", "second"):
         done = shardflow(
-            cluster["env"],
+            cluster.env,
             "submit",
             "--address",
-            cluster["address"],
+            cluster.address,
             "refresh",
             "configs/refresh.yaml",
             *light,
@@ -133,12 +75,12 @@ def test_a_refresh_job_publishes_a_version_and_a_second_one_nothing(cluster: dic
     assert json.loads((root / "CURRENT.json").read_text())["version"] == 1
 
 
-def test_a_rerank_job_puts_its_model_actors_on_the_gpu_node(cluster: dict, tmp_path: Path) -> None:
+def test_a_rerank_job_puts_its_model_actors_on_the_gpu_node(cluster: LocalCluster, tmp_path: Path) -> None:
     done = shardflow(
-        cluster["env"],
+        cluster.env,
         "submit",
         "--address",
-        cluster["address"],
+        cluster.address,
         "rerank",
         "configs/rerank.yaml",
         "--set",
@@ -156,11 +98,11 @@ def test_a_rerank_job_puts_its_model_actors_on_the_gpu_node(cluster: dict, tmp_p
     assert sorted(actor["cuda_visible_devices"] for actor in actors) == ["0", "1"]
 
 
-def test_a_submission_without_the_token_is_refused(cluster: dict, tmp_path: Path) -> None:
-    env = {key: value for key, value in cluster["env"].items() if key != "RAY_AUTH_TOKEN"}
-    refused = shardflow(env, "submit", "--address", cluster["address"], "run", "configs/sample.yaml")
+def test_a_submission_without_the_token_is_refused(cluster: LocalCluster, tmp_path: Path) -> None:
+    env = {key: value for key, value in cluster.env.items() if key != "RAY_AUTH_TOKEN"}
+    refused = shardflow(env, "submit", "--address", cluster.address, "run", "configs/sample.yaml")
     assert refused.returncode == 2 and "refused the request" in refused.stderr and "Traceback" not in refused.stderr
-    wrong = shardflow({**env, "RAY_AUTH_TOKEN": "0" * 64}, "jobs", "list", "--address", cluster["address"])
+    wrong = shardflow({**env, "RAY_AUTH_TOKEN": "0" * 64}, "jobs", "list", "--address", cluster.address)
     assert wrong.returncode == 2 and "refused the request" in wrong.stderr
 
 

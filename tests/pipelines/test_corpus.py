@@ -102,6 +102,8 @@ def test_reads_shards_from_s3_and_writes_the_corpus_to_s3(s3_storage) -> None:
     for lang in ("fin_Latn", "rus_Cyrl", "zho_Hans"):
         fs.put_file(str(SAMPLE / lang / "1.jsonl.zst"), f"{bucket}/shards/{lang}/1.jsonl.zst")
     fs.pipe_file(f"{bucket}/shards/bad.jsonl", b'{"text": \n')
+    # an archived object: listed and opened, then every read refused
+    fs.pipe_file(f"{bucket}/shards/cold.jsonl", b'{"text": "x"}\n', StorageClass="GLACIER")
     output = f"s3://{bucket}/corpus-out"
     config = corpus_config(
         [f"s3://{bucket}/shards/"],
@@ -110,10 +112,11 @@ def test_reads_shards_from_s3_and_writes_the_corpus_to_s3(s3_storage) -> None:
     )
     manifest = run_corpus(config).manifest
     stored = json.loads(fs.cat_file(f"{bucket}/corpus-out/manifest.json"))
-    assert stored["counts"] == manifest["counts"] and manifest["counts"]["quarantined"] == 1
+    assert stored["counts"] == manifest["counts"] and manifest["counts"]["quarantined"] == 2
+    assert manifest["stages"][0]["reasons"] == {"invalid_json": 1, "unreadable_shard": 1}
     docs = read_files(output, manifest, "corpus", storage)
     assert {d["lang"] for d in docs} >= {"fin_Latn", "rus_Cyrl", "zho_Hans"}
-    assert len(docs) == manifest["counts"]["kept"] == manifest["counts"]["read"] - 1
+    assert len(docs) == manifest["counts"]["kept"] == manifest["counts"]["read"] - 2
     assert all(d["source"].startswith(f"s3://{bucket}/shards/") for d in docs)
     assert "testing" not in json.dumps(stored)  # credentials never reach outputs
     assert not fs.exists(f"{bucket}/corpus-out/_staging")

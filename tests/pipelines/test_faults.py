@@ -6,29 +6,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 
 from shardflow.config import validate
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
-from support import kill_worker_when, sample_records, write_shard, write_tiny_encoder
+from support import kill_worker_when, sample_records, verdicts, write_shard, write_tiny_encoder
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
-def verdicts(out: Path, manifest: dict[str, Any]) -> dict[str, str]:
-    """Every input record (``source`` = URI:line) -> where it ended: corpus, removed or quarantine."""
-    return {
-        source: entry["kind"]
-        for entry in manifest["files"]
-        for source in pq.read_table(out / entry["path"], columns=["source"])["source"].to_pylist()
-    }
-
-
 @pytest.mark.parametrize(
-    "victim", ["ray::MapWorker(MapBatches(Embedder)).submit", "ray::ReadShards"], ids=["model-actor", "read-task"]
+    ("victim", "retried"),
+    [("ray::MapWorker(MapBatches(Embedder)).submit", "actor_restarts"), ("ray::ReadShards", "tasks")],
+    ids=["model-actor", "read-task"],
 )
-def test_a_killed_worker_costs_time_not_documents(tmp_path: Path, victim: str) -> None:
+def test_a_killed_worker_costs_time_not_documents(tmp_path: Path, victim: str, retried: str) -> None:
     records = sample_records()[:480]
     for shard in range(12):
         write_shard(tmp_path / "in" / f"{shard:02d}.jsonl.zst", records[shard::12])
@@ -50,4 +42,7 @@ def test_a_killed_worker_costs_time_not_documents(tmp_path: Path, victim: str) -
         disturbed = run("disturbed")
     assert killed.result() is not None, f"no {victim} process was running to kill"
     assert disturbed["counts"] == undisturbed["counts"]
-    assert verdicts(tmp_path / "disturbed", disturbed) == verdicts(tmp_path / "undisturbed", undisturbed)
+    assert verdicts(str(tmp_path / "disturbed"), disturbed) == verdicts(str(tmp_path / "undisturbed"), undisturbed)
+    assert undisturbed["retries"] == {"tasks": {}, "actor_restarts": {}}
+    name = victim.removeprefix("ray::").split(".")[0]  # the report names what Ray retried
+    assert [what for what in disturbed["retries"][retried] if what.startswith(name)], disturbed["retries"]

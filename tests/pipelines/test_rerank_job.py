@@ -143,8 +143,8 @@ def test_the_listwise_scorer_reranks_each_query_list_in_the_job(tmp_path: Path) 
 
 
 def test_a_job_killed_after_some_chunks_resumes_to_the_uninterrupted_output(tmp_path: Path, ray_local: None) -> None:
-    inputs = write_rerank_task(tmp_path / "in", articles=20)
-    settings = {**inputs, "chunks": 10, "top_k": 20, "ray": {"progress": False}}
+    inputs = write_rerank_task(tmp_path / "in", articles=12)
+    settings = {**inputs, "chunks": 8, "top_k": 20, "ray": {"progress": False}}
     config_file = tmp_path / "rerank.yaml"
     config_file.write_text(json.dumps({**settings, "output": {"path": str(tmp_path / "killed")}}))
     job = subprocess.Popen(
@@ -161,7 +161,7 @@ def test_a_job_killed_after_some_chunks_resumes_to_the_uninterrupted_output(tmp_
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     written = len(list(scores.glob("chunk-*.parquet")))
-    assert 2 <= written < 10 and not (tmp_path / "killed" / "shuffled.run").exists()
+    assert 2 <= written < 8 and not (tmp_path / "killed" / "shuffled.run").exists()
 
     resumed = rerank(validate({**settings, "output": {"path": str(tmp_path / "killed")}}, RerankConfig), False)
     fresh = rerank(validate({**settings, "output": {"path": str(tmp_path / "fresh")}}, RerankConfig), False)
@@ -174,7 +174,7 @@ def test_a_job_killed_after_some_chunks_resumes_to_the_uninterrupted_output(tmp_
     with ThreadPoolExecutor(1) as pool:
         killed = pool.submit(kill_worker_when, "ray::ChunkScorer", two_done)
         survived = rerank(validate({**settings, "output": {"path": str(tmp_path / "actor")}}, RerankConfig), False)
-    assert killed.result() is not None and survived["scored_this_attempt"]["actor_restarts"] == 1
+    assert killed.result() is not None and survived["retries"]["actor_restarts"] == {"ChunkScorer": 1}
     assert (tmp_path / "actor" / "shuffled.run").read_bytes() == (tmp_path / "fresh" / "shuffled.run").read_bytes()
 
 

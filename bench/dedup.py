@@ -28,6 +28,7 @@ import shutil
 import threading
 import time
 import unicodedata
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -104,26 +105,35 @@ def edit(words: list[str], rate: float, rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
-def build(data: Path, scale: int, work: Path) -> Path:
-    """The scale-k set (cached): per file, the originals, then k-1 edited copies of each."""
-    if scale == 1:
-        return data
-    folder = work / f"x{scale}"
+def cached_set(folder: Path, data: Path, derive: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> Path:
+    """A generated set in ``folder``, kept once complete: per language file of ``data``, ``derive(records)``."""
     if (folder / "_DONE").exists():
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(scale)
     for name, records in read_excerpts(data).items():
-        out = [json.dumps(r, ensure_ascii=False) for r in records]
+        body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in derive(records)).encode()
+        (folder / name).write_bytes(zstandard.ZstdCompressor(level=3).compress(body))
+    (folder / "_DONE").touch()
+    return folder
+
+
+def build(data: Path, scale: int, work: Path) -> Path:
+    """The scale-k set (cached): per file, the originals, then k-1 edited copies of each."""
+    if scale == 1:
+        return data
+    rng = np.random.default_rng(scale)
+
+    def copies(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = list(records)
         for copy in range(1, scale):
             for record in records:
                 words = record["text"].split(" ")
                 text = edit(words, rng.uniform(*EDIT_RATES), rng) if len(words) > 1 else record["text"]
-                out.append(json.dumps({**record, "id": f"{record['id']}~{copy}", "text": text}, ensure_ascii=False))
-        (folder / name).write_bytes(zstandard.ZstdCompressor(level=3).compress(("\n".join(out) + "\n").encode()))
-    (folder / "_DONE").touch()
-    return folder
+                out.append({**record, "id": f"{record['id']}~{copy}", "text": text})
+        return out
+
+    return cached_set(work / f"x{scale}", data, copies)
 
 
 def normalised_shingles(text: str, n: int = 5) -> set[str]:

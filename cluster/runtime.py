@@ -40,32 +40,44 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
 
 @dataclass
 class Retries:
-    """What Ray retried for this driver's job: failed task attempts by (task, error type) - in a run that
-    went on to finish, each one was retried - and restarts by actor class; ``unavailable`` says why Ray
-    could not be asked. ``job_retries()`` counts from the job's start; ``later.since(earlier)`` is what
-    happened in between (a notebook or test session runs many pipelines in one job)."""
+    """What Ray redid for this driver's job: failed task attempts by (task, error type) - in a run that went
+    on to finish, each one was retried - task attempts after the first by task (retries, and reruns that
+    rebuild objects a lost node held), and restarts by actor class; ``unavailable`` says why Ray could not
+    be asked. ``job_retries()`` counts from the job's start; ``later.since(earlier)`` is what happened in
+    between (a notebook or test session runs many pipelines in one job)."""
 
-    tasks: Counter[tuple[str, str]] = field(default_factory=Counter)
+    failed: Counter[tuple[str, str]] = field(default_factory=Counter)
+    reruns: Counter[str] = field(default_factory=Counter)
     restarts: Counter[str] = field(default_factory=Counter)
     unavailable: str | None = None
 
     def since(self, earlier: Retries) -> Retries:
-        return Retries(self.tasks - earlier.tasks, self.restarts - earlier.restarts, self.unavailable)
+        return Retries(
+            self.failed - earlier.failed,
+            self.reruns - earlier.reruns,
+            self.restarts - earlier.restarts,
+            self.unavailable,
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        """For a manifest: a worker killed in a read task shows as ``{"tasks": {"ReadShards": {"WORKER_DIED":
-        1}}}``, an actor that died and came back as ``{"actor_restarts": {"MapWorker(MapBatches(Embedder))": 1}}``."""
+        """For a manifest: a worker killed in a read task shows as ``{"failed_attempts": {"ReadShards":
+        {"WORKER_DIED": 1}}, "reruns": {"ReadShards": 1}}``; an actor that died and came back as
+        ``{"actor_restarts": {"MapWorker(MapBatches(Embedder))": 1}}``."""
         if self.unavailable:
             return {"unavailable": self.unavailable}
-        tasks: dict[str, dict[str, int]] = {}
-        for (name, error), count in sorted(self.tasks.items()):
-            tasks.setdefault(name, {})[error] = count
-        return {"tasks": tasks, "actor_restarts": dict(sorted(self.restarts.items()))}
+        failed: dict[str, dict[str, int]] = {}
+        for (name, error), count in sorted(self.failed.items()):
+            failed.setdefault(name, {})[error] = count
+        return {
+            "failed_attempts": failed,
+            "reruns": dict(sorted(self.reruns.items())),
+            "actor_restarts": dict(sorted(self.restarts.items())),
+        }
 
 
 def job_retries() -> Retries:
     """Ask Ray's state API (served by the dashboard: every ``ray start`` head and the embedded Ray have one)
-    what it retried for this job. Without an answer the result says so: the question is a diagnostic, never
+    what it redid for this job. Without an answer the result says so: the question is a diagnostic, never
     a reason to fail a run."""
     from ray.util.state import list_actors, list_tasks
 
@@ -74,9 +86,12 @@ def job_retries() -> Retries:
     query = {"address": context.gcs_address, "detail": True, "limit": STATE_LIMIT, "raise_on_missing_output": False}
     try:
         failed = list_tasks(filters=[*job, ("state", "=", "FAILED")], **query)
+        again = list_tasks(filters=[*job, ("attempt_number", "!=", 0)], **query)
         actors = list_actors(filters=job, **query)
     except Exception as err:  # noqa: BLE001 - a diagnostic that cannot be asked is reported, not raised
         return Retries(unavailable=f"Ray's state API did not answer: {type(err).__name__}: {str(err)[:300]}")
-    tasks = Counter((task.name, task.error_type or "UNKNOWN") for task in failed if task.error_type not in NOT_RETRIES)
-    restarts = Counter({actor.class_name: actor.num_restarts for actor in actors if actor.num_restarts})
-    return Retries(tasks, restarts)
+    return Retries(
+        Counter((task.name, task.error_type or "UNKNOWN") for task in failed if task.error_type not in NOT_RETRIES),
+        Counter(task.name for task in again),
+        Counter({actor.class_name: actor.num_restarts for actor in actors if actor.num_restarts}),
+    )

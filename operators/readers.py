@@ -30,6 +30,7 @@ from ray.data.block import BlockMetadata
 
 from shardflow.config import StrictModel
 from shardflow.errors import InputError
+from shardflow.operators.dedup.steps import shard_partition
 from shardflow.schema import READ_SCHEMA, with_seconds
 from shardflow.storage import StorageConfig, filesystem, join, put_bytes, to_uri
 
@@ -52,6 +53,11 @@ class ReaderConfig(StrictModel):
         64 << 20, ge=1, description="Input bytes per read task: small shards are read together, big ones alone."
     )
     max_doc_bytes: int = Field(16 << 20, ge=1, description="Longer documents are quarantined as too_large.")
+    duplicate_ids: Literal["quarantine", "allow"] = Field(
+        "quarantine",
+        description="A record whose id an earlier one has: quarantined (one extra pass over the input), or allowed.",
+    )
+    id_table: str | None = Field(None, exclude=True, description="Set by the pipeline: the later copies of ids.")
 
 
 @dataclass(frozen=True)
@@ -240,7 +246,28 @@ def unreadable(uri: str, line_no: int, err: OSError) -> dict[str, Any]:
 
 
 def shard_rows(shard: Shard, config: ReaderConfig, storage: StorageConfig) -> Iterator[dict[str, Any]]:
-    """Every record of a shard as a row dict (document or quarantine), in file order."""
+    """Every record of a shard as a row dict (document or quarantine), in file order; with the run's
+    duplicate-id table, the later copies of an id as quarantine rows."""
+    rows = file_rows(shard, config, storage)
+    if config.id_table is None:
+        return rows
+    later = shard_partition(config.id_table, shard.key, storage, ["line", "first"])
+    return quarantine_later_ids(rows, dict(zip(later["line"].to_pylist(), later["first"].to_pylist(), strict=True)))
+
+
+def quarantine_later_ids(rows: Iterator[dict[str, Any]], firsts: dict[int, str]) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        uri, _, line = row["source"].rpartition(":")
+        first = firsts.get(int(line)) if "quarantine_reason" not in row else None
+        if first is None:
+            yield row
+        else:
+            record = orjson.dumps({key: value for key, value in row.items() if value is not None and key != "source"})
+            yield quarantine_row(uri, int(line), f"duplicate_id: {row['doc_id']} was first read at {first}", record)
+
+
+def file_rows(shard: Shard, config: ReaderConfig, storage: StorageConfig) -> Iterator[dict[str, Any]]:
+    """Every record of a shard's file as a row dict (document or quarantine), in file order."""
     fs, path = filesystem(shard.uri, storage)
     try:
         handle = fs.open(path, "rb")

@@ -31,6 +31,7 @@ from shardflow.operators.index import IndexConfig, build_index, write_index_card
 from shardflow.operators.langid import LangIdConfig, LanguageId
 from shardflow.operators.quality import QualityConfig, QualityFilter
 from shardflow.operators.readers import ReaderConfig, Shard, list_shards, read_documents
+from shardflow.operators.unique_ids import ensure_duplicate_ids
 from shardflow.operators.writers import (
     DEDUP_INDEX,
     DENSE_INDEX,
@@ -58,6 +59,7 @@ OPERATORS: dict[str, type[Operator]] = {
     "embed": Embedder,
 }
 INDEX_CHECKS = {"exact_dedup": exact.check_index, "fuzzy_dedup": fuzzy.check_index}  # of their index_from
+DUPLICATE_IDS = "duplicate_ids"  # staging folder of the later copies of ids
 GLOBAL_STAGES = ("exact_dedup", "fuzzy_dedup")  # at most once each: their steps have one place in staging
 VERSIONED_PACKAGES = (
     "shardflow",
@@ -153,6 +155,7 @@ def run_corpus(config: CorpusConfig) -> RunResult:
             before = job_retries()
             if todo:
                 pools = plan_stage_pools(config.stages)  # a config that would hang fails before any global step
+                config = with_unique_ids(config, layout, shards)
                 stages = prepare_global_steps(config, layout, shards, pools)
                 dataset = read_documents(todo, config.input, config.storage, layout.markers)
                 dataset = apply_stages(dataset, stages, pools, config.storage)
@@ -172,6 +175,16 @@ def run_corpus(config: CorpusConfig) -> RunResult:
     }
     manifest = commit(layout, shards, [stage.op for stage in config.stages], extra)
     return RunResult(manifest, already_done=False, seconds=seconds)
+
+
+def with_unique_ids(config: CorpusConfig, layout: OutputLayout, shards: list[Shard]) -> CorpusConfig:
+    """The config whose reader quarantines the later copies of every id (found first, over all shards), so
+    that every pass over the input - the dedup steps' and the DAG's - sees the same documents."""
+    if config.input.duplicate_ids == "allow":
+        return config
+    table = join(layout.staging, DUPLICATE_IDS)
+    ensure_duplicate_ids(table, shards, config.input, config.storage)
+    return config.model_copy(update={"input": config.input.model_copy(update={"id_table": table})})
 
 
 def prepare_global_steps(

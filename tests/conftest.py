@@ -7,12 +7,13 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import ray
 
 from shardflow.storage import StorageConfig
-from support import SHARED_DATA
+from support import SHARED_DATA, write_rerank_task
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -93,3 +94,16 @@ def s3_storage(s3_endpoint: str, request: pytest.FixtureRequest) -> Iterator[tup
     )
     client.create_bucket(Bucket=bucket)
     yield StorageConfig(endpoint_url=s3_endpoint, key="testing", secret="testing", region="us-east-1"), bucket
+
+
+@pytest.fixture(scope="session")
+def rerank_reference(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The rerank task of 12 UDHR articles (``support.write_rerank_task``) reranked by the default scorer in 8
+    chunks, undisturbed: what every disturbed rerank of it must equal byte for byte."""
+    from shardflow.config import validate
+    from shardflow.pipelines.rerank import RerankConfig, rerank
+
+    folder = tmp_path_factory.mktemp("rerank-reference")
+    settings = {**write_rerank_task(folder / "in", articles=12), "chunks": 8, "top_k": 20, "ray": {"progress": False}}
+    summary = rerank(validate({**settings, "output": {"path": str(folder / "out")}}, RerankConfig), False)
+    return {"settings": settings, "summary": summary, "run": (folder / "out" / "shuffled.run").read_bytes()}

@@ -19,7 +19,8 @@ from support import SAMPLE, write_shard
 @pytest.fixture(scope="module")
 def finished_output(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("report")
-    write_shard(folder / "in" / "bad.jsonl", b'{"text": \n{"id": 3}\n' + b'{"text": "spam spam spam\\n"}\n' * 3)
+    spam = b"".join(b'{"id": "s%d", "text": "spam spam spam\\n"}\n' % i for i in range(3))
+    write_shard(folder / "in" / "bad.jsonl", b'{"text": \n{"id": 3}\n' + spam)
     paths = [str(folder / "in")] + [str(SAMPLE / lang) for lang in ("fin_Latn", "eng_Latn", "jpn_Jpan")]
     config = validate(
         {

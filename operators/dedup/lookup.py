@@ -11,9 +11,10 @@ from __future__ import annotations
 import pyarrow as pa
 
 from shardflow.operators.base import Annotations, Operator
+from shardflow.operators.dedup.steps import shard_partition
 from shardflow.operators.readers import shard_key
 from shardflow.schema import DEDUP_FIELDS, DOC_ID, SOURCE, split_source
-from shardflow.storage import StorageConfig, filesystem, join, read_table, to_uri
+from shardflow.storage import StorageConfig
 
 DUPLICATES_SCHEMA = pa.schema([("shard", pa.string()), ("line", pa.int64()), ("dup_cluster", pa.string())])
 CACHED_SHARDS = 64
@@ -48,10 +49,7 @@ class DuplicateLookup(Operator):
         if shard not in self.cache:
             if len(self.cache) >= CACHED_SHARDS:
                 self.cache.pop(next(iter(self.cache)))
-            fs, path = filesystem(join(self.table, f"shard={shard}"), self.storage)
-            found: dict[int, str] = {}
-            for part in sorted(fs.glob(join(path, "*.parquet"))):
-                rows = read_table(to_uri(fs, part), self.storage, ["line", "dup_cluster"])
-                found.update(zip(rows["line"].to_pylist(), rows["dup_cluster"].to_pylist(), strict=True))
+            rows = shard_partition(self.table, shard, self.storage, ["line", "dup_cluster"])
+            found = dict(zip(rows["line"].to_pylist(), rows["dup_cluster"].to_pylist(), strict=True))
             self.cache[shard] = found
         return self.cache[shard]

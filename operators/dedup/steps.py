@@ -94,6 +94,13 @@ def _read_files(group: pa.Table, storage: StorageConfig, schema: pa.Schema) -> I
         yield read_table(uri, storage, schema.names).cast(schema)
 
 
+def shard_partition(table: str, shard: str, storage: StorageConfig, columns: list[str]) -> pa.Table:
+    """The rows of ``table`` (parquet partitioned by ``shard=``) for one shard; empty when it has none."""
+    fs, path = filesystem(join(table, f"shard={shard}"), storage)
+    parts = [read_table(to_uri(fs, part), storage, columns) for part in sorted(fs.glob(join(path, "*.parquet")))]
+    return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.string()) for c in columns})
+
+
 def node_ids(sources: pa.ChunkedArray, ordinals: dict[str, int]) -> np.ndarray:
     """``ordinal << 32 | line`` for each ``source`` (``URI:line``): ids that order documents by input
     (shards in ``ordinals``' order, then lines), which is how every dedup stage picks the copy it keeps."""

@@ -68,8 +68,8 @@ def test_sample_run_writes_a_language_partitioned_corpus(tmp_path: Path) -> None
 
 def test_bad_input_is_quarantined_and_counts_reconcile(tmp_path: Path) -> None:
     good = [{"id": r["id"], "text": r["text"]} for r in sample_records()[:300]]
-    write_shard(tmp_path / "in" / "good.jsonl.zst", good)
-    whole = write_shard(tmp_path / "whole.jsonl.zst", good).read_bytes()
+    write_shard(tmp_path / "in" / "good.jsonl.zst", good[:150])
+    whole = write_shard(tmp_path / "whole.jsonl.zst", good[150:]).read_bytes()
     (tmp_path / "in" / "cut.jsonl.zst").write_bytes(whole[: len(whole) // 2])
     write_shard(
         tmp_path / "in" / "bad.jsonl",
@@ -94,6 +94,55 @@ def test_bad_input_is_quarantined_and_counts_reconcile(tmp_path: Path) -> None:
     removed = read_files(str(tmp_path / "out"), manifest, "removed")
     assert len(removed) == counts["dropped"] and all(r["drop_reason"] == "langid:not_in_keep_list" for r in removed)
     assert {d["lang"] for d in read_files(str(tmp_path / "out"), manifest, "corpus")} <= {"eng_Latn", "fra_Latn"}
+
+
+def test_a_repeated_id_is_quarantined_naming_where_it_was_first_read(tmp_path: Path) -> None:
+    write_shard(
+        tmp_path / "in" / "a.jsonl",
+        [{"id": "x", "text": "one"}, {"id": "y", "text": "two"}, {"id": "x", "text": "three"}],
+    )
+    write_shard(tmp_path / "in" / "b.jsonl", [{"id": "y", "text": "two"}, {"id": "z", "text": "four"}])
+    write_shard(tmp_path / "in" / "c.jsonl", [{"text": "no id"}, {"text": "no id"}])  # ids from url + text
+    a = str(tmp_path / "in" / "a.jsonl")
+    config = {"input": {"paths": [str(tmp_path / "in")]}, "stages": [{"op": "exact_dedup"}], "ray": {"progress": False}}
+    manifest = run_corpus(validate({**config, "output": {"path": str(tmp_path / "out")}}, CorpusConfig)).manifest
+    assert manifest["counts"] == {"read": 7, "kept": 4, "dropped": 0, "quarantined": 3}
+    quarantined = {q["source"]: q for q in read_files(str(tmp_path / "out"), manifest, "quarantine")}
+    assert quarantined[f"{a}:3"]["quarantine_reason"] == f"duplicate_id: x was first read at {a}:1"
+    assert json.loads(quarantined[f"{a}:3"]["raw"])["text"] == "three"  # the record is kept, as read
+    assert quarantined[str(tmp_path / "in" / "b.jsonl:1")]["quarantine_reason"].endswith(f"first read at {a}:2")
+    assert str(tmp_path / "in" / "c.jsonl:2") in quarantined
+    kept = read_files(str(tmp_path / "out"), manifest, "corpus")
+    assert sorted(d["text"] for d in kept) == ["four", "no id", "one", "two"]
+
+    allowed = {
+        **config,
+        "input": {**config["input"], "duplicate_ids": "allow"},
+        "output": {"path": str(tmp_path / "all")},
+    }
+    manifest = run_corpus(validate(allowed, CorpusConfig)).manifest  # repeated ids kept, identical texts deduped
+    assert manifest["counts"] == {"read": 7, "kept": 5, "dropped": 2, "quarantined": 0}
+
+
+def test_a_50_mb_document_is_quarantined_by_default_and_kept_when_allowed(tmp_path: Path) -> None:
+    huge = "word " * (10 << 20)  # 50 MiB of text
+    write_shard(tmp_path / "in" / "big.jsonl.zst", [{"id": "big", "text": huge}, {"id": "small", "text": "short one"}])
+    config = {"input": {"paths": [str(tmp_path / "in")]}, "stages": [{"op": "langid"}], "ray": {"progress": False}}
+    manifest = run_corpus(validate({**config, "output": {"path": str(tmp_path / "out")}}, CorpusConfig)).manifest
+    assert manifest["counts"] == {"read": 2, "kept": 1, "dropped": 0, "quarantined": 1}
+    (quarantined,) = read_files(str(tmp_path / "out"), manifest, "quarantine")
+    assert quarantined["quarantine_reason"].startswith("too_large: text of 52428800 bytes")
+    assert len(quarantined["raw"]) > 50 << 20  # the whole line, nothing lost
+
+    raised = {
+        **config,
+        "input": {**config["input"], "max_doc_bytes": 64 << 20},
+        "output": {"path": str(tmp_path / "ok")},
+    }
+    manifest = run_corpus(validate(raised, CorpusConfig)).manifest
+    assert manifest["counts"] == {"read": 2, "kept": 2, "dropped": 0, "quarantined": 0}
+    kept = {d["doc_id"]: d for d in read_files(str(tmp_path / "ok"), manifest, "corpus")}
+    assert kept["big"]["text"] == huge and kept["big"]["lang"] == "eng_Latn"
 
 
 def test_reads_shards_from_s3_and_writes_the_corpus_to_s3(s3_storage) -> None:
@@ -142,7 +191,7 @@ def _staged_stats(output: Path) -> list[Path]:
 def test_a_killed_run_resumes_without_losing_or_duplicating_documents(tmp_path: Path) -> None:
     texts = [r["text"] for r in sample_records()]
     for shard in range(40):
-        records = [{"id": f"{shard}-{i}", "text": f"{texts[(shard * 37 + i) % len(texts)]} {i}"} for i in range(1500)]
+        records = [{"id": f"{shard}-{i}", "text": f"{texts[(shard * 37 + i) % len(texts)]} {i}"} for i in range(800)]
         write_shard(tmp_path / "in" / f"{shard:02d}.jsonl.zst", records)
     output = tmp_path / "out"
     config_file = tmp_path / "run.yaml"
@@ -176,7 +225,7 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_documents(tmp_path: 
     fresh = run_corpus(load_config(config_file, CorpusConfig, [f"output.path={tmp_path / 'fresh'}"])).manifest
     resumed_ids = [d["doc_id"] for d in read_files(str(output), resumed, "corpus")]
     fresh_ids = [d["doc_id"] for d in read_files(str(tmp_path / "fresh"), fresh, "corpus")]
-    assert len(resumed_ids) == len(set(resumed_ids)) == 40 * 1500
+    assert len(resumed_ids) == len(set(resumed_ids)) == 40 * 800
     assert sorted(resumed_ids) == sorted(fresh_ids)
     assert resumed["counts"] == fresh["counts"] and resumed["languages"] == fresh["languages"]
 

@@ -55,7 +55,7 @@ from shardflow.trec import read_queries, run_lines
 
 MEASURES = ("nDCG@10", "RR@10", "R@100")
 RUN_SUFFIXES = (".gz", ".run", ".txt", ".trec", ".tsv")
-ACTOR_RETRIES = 3  # restarts of a scorer actor, and retries of its call, before the job fails
+ACTOR_RESTARTS = 3  # restarts of a scorer actor before the job fails (its calls wait for the restart)
 
 
 class CorpusSource(StrictModel):
@@ -351,8 +351,8 @@ def score_chunks(
     actor = ChunkScorer.options(
         num_cpus=resources.num_cpus,
         num_gpus=resources.num_gpus or None,
-        max_restarts=ACTOR_RETRIES,
-        max_task_retries=ACTOR_RETRIES,
+        max_restarts=ACTOR_RESTARTS,
+        max_task_retries=-1,  # bounded by the restarts: a call is lost only with an actor that stays dead
     )
     queries_ref = ray.put(queries)
     actors = [actor.remote(config.scorer, queries_ref, config.storage) for _ in range(size)]

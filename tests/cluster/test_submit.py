@@ -75,7 +75,7 @@ def test_a_refresh_job_publishes_a_version_and_a_second_one_nothing(cluster: Loc
     assert json.loads((root / "CURRENT.json").read_text())["version"] == 1
 
 
-def test_a_rerank_job_puts_its_model_actors_on_the_gpu_node(cluster: LocalCluster, tmp_path: Path) -> None:
+def test_the_rerank_example_puts_its_model_actors_on_the_gpu_node(cluster: LocalCluster, tmp_path: Path) -> None:
     done = shardflow(
         cluster.env,
         "submit",
@@ -96,6 +96,10 @@ def test_a_rerank_job_puts_its_model_actors_on_the_gpu_node(cluster: LocalCluste
     assert len(actors) == 2  # one per GPU of the cluster
     assert len({actor["node_id"] for actor in actors}) == 1  # the GPU node
     assert sorted(actor["cuda_visible_devices"] for actor in actors) == ["0", "1"]
+    assert "150 pairs (5 with a docid the corpus lacks)" in done.stdout and "nDCG@10" in done.stdout  # the job's log
+    assert len((tmp_path / "out" / "shuffled.run").read_text().splitlines()) == 150
+    metrics = json.loads((tmp_path / "out" / "shuffled.metrics.json").read_text())
+    assert metrics["after"]["RR@10"] > metrics["before"]["RR@10"]
 
 
 def test_a_submission_without_the_token_is_refused(cluster: LocalCluster, tmp_path: Path) -> None:

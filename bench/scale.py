@@ -10,9 +10,10 @@ same mix, so time per document is comparable across scales: the test of "flat". 
 bench/dedup.py's set (each excerpt followed by k-1 near copies): dedup removes more the larger the scale.
 
 Stages: langid -> exact_dedup -> fuzzy_dedup -> quality (filter), the CPU part of the DAG, on a local Ray
-started before the clock. With ``--embed-sample N`` the same DAG plus embedding (the offline default
-encoder) runs again on the first N documents of each language file, for the embed stage's docs and tokens
-per worker-second: on 2 CPUs it embeds a few thousand tokens/s; a million documents is a GPU's work.
+started before the clock. With ``--embed-sample N`` the DAG runs again on the first N documents of each
+language file with embedding (the offline default encoder) in place of quality, which would leave it little
+to embed: the embed stage's documents per worker-second. On 2 CPUs it embeds a few thousand tokens/s; a
+million documents is a GPU's work.
 
 Per scale: wall time, time per document (goal: flat within 20% from scale to scale), worker-seconds per
 stage from the manifest (stages overlap in a streaming run; these say where the work went), and peak RSS
@@ -123,7 +124,7 @@ def main() -> None:
             "fuzzy_steps_s": manifest.get("fuzzy_dedup", {}).get("seconds"),
         }
         if args.embed_sample:
-            embedded = run(sample(folder, args.embed_sample, args.work), args.work / "embed", [*STAGES, EMBED])
+            embedded = run(sample(folder, args.embed_sample, args.work), args.work / "embed", [*STAGES[:-1], EMBED])
             timing, manifest = embedded["manifest"]["timing"]["embed"], embedded["manifest"]
             line["embed_sample"] = {
                 "docs": manifest["counts"]["read"],

@@ -159,12 +159,13 @@ def planted_sample(folder: Path, size: int) -> tuple[list[str], int]:
     return similar, sampled
 
 
-def run_shardflow(folder: Path, out: Path) -> dict[str, Any]:
+def timed_run(folder: Path, out: Path, stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """A corpus run of ``stages`` over ``folder``: its manifest, wall seconds and peak RSS (driver, the rest)."""
     config = validate(
         {
             "input": {"paths": [str(folder)]},
             "output": {"path": str(out), "if_exists": "overwrite"},
-            "stages": [{"op": "fuzzy_dedup"}],
+            "stages": stages,
             "ray": {"progress": False},
         },
         CorpusConfig,
@@ -173,17 +174,23 @@ def run_shardflow(folder: Path, out: Path) -> dict[str, Any]:
         started = time.perf_counter()
         manifest = run_corpus(config).manifest
         seconds = time.perf_counter() - started
+    return {"manifest": manifest, "seconds": seconds, "driver": memory.driver, "workers": memory.descendants}
+
+
+def run_shardflow(folder: Path, out: Path) -> dict[str, Any]:
+    result = timed_run(folder, out, [{"op": "fuzzy_dedup"}])
+    manifest = result["manifest"]
     removed = set()
     for entry in manifest["files"]:
         if entry["kind"] == "removed":
             removed.update(pq.read_table(out / entry["path"], columns=["doc_id"])["doc_id"].to_pylist())
     return {
         "docs": manifest["counts"]["read"],
-        "seconds": seconds,
+        "seconds": result["seconds"],
         "removed": removed,
         "steps": manifest["fuzzy_dedup"]["seconds"],
-        "driver": memory.driver,
-        "workers": memory.descendants,
+        "driver": result["driver"],
+        "workers": result["workers"],
     }
 
 

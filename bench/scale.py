@@ -25,17 +25,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zstandard
 from common import arguments, start_ray
-from dedup import PeakMemory, build, cached_set, edit
-
-from shardflow.config import validate
-from shardflow.pipelines.corpus import CorpusConfig, run_corpus
+from dedup import build, cached_set, edit, timed_run
 
 STAGES = [{"op": "langid"}, {"op": "exact_dedup"}, {"op": "fuzzy_dedup"}, {"op": "quality"}]
 EMBED = {"op": "embed"}  # no GPU here: CPU actors
@@ -74,23 +70,6 @@ def sample(folder: Path, per_file: int, work: Path) -> Path:
     return target
 
 
-def run(folder: Path, out: Path, stages: list[dict[str, Any]] = STAGES) -> dict[str, Any]:
-    config = validate(
-        {
-            "input": {"paths": [str(folder)]},
-            "output": {"path": str(out), "if_exists": "overwrite"},
-            "stages": stages,
-            "ray": {"progress": False},
-        },
-        CorpusConfig,
-    )
-    with PeakMemory() as memory:
-        started = time.perf_counter()
-        manifest = run_corpus(config).manifest
-        seconds = time.perf_counter() - started
-    return {"manifest": manifest, "seconds": seconds, "driver": memory.driver, "workers": memory.descendants}
-
-
 def main() -> None:
     args = arguments(
         __doc__,
@@ -104,7 +83,7 @@ def main() -> None:
     lines = []
     for scale in [int(s) for s in args.scales.split(",")]:
         folder = (build_unique if args.mix == "unique" else build)(args.data, scale, args.work)
-        result = run(folder, args.work / "out")
+        result = timed_run(folder, args.work / "out", STAGES)
         manifest, seconds = result["manifest"], result["seconds"]
         docs = manifest["counts"]["read"]
         stages = {
@@ -124,7 +103,9 @@ def main() -> None:
             "fuzzy_steps_s": manifest.get("fuzzy_dedup", {}).get("seconds"),
         }
         if args.embed_sample:
-            embedded = run(sample(folder, args.embed_sample, args.work), args.work / "embed", [*STAGES[:-1], EMBED])
+            embedded = timed_run(
+                sample(folder, args.embed_sample, args.work), args.work / "embed", [*STAGES[:-1], EMBED]
+            )
             timing, manifest = embedded["manifest"]["timing"]["embed"], embedded["manifest"]
             line["embed_sample"] = {
                 "docs": manifest["counts"]["read"],

@@ -252,6 +252,8 @@ def shard_rows(shard: Shard, config: ReaderConfig, storage: StorageConfig) -> It
     if config.id_table is None:
         return rows
     later = shard_partition(config.id_table, shard.key, storage, ["line", "first"])
+    if not later.num_rows:  # most shards: nothing to look up per row
+        return rows
     return quarantine_later_ids(rows, dict(zip(later["line"].to_pylist(), later["first"].to_pylist(), strict=True)))
 
 

@@ -19,6 +19,7 @@ from shardflow.operators.dedup.steps import (
     by_partition,
     finished,
     first_of_run,
+    key_columns,
     mark_finished,
     node_ids,
     run_starts,
@@ -41,8 +42,7 @@ def id_keys(batch: pa.Table, ordinals: dict[str, int]) -> pa.Table:
     keys = [xxhash.xxh128_intdigest(doc_id.encode("utf-8")) for doc_id in docs[DOC_ID].to_pylist()]
     return pa.table(
         {
-            "key": pa.array([key >> 64 for key in keys], pa.uint64()),
-            "key_low": pa.array([key & ((1 << 64) - 1) for key in keys], pa.uint64()),
+            **key_columns(keys),
             "node": pa.array(node_ids(docs[SOURCE], ordinals), pa.int64()),
             SOURCE: docs[SOURCE],
             DOC_ID: docs[DOC_ID],

@@ -39,6 +39,7 @@ from shardflow.operators.dedup.steps import (
     finished,
     first_of_run,
     index_parts,
+    key_columns,
     mark_finished,
     node_ids,
     read_index_manifest,
@@ -95,8 +96,7 @@ def document_keys(batch: pa.Table, ordinals: dict[str, int]) -> pa.Table:
     keys = [dedup_key(text) for text in docs["text"].to_pylist()]
     return pa.table(
         {
-            "key": pa.array([key >> 64 for key in keys], pa.uint64()),
-            "key_low": pa.array([key & ((1 << 64) - 1) for key in keys], pa.uint64()),
+            **key_columns(keys),
             DOC_ID: docs[DOC_ID],
             "shard": [shard_key(uri) for uri in uris],
             "line": pa.array(lines, pa.int64()),

@@ -101,6 +101,14 @@ def shard_partition(table: str, shard: str, storage: StorageConfig, columns: lis
     return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.string()) for c in columns})
 
 
+def key_columns(keys: list[int]) -> dict[str, pa.Array]:
+    """128-bit keys as the ``key`` (high) and ``key_low`` columns that the shuffles sort and group by."""
+    return {
+        "key": pa.array([key >> 64 for key in keys], pa.uint64()),
+        "key_low": pa.array([key & ((1 << 64) - 1) for key in keys], pa.uint64()),
+    }
+
+
 def node_ids(sources: pa.ChunkedArray, ordinals: dict[str, int]) -> np.ndarray:
     """``ordinal << 32 | line`` for each ``source`` (``URI:line``): ids that order documents by input
     (shards in ``ordinals``' order, then lines), which is how every dedup stage picks the copy it keeps."""

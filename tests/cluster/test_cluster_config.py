@@ -19,7 +19,7 @@ def test_every_node_starts_with_token_auth_and_the_dashboard_stays_on_loopback()
     assert starts and all(command.startswith("RAY_AUTH_MODE=token ") for command in starts)
     assert "--dashboard-host=127.0.0.1" in config["head_start_ray_commands"][1]
     assert "0.0.0.0" not in (REPO / "cluster" / "ray-cluster.yaml").read_text()
-    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token", "~/shardflow-dist": "./dist"}
     groups = config["available_node_types"]
     assert {"head", "cpu_workers", "gpu_workers"} <= set(groups) and groups["head"]["resources"] == {"CPU": 0}
 

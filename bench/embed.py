@@ -24,16 +24,17 @@ from sentence_transformers import SentenceTransformer
 
 from shardflow.operators.embed import EmbedConfig, TextEncoder
 from shardflow.operators.model_source import resolve_model
-from shardflow.operators.readers import ReaderConfig, list_shards, shard_rows
-from shardflow.storage import StorageConfig
+from shardflow.operators.readers import ReaderConfig, shard_rows
+from shardflow.shards import list_shards
+from shardflow.storage import Location
 
 
 def mixed_documents(folder: Path, count: int) -> list[str]:
     """``count`` texts, taken round-robin over the language files (deterministic)."""
     config = ReaderConfig(paths=[str(folder)])
     per_file = [
-        [row["text"] for row in shard_rows(shard, config, StorageConfig()) if row.get("quarantine_reason") is None]
-        for shard in list_shards(config, StorageConfig())
+        [row["text"] for row in shard_rows(shard, config) if row.get("quarantine_reason") is None]
+        for shard in list_shards([Location(path) for path in config.paths])
     ]
     texts: list[str] = []
     for depth in range(max(map(len, per_file))):

@@ -19,10 +19,13 @@ import ray
 from common import arguments, start_ray
 
 from shardflow.config import validate
-from shardflow.operators.dedup.exact import ensure_duplicate_table
-from shardflow.operators.readers import ReaderConfig, list_shards
+from shardflow.operators.base import RunContext
+from shardflow.operators.dedup.exact import ExactDedup, ExactDedupConfig
+from shardflow.operators.readers import ReaderConfig, read_documents
+from shardflow.output.corpus import OutputLayout
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
-from shardflow.storage import StorageConfig
+from shardflow.shards import list_shards
+from shardflow.storage import Location
 
 
 def main() -> None:
@@ -31,11 +34,12 @@ def main() -> None:
     for copy in range(args.copies):
         shutil.copytree(args.data, work / "in" / f"copy{copy}")
     reader = ReaderConfig(paths=[str(work / "in")])
-    shards = list_shards(reader, StorageConfig())
+    shards = list_shards([Location(str(work / "in"))])
     start_ray()
 
     started = time.perf_counter()
-    ensure_duplicate_table(str(work / "table"), str(work / "index"), shards, reader, StorageConfig(), partitions=8)
+    run = RunContext(shards, OutputLayout(Location(str(work / "step")), "bench"), "bench")
+    ExactDedup(ExactDedupConfig(partitions=8), run, "stages.0").prepare(read_documents(shards, reader))
     step_one = time.perf_counter() - started
     config = validate(
         {

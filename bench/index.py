@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import ray
 
 from shardflow.operators.index import DenseIndex, IndexConfig, build_index, empty_index, vectors_of
-from shardflow.storage import StorageConfig, write_table
+from shardflow.storage import Location
 
 NPROBE = 32
 
@@ -55,7 +55,7 @@ def write_corpus(folder: Path, vectors: np.ndarray, files: int) -> list[str]:
             }
         )
         paths.append(str(folder / f"part-{number:03d}.parquet"))
-        write_table(table, paths[-1], StorageConfig())  # as the corpus writer writes embeddings
+        Location(paths[-1]).write_table(table)  # as the corpus writer writes embeddings
     return paths
 
 
@@ -97,9 +97,9 @@ def main() -> None:
         out = work / factory.replace(",", "_")
         config = IndexConfig(factory=factory, train_vectors=args.train, nprobe=NPROBE)
         started = time.perf_counter()
-        build_index(paths, str(out), config, StorageConfig())
+        build_index([Location(path) for path in paths], Location(str(out)), config)
         seconds = time.perf_counter() - started
-        index = DenseIndex(str(out), StorageConfig(), NPROBE)
+        index = DenseIndex(Location(str(out)), NPROBE)
         _, found = index.search(queries, 10)
         positions = {doc_id: i for i, doc_id in enumerate(index.doc_ids)}
         recall = recall_at_10(np.array([[positions[d] for d in row] for row in found]), exact)

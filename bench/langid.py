@@ -25,15 +25,17 @@ from common import arguments, start_ray
 
 from shardflow.config import validate
 from shardflow.operators.langid import LangIdConfig, default_model_path
-from shardflow.operators.readers import ReaderConfig, list_shards, shard_rows
-from shardflow.pipelines.corpus import CorpusConfig, apply_stages, plan_stage_pools, run_corpus
+from shardflow.operators.readers import ReaderConfig, shard_rows
+from shardflow.pipelines.corpus import CorpusConfig, apply_stages, run_corpus
 from shardflow.schema import READ_SCHEMA
-from shardflow.storage import StorageConfig
+from shardflow.shards import list_shards
+from shardflow.storage import Location, StorageConfig
 
 
 def load_documents(folder: Path) -> pa.Table:
     config = ReaderConfig(paths=[str(folder)])
-    rows = [row for shard in list_shards(config, StorageConfig()) for row in shard_rows(shard, config, StorageConfig())]
+    shards = list_shards([Location(path) for path in config.paths])
+    rows = [row for shard in shards for row in shard_rows(shard, config)]
     table = pa.Table.from_pylist(rows, schema=READ_SCHEMA)
     return table.filter(pa.compute.is_null(table["quarantine_reason"]))
 
@@ -55,7 +57,7 @@ def pipeline_stage(docs: pa.Table, actors: int) -> float:
     stage = LangIdConfig(resources={"concurrency": actors, "num_cpus": 0.5, "batch_size": 1000})
     started = time.perf_counter()
     # materialize keeps the output in the object store: the driver does not compete for the CPUs
-    output = apply_stages(dataset, [stage], plan_stage_pools([stage]), StorageConfig()).materialize()
+    output = apply_stages(dataset, [stage], StorageConfig()).materialize()
     assert output.count() == docs.num_rows
     return time.perf_counter() - started
 

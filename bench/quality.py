@@ -25,10 +25,11 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import get_filter_result
 
 from shardflow.operators.quality import QualityConfig, filters_for, load_thresholds, word_tokenizer
-from shardflow.operators.readers import ReaderConfig, list_shards, shard_rows
-from shardflow.pipelines.corpus import apply_stages, plan_stage_pools
+from shardflow.operators.readers import ReaderConfig, shard_rows
+from shardflow.pipelines.corpus import apply_stages
 from shardflow.schema import LANGID_FIELDS, READ_SCHEMA
-from shardflow.storage import StorageConfig
+from shardflow.shards import list_shards
+from shardflow.storage import Location, StorageConfig
 
 SCHEMA = pa.schema(list(READ_SCHEMA) + LANGID_FIELDS)
 
@@ -36,8 +37,8 @@ SCHEMA = pa.schema(list(READ_SCHEMA) + LANGID_FIELDS)
 def load_documents(folder: Path) -> pa.Table:
     config = ReaderConfig(paths=[str(folder)])
     rows = []
-    for shard in list_shards(config, StorageConfig()):
-        for row in shard_rows(shard, config, StorageConfig()):
+    for shard in list_shards([Location(path) for path in config.paths]):
+        for row in shard_rows(shard, config):
             if row.get("quarantine_reason") is None:
                 rows.append({**row, "lang": row["source_lang"][0], "lang_score": 1.0})
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
@@ -71,9 +72,7 @@ def pipeline_stage(docs: pa.Table, actors: int) -> tuple[float, int]:
     )
     started = time.perf_counter()
     dropped = 0
-    for batch in apply_stages(dataset, [stage], plan_stage_pools([stage]), StorageConfig()).iter_batches(
-        batch_size=None, batch_format="pyarrow"
-    ):
+    for batch in apply_stages(dataset, [stage], StorageConfig()).iter_batches(batch_size=None, batch_format="pyarrow"):
         dropped += batch.num_rows - batch["drop_reason"].null_count
     return time.perf_counter() - started, dropped
 

@@ -29,7 +29,7 @@ from dedup import edit, read_excerpts
 from shardflow.config import validate
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
 from shardflow.pipelines.refresh import RefreshConfig, current_version, refresh
-from shardflow.storage import StorageConfig
+from shardflow.storage import Location
 
 STAGES = [{"op": "langid"}, {"op": "exact_dedup"}, {"op": "fuzzy_dedup"}]
 EXACT_SHARE, NEAR_SHARE = 0.02, 0.05
@@ -107,7 +107,7 @@ def main() -> None:
     )
     manifest = run_corpus(scratch).manifest
     once = time.perf_counter() - started
-    record = current_version(str(root), StorageConfig())
+    record = current_version(Location(str(root)))
     differ = kept_ids(root, record["files"]) ^ kept_ids(args.work / "scratch", manifest["files"])
     bridged = sum(segment_manifest(root, s)["fuzzy_dedup"]["bridged"] for s in record["segments"])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -11,9 +11,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from pydantic import Field
+
+from shardflow.config import StrictModel
+
+__all__ = ["RayConfig", "Retries", "job_retries", "ray_session"]
 
 STATE_LIMIT = 10_000  # rows per state-API query: the most the API server answers (RAY_MAX_LIMIT_FROM_API_SERVER)
 NOT_RETRIES = {"TASK_CANCELLED"}  # Ray Data cancels work it no longer needs at the end of a run
+
+
+class RayConfig(StrictModel):
+    """Where a job runs (the ``ray`` section). Not part of a run's fingerprint: a run may move between machines."""
+
+    address: str | None = Field(None, description="Ray cluster address; None starts an embedded local Ray.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all).")
+    progress: bool = Field(True, description="Show Ray Data's progress bars.")
 
 
 @contextmanager

@@ -2,11 +2,11 @@
 
 A submission carries the code and the inputs the config names by relative path: the working directory
 (``--working-dir``, default the current one; Ray honours its ``.gitignore`` and skips ``.venv``, ``.git`` and
-``out``) is uploaded, and this shardflow package goes along as a ``py_modules`` entry, copied as installed
-(the repository's top-level ``operators/``, ``pipelines/``, ``cluster/`` folders are subpackages of
-``shardflow``). The cluster's nodes need shardflow's dependencies installed (the cluster configs in
-``cluster/`` do that); the job's driver runs ``python -m shardflow.cli COMMAND CONFIG --set ...`` on the head
-and joins the cluster (``ray.address=auto``).
+``out``) is uploaded, and this shardflow package goes along as a ``py_modules`` entry: the installed package
+folder as it is, or, from a source checkout (an editable install, whose subpackages are the repository's
+top-level folders), a copy assembled by the checkout's own package-dir mapping. The cluster's nodes need
+shardflow's dependencies installed (the cluster configs in ``cluster/`` do that); the job's driver runs
+``python -m shardflow.cli COMMAND CONFIG --set ...`` on the head and joins the cluster (``ray.address=auto``).
 
 The token (``RAY_AUTH_MODE=token`` clusters) is read the way Ray reads it: ``RAY_AUTH_TOKEN``, else the file
 ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``. It travels only in the request's ``Authorization`` header:
@@ -17,22 +17,26 @@ cluster's nodes get them from their own environment.
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import shlex
 import shutil
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from pathlib import Path
 from typing import Any
 
+import shardflow
+from shardflow.config import load_config
 from shardflow.errors import ConfigError, ShardflowError
+from shardflow.pipelines.jobs import config_model
 
-COMMANDS = ("run", "refresh", "rerank")
+__all__ = ["ClusterError", "job_logs", "job_status", "list_jobs", "stop_job", "submit"]
+
 SECRET_KEYS = ("storage.key", "storage.secret", "storage.token")
-EXCLUDES = [".venv", ".git", "out", "__pycache__", "*.egg-info", ".pytest_cache"]
-SUBPACKAGES = ("operators", "pipelines", "cluster")
+EXCLUDES = [".venv", ".git", "out", "__pycache__", "*.egg-info", ".pytest_cache", "build", "dist"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -48,7 +52,7 @@ def auth_token() -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-def connect(address: str) -> Any:
+def _connect(address: str) -> Any:
     """A ``JobSubmissionClient`` for the dashboard at ``address``, with the token header when there is one."""
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
@@ -67,34 +71,35 @@ def connect(address: str) -> Any:
         raise ClusterError(f"cannot reach the Ray dashboard at {address}: {err}") from None
 
 
-def package_folders() -> list[Path]:
-    """Where this package's code lives: the ``shardflow`` folder and its mapped subpackages."""
-    import shardflow
-
-    folders = [Path(shardflow.__file__).parent]
-    for name in SUBPACKAGES:
-        folders.append(Path(importlib.util.find_spec(f"shardflow.{name}").submodule_search_locations[0]))
-    return folders
+def _source_mapping() -> dict[str, Path]:
+    """For a source checkout: its ``[tool.setuptools.package-dir]`` (package -> folder), the packages that live
+    outside the ``shardflow`` folder; empty for an installed package, whose folder holds them all."""
+    checkout = Path(shardflow.__file__).resolve().parents[1]
+    pyproject = checkout / "pyproject.toml"
+    if not pyproject.is_file():
+        return {}
+    mapping = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-dir"]
+    return {package: checkout / folder for package, folder in mapping.items()}
 
 
 def source_excludes(working_dir: Path) -> list[str]:
     """The package's own folders inside the working directory (a checkout of shardflow): they travel as
     ``py_modules`` and must not be uploaded a second time, where ``python -m`` would find them first."""
     root = working_dir.resolve()
-    inside = [folder.resolve() for folder in package_folders() if folder.resolve().is_relative_to(root)]
+    inside = [folder.resolve() for folder in _source_mapping().values() if folder.resolve().is_relative_to(root)]
     return [f"/{folder.relative_to(root).as_posix()}" for folder in inside]
 
 
-def package_snapshot(folder: Path) -> Path:
-    """This shardflow package as installed, copied to ``folder/shardflow`` (works from an editable install,
-    whose subpackages live in the repository's top-level folders)."""
-    target = folder / "shardflow"
+def package_folder(scratch: Path) -> Path:
+    """The shardflow package as Ray should upload it: the installed folder itself, or for a source checkout a
+    copy under ``scratch`` with each mapped folder in its package's place."""
+    mapping = _source_mapping()
+    if not mapping:
+        return Path(shardflow.__file__).parent
+    target = scratch / "shardflow"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    root, *subpackages = package_folders()
-    shutil.copytree(root, target, ignore=ignore)
-    for name, source in zip(SUBPACKAGES, subpackages, strict=True):
-        if not (target / name).exists():  # an installed package has them inside already
-            shutil.copytree(source, target / name, ignore=ignore)
+    for package, folder in sorted(mapping.items()):  # parents before their subpackages
+        shutil.copytree(folder, target.joinpath(*package.split(".")[1:]), ignore=ignore, dirs_exist_ok=True)
     return target
 
 
@@ -110,38 +115,29 @@ def entrypoint(command: str, config: Path, working_dir: Path, overrides: list[st
         relative = config.resolve().relative_to(working_dir.resolve())
     except ValueError:
         raise ConfigError(f"{config} is outside the working directory {working_dir}; pass --working-dir") from None
-    sets = " ".join(f"--set {quote(override)}" for override in [*overrides, "ray.address=auto"])
-    return f"python -m shardflow.cli {command} {quote(str(relative))} {sets}"
-
-
-def quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
+    sets = " ".join(f"--set {shlex.quote(override)}" for override in [*overrides, "ray.address=auto"])
+    return f"python -m shardflow.cli {command} {shlex.quote(str(relative))} {sets}"
 
 
 def submit(
     address: str, command: str, config: Path, overrides: list[str], working_dir: Path, follow: bool
 ) -> tuple[str, str]:
     """Submit; returns the job id and, with ``follow``, its final status (else ``PENDING``)."""
-    from shardflow.cli import config_model
-    from shardflow.config import load_config
-
     load_config(config, config_model(command), overrides)  # a bad config fails here, not on the cluster
     line = entrypoint(command, config, working_dir, overrides)
-    client = connect(address)
+    client = _connect(address)
     job_id = f"shardflow-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory(prefix="shardflow-submit-") as scratch:
         runtime_env = {
             "working_dir": str(working_dir),
             "excludes": EXCLUDES + source_excludes(working_dir),
-            "py_modules": [str(package_snapshot(Path(scratch)))],
+            "py_modules": [str(package_folder(Path(scratch)))],
         }
         client.submit_job(entrypoint=line, submission_id=job_id, runtime_env=runtime_env)
-    return job_id, follow_job(client, job_id) if follow else "PENDING"
+    return job_id, _follow_job(client, job_id) if follow else "PENDING"
 
 
-def follow_job(client: Any, job_id: str, poll_seconds: float = 1.0) -> str:
+def _follow_job(client: Any, job_id: str, poll_seconds: float = 1.0) -> str:
     """Print the job's log as it grows, until it ends; returns its final status."""
     shown = 0
     while True:
@@ -164,19 +160,19 @@ def list_jobs(address: str) -> list[dict[str, Any]]:
             "start_time": job.start_time,
             "message": job.message,
         }
-        for job in connect(address).list_jobs()
+        for job in _connect(address).list_jobs()
         if job.submission_id
     ]
 
 
 def job_status(address: str, job_id: str) -> dict[str, Any]:
-    info = connect(address).get_job_info(job_id)
+    info = _connect(address).get_job_info(job_id)
     return {"id": job_id, "status": str(info.status.value), "message": info.message, "entrypoint": info.entrypoint}
 
 
 def job_logs(address: str, job_id: str) -> str:
-    return connect(address).get_job_logs(job_id)
+    return _connect(address).get_job_logs(job_id)
 
 
 def stop_job(address: str, job_id: str) -> bool:
-    return bool(connect(address).stop_job(job_id))
+    return bool(_connect(address).stop_job(job_id))

@@ -30,6 +30,8 @@ from shardflow.operators.model_source import resolve_model
 from shardflow.schema import TEXT
 from shardflow.storage import StorageConfig
 
+__all__ = ["EMBEDDING", "EmbedConfig", "Embedder", "TextEncoder", "token_budget_batches"]
+
 Pooling = Literal["mean", "cls", "last"]
 EMBEDDING = "embedding"
 UNUSED_POOLER = ("bert", "roberta", "xlm-roberta")  # we pool ourselves; their pooler head would load for nothing
@@ -128,7 +130,7 @@ class TextEncoder:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         options = {"add_pooling_layer": False} if AutoConfig.from_pretrained(model).model_type in UNUSED_POOLER else {}
         self.model = AutoModel.from_pretrained(model, dtype=self.dtype, **options).to(self.device).eval()
-        self.max_length = min(config.max_length, model_limit(self.model.config, self.tokenizer.model_max_length))
+        self.max_length = min(config.max_length, _model_limit(self.model.config, self.tokenizer.model_max_length))
         self.token_budget = config.token_budget or TOKEN_BUDGET[self.device.type]
 
     @property
@@ -160,7 +162,7 @@ class TextEncoder:
         return vectors.cpu().numpy()
 
 
-def model_limit(model_config: Any, tokenizer_limit: int) -> int:
+def _model_limit(model_config: Any, tokenizer_limit: int) -> int:
     """The longest input the model takes: its position table (RoBERTa-style models reserve two rows of it),
     or the tokenizer's stated limit where that is smaller."""
     positions = getattr(model_config, "max_position_embeddings", None) or 1 << 30
@@ -188,6 +190,7 @@ class Embedder(Operator):
     """Adds ``embedding`` (float16, fixed size) to every document in play; the model loads once per actor."""
 
     name = "embed"
+    encodes = True
 
     def __init__(self, config: EmbedConfig, storage: StorageConfig) -> None:
         self.encoder = TextEncoder(config)

@@ -29,7 +29,9 @@ from shardflow.config import StrictModel
 from shardflow.errors import ConfigError, InputError, ShardflowError
 from shardflow.operators.embed import EMBEDDING, EmbedConfig
 from shardflow.schema import DOC_ID
-from shardflow.storage import StorageConfig, filesystem, join, put_bytes, read_table, write_atomic, write_table
+from shardflow.storage import Location
+
+__all__ = ["DenseIndex", "IndexConfig", "build_index", "choose_factory", "read_index_card", "write_index_card"]
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
@@ -115,100 +117,97 @@ def vectors_of(table: pa.Table) -> np.ndarray:
 
 
 @ray.remote
-def _add_files(
-    index_bytes: np.ndarray, files: list[str], first_ids: list[int], storage: StorageConfig, threads: int = 1
-) -> np.ndarray:
+def _add_files(index_bytes: np.ndarray, files: list[Location], first_ids: list[int], threads: int = 1) -> np.ndarray:
     """Add the vectors of ``files`` (ids from ``first_ids``) to a copy of the trained index."""
     import faiss
 
     faiss.omp_set_num_threads(threads)
     index = faiss.deserialize_index(index_bytes)
-    for uri, first in zip(files, first_ids, strict=True):
-        table = read_table(uri, storage, [EMBEDDING])
+    for file, first in zip(files, first_ids, strict=True):
+        table = file.read_table([EMBEDDING])
         index.add_with_ids(vectors_of(table), np.arange(first, first + table.num_rows, dtype=np.int64))
     return faiss.serialize_index(index)
 
 
 @ray.remote
-def _merge_and_write(out: str, storage: StorageConfig, *parts: np.ndarray) -> int:
+def _merge_and_write(out: Location, *parts: np.ndarray) -> int:
     import faiss
 
     index = faiss.deserialize_index(parts[0])
     for part in parts[1:]:
         index.merge_from(faiss.deserialize_index(part), 0)
-    fs, path = filesystem(join(out, INDEX_FILE), storage)
-    write_atomic(fs, path, lambda handle: faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write)))
+    out.join(INDEX_FILE).write_atomic(lambda handle: faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write)))
     return int(index.ntotal)
 
 
 @ray.remote
-def _write_ids(files: list[str], first_ids: list[int], out: str, storage: StorageConfig, base: str | None) -> None:
-    tables = [read_table(join(base, IDS_FILE), storage)] if base else []
-    for uri, first in zip(files, first_ids, strict=True):
-        ids = read_table(uri, storage, [DOC_ID])[DOC_ID]
+def _write_ids(files: list[Location], first_ids: list[int], out: Location, base: Location | None) -> None:
+    tables = [base.join(IDS_FILE).read_table()] if base else []
+    for file, first in zip(files, first_ids, strict=True):
+        ids = file.read_table([DOC_ID])[DOC_ID]
         tables.append(pa.table({"id": pa.array(np.arange(first, first + len(ids)), pa.int64()), DOC_ID: ids}))
-    write_table(pa.concat_tables(tables), join(out, IDS_FILE), storage)
+    out.join(IDS_FILE).write_table(pa.concat_tables(tables))
 
 
-def read_faiss(folder: str, storage: StorageConfig):
+def _read_faiss(folder: Location):
     """The index in ``folder``, streamed from its file (local or S3): no second copy of it in memory."""
     import faiss
 
-    fs, path = filesystem(join(folder, INDEX_FILE), storage)
+    fs, path = folder.join(INDEX_FILE).filesystem()
     with fs.open(path, "rb") as handle:
         return faiss.read_index(faiss.PyCallbackIOReader(handle.read))
 
 
 @ray.remote
-def _read_index(folder: str, storage: StorageConfig, emptied: bool) -> np.ndarray:
+def _read_index(folder: Location, emptied: bool) -> np.ndarray:
     """A built index, serialised; ``emptied``: its trained structure without vectors, to add new ones to."""
     import faiss
 
-    index = read_faiss(folder, storage)
+    index = _read_faiss(folder)
     if emptied:
         index.reset()
     return faiss.serialize_index(index)
 
 
 def build_index(
-    files: list[str], out: str, config: IndexConfig, storage: StorageConfig, base: str | None = None
+    files: list[Location], out: Location, config: IndexConfig, base: Location | None = None
 ) -> dict[str, object]:
-    """Index the ``embedding`` column of ``files`` (parquet URIs) into ``out``; returns what was built.
+    """Index the ``embedding`` column of ``files`` (parquet) into ``out``; returns what was built.
 
     With ``base`` (a built index's folder) the vectors are added to a copy of that index, after its own,
     with its training: how a corpus refresh grows its index without retraining. The driver reads only the
     files' row counts; sampling, training, adding and merging run in Ray tasks."""
-    counts = [pq_rows(uri, storage) for uri in files]
-    card = read_index_card(base, storage) if base else {"vectors": 0}
+    counts = [file.parquet_rows() for file in files]
+    card = read_index_card(base) if base else {"vectors": 0}
     first_ids = [card["vectors"] + int(before) for before in np.cumsum([0, *counts[:-1]])] if counts else []
     groups = config.partitions or int(ray.cluster_resources().get("CPU", 1))
     chunks = [(files[i::groups], first_ids[i::groups]) for i in range(groups) if files[i::groups]]
-    threads = node_cpus()  # training (k-means) and an HNSW build are multi-threaded: give them a whole node
+    threads = _node_cpus()  # training (k-means) and an HNSW build are multi-threaded: give them a whole node
     if base:
         factory, dim = card["factory"], card["dim"]
-        trained = _read_index.remote(base, storage, emptied=True)
+        trained = _read_index.remote(base, emptied=True)
     else:
         samples = [
-            _sample.remote(files[i::groups], counts[i::groups], config.train_vectors, sum(counts), storage)
+            _sample.remote(files[i::groups], counts[i::groups], config.train_vectors, sum(counts))
             for i in range(len(chunks))
         ]
         trained, factory, dim = _train.options(num_returns=3, num_cpus=threads).remote(
             config, sum(counts), threads, *samples
         )
-        factory, dim = user_facing(factory), ray.get(dim)
+        factory, dim = _user_facing(factory), ray.get(dim)
     if mergeable(factory):
-        parts = [_add_files.remote(trained, chunk, firsts, storage) for chunk, firsts in chunks]
+        parts = [_add_files.remote(trained, chunk, firsts) for chunk, firsts in chunks]
     else:
-        parts = [_add_files.options(num_cpus=threads).remote(trained, files, first_ids, storage, threads)]
+        parts = [_add_files.options(num_cpus=threads).remote(trained, files, first_ids, threads)]
     if base:
-        parts = [_read_index.remote(base, storage, emptied=False), *parts]
-    ids = _write_ids.remote(files, first_ids, out, storage, base)
-    added = ray.get(_merge_and_write.remote(out, storage, *parts))
+        parts = [_read_index.remote(base, emptied=False), *parts]
+    ids = _write_ids.remote(files, first_ids, out, base)
+    added = ray.get(_merge_and_write.remote(out, *parts))
     ray.get(ids)
     return {"factory": factory, "vectors": added, "dim": dim, "metric": config.metric}
 
 
-def user_facing(result: ray.ObjectRef) -> object:
+def _user_facing(result: ray.ObjectRef) -> object:
     """A task's result; a ``ShardflowError`` it raised (the user's to fix) as the message alone, not a
     remote traceback."""
     try:
@@ -220,14 +219,14 @@ def user_facing(result: ray.ObjectRef) -> object:
 
 
 @ray.remote
-def _sample(files: list[str], counts: list[int], size: int, total: int, storage: StorageConfig) -> np.ndarray:
+def _sample(files: list[Location], counts: list[int], size: int, total: int) -> np.ndarray:
     """These files' share of a ``size``-vector training sample: rows spread evenly, in proportion to each
     file's rows (deterministic); read in parallel with the other shares."""
     picked = []
-    for uri, count in zip(files, counts, strict=True):
+    for file, count in zip(files, counts, strict=True):
         take = min(count, math.ceil(size * count / max(total, 1)))
         if take:
-            table = read_table(uri, storage, [EMBEDDING])
+            table = file.read_table([EMBEDDING])
             picked.append(vectors_of(table.take(pa.array(np.linspace(0, count - 1, take).astype(np.int64)))))
     return np.concatenate(picked) if picked else np.zeros((0, 0), dtype=np.float32)
 
@@ -255,21 +254,13 @@ def _train(config: IndexConfig, count: int, threads: int, *samples: np.ndarray) 
     return faiss.serialize_index(trained), factory, dim
 
 
-def node_cpus() -> int:
+def _node_cpus() -> int:
     """The CPUs of the largest live node."""
     return max(int(node["Resources"].get("CPU", 1)) for node in ray.nodes() if node["Alive"])
 
 
-def pq_rows(uri: str, storage: StorageConfig) -> int:
-    import pyarrow.parquet as pq
-
-    fs, path = filesystem(uri, storage)
-    with fs.open(path, "rb") as handle:
-        return pq.ParquetFile(handle).metadata.num_rows
-
-
 def write_index_card(
-    folder: str, facts: dict[str, object], config: IndexConfig, encoder: EmbedConfig | None, storage: StorageConfig
+    folder: Location, facts: dict[str, object], config: IndexConfig, encoder: EmbedConfig | None
 ) -> None:
     """``index.json``: the build facts, the search defaults and the encoder settings (not its resources)."""
     card = {
@@ -278,15 +269,13 @@ def write_index_card(
         "nprobe": config.nprobe,
         "encoder": encoder.model_dump(mode="json", exclude={"resources", "op"}) if encoder else None,
     }
-    put_bytes(join(folder, CARD_FILE), orjson.dumps(card, option=orjson.OPT_INDENT_2), storage)
+    folder.join(CARD_FILE).put_bytes(orjson.dumps(card, option=orjson.OPT_INDENT_2))
 
 
-def read_index_card(folder: str, storage: StorageConfig) -> dict[str, object]:
-    fs, path = filesystem(join(folder, CARD_FILE), storage)
-    try:
-        card = orjson.loads(fs.cat_file(path))
-    except FileNotFoundError:
-        raise InputError(f"{folder}: not a shardflow index (no {CARD_FILE})") from None
+def read_index_card(folder: Location) -> dict[str, object]:
+    card = folder.join(CARD_FILE).read_json()
+    if card is None:
+        raise InputError(f"{folder}: not a shardflow index (no {CARD_FILE})")
     if card.get("format") != CARD_FORMAT:
         raise InputError(f"{folder}/{CARD_FILE}: unknown format {card.get('format')!r} (expected {CARD_FORMAT})")
     return card
@@ -295,14 +284,14 @@ def read_index_card(folder: str, storage: StorageConfig) -> dict[str, object]:
 class DenseIndex:
     """A built index and its id map, loaded for search."""
 
-    def __init__(self, folder: str, storage: StorageConfig, nprobe: int = 32) -> None:
+    def __init__(self, folder: Location, nprobe: int = 32) -> None:
         import faiss
 
-        self.index = read_faiss(folder, storage)
+        self.index = _read_faiss(folder)
         ivf = faiss.try_extract_index_ivf(self.index)
         if ivf is not None:
             ivf.nprobe = nprobe
-        ids = read_table(join(folder, IDS_FILE), storage)
+        ids = folder.join(IDS_FILE).read_table()
         order = pc.sort_indices(ids["id"])
         self.doc_ids = ids[DOC_ID].take(order).to_pylist()
 

@@ -22,7 +22,9 @@ from shardflow.errors import ConfigError
 from shardflow.operators.base import Annotations, Operator
 from shardflow.operators.langcodes import normalise_labels
 from shardflow.schema import LANG_TOPK_TYPE, LANGID_FIELDS
-from shardflow.storage import StorageConfig, exists, local_copy
+from shardflow.storage import Location, StorageConfig
+
+__all__ = ["LangIdConfig", "LanguageId", "default_model_path"]
 
 UNDETERMINED = "und_Zyyy"
 
@@ -57,7 +59,7 @@ class LanguageId(Operator):
     def __init__(self, config: LangIdConfig, storage: StorageConfig) -> None:
         self.config = config
         self.keep = frozenset(config.keep)
-        self.model = fasttext.load_model(str(local_copy(config.model_uri(), storage)))
+        self.model = fasttext.load_model(str(Location(config.model_uri(), storage).local_copy()))
         # The wrapper's list API (multilinePredict) returns labels without scores, so we call the
         # single-line C++ predict directly, once per document.
         self.predict = self.model.f.predict
@@ -65,7 +67,7 @@ class LanguageId(Operator):
     @staticmethod
     def preflight(config: LangIdConfig, storage: StorageConfig, key: str) -> None:
         """Fail on the driver, before any task starts, if the model file is not there."""
-        if not exists(config.model_uri(), storage):
+        if not Location(config.model_uri(), storage).exists():
             raise ConfigError(f"config error: {key}.model: no such file: {config.model_uri()}")
 
     def annotate(self, docs: pa.Table) -> Annotations:

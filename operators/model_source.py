@@ -70,7 +70,7 @@ def resolve_model(model: str) -> str:
         target.parent.mkdir(parents=True, exist_ok=True)
         building = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_NAME}-", dir=target.parent))
         try:
-            convert(package_file(*WEIGHTS), package_file(*TOKENIZER), building)
+            _convert(_package_file(*WEIGHTS), _package_file(*TOKENIZER), building)
             os.rename(building, target)
         except OSError:
             if not (target / "config.json").exists():  # not a lost race with another actor
@@ -80,7 +80,7 @@ def resolve_model(model: str) -> str:
     return str(target)
 
 
-def package_file(package: str, relative: str) -> Path:
+def _package_file(package: str, relative: str) -> Path:
     """A data file inside an installed package, found without importing the package."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -88,7 +88,7 @@ def package_file(package: str, relative: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / relative
 
 
-def convert(weights: Path, tokenizer: Path, out: Path) -> None:
+def _convert(weights: Path, tokenizer: Path, out: Path) -> None:
     """Write a ``BertModel`` folder (config, float32 safetensors, fast tokenizer) from the two files."""
     from safetensors.numpy import save_file
 
@@ -110,7 +110,7 @@ def convert(weights: Path, tokenizer: Path, out: Path) -> None:
     for name, (dtype, count, offset, size) in tensors.items():
         shape = shapes.get(name) or ((hidden, hidden) if name.endswith(".w") and "ln" not in name else (count,))
         raw = buffer[offset : offset + size]
-        state[names[name]] = dequantise(raw, shape, block) if dtype == 1 else np.frombuffer(raw, "<f4").reshape(shape)
+        state[names[name]] = _dequantise(raw, shape, block) if dtype == 1 else np.frombuffer(raw, "<f4").reshape(shape)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(out / "model.safetensors"), {"format": "pt"})
     config = {
@@ -175,7 +175,7 @@ def parse(buffer: bytes) -> tuple[tuple, dict[str, tuple[int, int, int, int]], l
     return header, tensors, pieces
 
 
-def dequantise(raw: bytes, shape: tuple[int, ...], block: int) -> np.ndarray:
+def _dequantise(raw: bytes, shape: tuple[int, ...], block: int) -> np.ndarray:
     """Q4_0 blocks to float32 of ``shape``."""
     layout = np.dtype([("scale", "<f2"), ("nibbles", "u1", block // 2)])
     blocks = np.frombuffer(raw, layout, count=int(np.prod(shape)) // block)

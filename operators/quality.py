@@ -40,6 +40,8 @@ from shardflow.operators.base import Annotations, Operator
 from shardflow.schema import LANG
 from shardflow.storage import StorageConfig
 
+__all__ = ["QualityConfig", "QualityFilter", "Thresholds", "filters_for", "load_thresholds", "word_tokenizer"]
+
 FILTER_NAMES = ("language_score", "gopher_repetition", "gopher_quality", "c4", "fineweb")
 SCORE_NAMES = ("words", "mean_word_length", "alpha_words_ratio", "dup_line_frac", "line_punct_ratio", "new_line_ratio")
 QUALITY_TYPE = pa.struct(
@@ -127,14 +129,14 @@ class QualityFilter(Operator):
                 if self.config.mode == "filter":
                     return verdict
         if self.config.mode == "annotate":  # scores cost a full tokenization; filter mode does without
-            verdict.update(scores(text, shared_tokens(lang)))
+            verdict.update(scores(text, _shared_tokens(lang)))
         return verdict
 
     def thresholds(self, lang: str) -> Thresholds:
         return load_thresholds(lang, self.override)
 
     def filters(self, lang: str) -> dict[str, BaseFilter]:
-        return build_filters(lang, self.override)
+        return _build_filters(lang, self.override)
 
 
 @cache
@@ -149,17 +151,17 @@ def load_thresholds(lang: str, override: Path | None) -> Thresholds:
 
 
 @cache
-def build_filters(lang: str, override: Path | None) -> dict[str, BaseFilter]:
+def _build_filters(lang: str, override: Path | None) -> dict[str, BaseFilter]:
     """datatrove's filter objects for one language, built once per actor and language.
 
     They share one tokenizer that remembers its last text: datatrove's filters each split the same text
     into words again, and tokenizing is most of their cost.
     """
-    return filters_for(load_thresholds(lang, override), lang, shared_tokens(lang))
+    return filters_for(load_thresholds(lang, override), lang, _shared_tokens(lang))
 
 
 @cache
-def shared_tokens(lang: str) -> SharedTokens:
+def _shared_tokens(lang: str) -> SharedTokens:
     """One remembering tokenizer per language, shared by the filters and the scores."""
     return SharedTokens(word_tokenizer(lang))
 

@@ -1,10 +1,10 @@
 """Readers: HPLT shards (v1.2, v2, v3, v4), plain JSONL and parquet -> the document table.
 
-Shards are listed on the driver (names and sizes only) and read in Ray read tasks, one task per shard,
-streaming: a shard is decompressed chunk by chunk and emitted in batches of ``batch_rows`` rows, so no
-process ever holds a whole shard. Every line becomes exactly one row: a document, or a quarantine row that
-says where it came from (``source`` = ``URI:line``) and why it was rejected. A shard whose stream breaks
-(truncated or corrupt zstd/gzip) ends with one quarantine row holding the bytes of the broken tail.
+Shards are read in Ray read tasks (``shardflow.shards``), streaming: a shard is decompressed chunk by chunk
+and emitted in batches of ``batch_rows`` rows, so no process ever holds a whole shard. Every line becomes
+exactly one row: a document, or a quarantine row that says where it came from (``source`` = ``URI:line``)
+and why it was rejected. A shard whose stream breaks (truncated or corrupt zstd/gzip) ends with one
+quarantine row holding the bytes of the broken tail.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import time
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, BinaryIO, Literal
 
@@ -25,18 +24,14 @@ import ray
 import xxhash
 import zstandard
 from pydantic import Field
-from ray.data import Datasource, ReadTask
-from ray.data.block import BlockMetadata
 
 from shardflow.config import StrictModel
-from shardflow.errors import InputError
-from shardflow.operators.dedup.steps import shard_partition
 from shardflow.schema import READ_SCHEMA, with_seconds
-from shardflow.storage import StorageConfig, filesystem, join, put_bytes, to_uri
+from shardflow.shards import Shard, read_shards
+from shardflow.storage import Location
 
-JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-COMPRESSED_SUFFIXES = ("", ".zst", ".zstd", ".gz")
-SHARD_SUFFIXES = tuple(s + c for s in JSONL_SUFFIXES for c in COMPRESSED_SUFFIXES) + (".parquet",)
+__all__ = ["ReaderConfig", "map_record", "read_documents", "read_shard", "shard_rows"]
+
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK_BYTES = 1 << 20
@@ -57,30 +52,6 @@ class ReaderConfig(StrictModel):
         "quarantine",
         description="A record whose id an earlier one has: quarantined (one extra pass over the input), or allowed.",
     )
-    id_table: str | None = Field(None, exclude=True, description="Set by the pipeline: the later copies of ids.")
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One input file: where it is, how big, and a version tag (etag or mtime) for change detection."""
-
-    uri: str
-    size: int
-    version: str | None = None
-
-    @property
-    def key(self) -> str:
-        """A short stable name for file names and markers."""
-        return shard_key(self.uri)
-
-    @property
-    def is_parquet(self) -> bool:
-        return self.uri.endswith(".parquet")
-
-
-def shard_key(uri: str) -> str:
-    """A short stable name for a shard, used in file and marker names."""
-    return xxhash.xxh64_hexdigest(uri.encode())
 
 
 class StreamError(Exception):
@@ -92,138 +63,21 @@ class StreamError(Exception):
         self.pending = pending
 
 
-# ---------------------------------------------------------------- listing (driver)
+# ---------------------------------------------------------------- shards -> Arrow blocks (read tasks)
 
 
-def list_shards(config: ReaderConfig, storage: StorageConfig) -> list[Shard]:
-    """Expand ``input.paths`` to shards, sorted by URI; a path that matches nothing is an ``InputError``."""
-    shards: dict[str, Shard] = {}
-    for position, pattern in enumerate(config.paths):
-        found = _expand(pattern, storage)
-        if not found:
-            raise InputError(
-                f"input.paths[{position}]: {pattern!r} matches no shard files (looked for {', '.join(SHARD_SUFFIXES)})"
-            )
-        for shard in found:
-            shards[shard.uri] = shard
-    return sorted(shards.values(), key=lambda shard: shard.uri)
+def read_documents(shards: list[Shard], config: ReaderConfig, markers: Location | None = None) -> ray.data.Dataset:
+    """The document table of ``shards`` as a dataset; with ``markers``, each shard's row count is recorded
+    there (``shardflow.shards.read_shards``)."""
+    return read_shards(shards, partial(read_shard, config=config), config.task_bytes, markers, READ_SCHEMA)
 
 
-def _expand(pattern: str, storage: StorageConfig) -> list[Shard]:
-    fs, path = filesystem(pattern, storage)
-    if fs.isfile(path):  # first: a file whose name holds [, * or ? is that file, not a pattern
-        return [_shard(fs, path, fs.info(path))]
-    if any(ch in path for ch in "*?["):
-        entries = fs.glob(path, detail=True)
-    elif fs.isdir(path):
-        entries = fs.find(path, detail=True)
-    elif fs.exists(path):
-        return [_shard(fs, path, fs.info(path))]
-    else:
-        raise InputError(f"input path does not exist: {pattern}")
-    return [
-        _shard(fs, name, info)
-        for name, info in sorted(entries.items())
-        if info.get("type") == "file" and name.endswith(SHARD_SUFFIXES)
-    ]
-
-
-def _shard(fs: Any, path: str, info: dict[str, Any]) -> Shard:
-    version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
-    return Shard(uri=to_uri(fs, path), size=int(info.get("size") or 0), version=str(version) if version else None)
-
-
-# ---------------------------------------------------------------- Ray datasource
-
-
-class ShardDatasource(Datasource):
-    """Read tasks of one or more whole shards (``task_bytes`` of input each, at least four tasks per CPU when
-    there are enough shards); each streams its shards one after the other as Arrow blocks. Bundling small
-    shards matters: Ray's cost per task (measured ~0.13 s to schedule on 2 CPUs) would otherwise dominate."""
-
-    def __init__(
-        self, shards: list[Shard], config: ReaderConfig, storage: StorageConfig, marker_dir: str | None = None
-    ) -> None:
-        self.shards = shards
-        self.config = config
-        self.storage = storage
-        self.marker_dir = marker_dir
-
-    def get_name(self) -> str:
-        return "Shards"
-
-    def estimate_inmemory_data_size(self) -> int:
-        return sum(shard.size for shard in self.shards) * 4
-
-    def bundles(self) -> list[list[Shard]]:
-        min_tasks = 4 * int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
-        return bundles(self.shards, self.config.task_bytes, min_tasks)
-
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None):
-        return [
-            ReadTask(
-                partial(read_shards, bundle, self.config, self.storage, self.marker_dir),
-                BlockMetadata(
-                    num_rows=None,
-                    size_bytes=sum(shard.size for shard in bundle) * 4,
-                    exec_stats=None,
-                    input_files=tuple(shard.uri for shard in bundle),
-                ),
-                schema=READ_SCHEMA,
-            )
-            for bundle in self.bundles()
-        ]
-
-
-def read_documents(
-    shards: list[Shard], config: ReaderConfig, storage: StorageConfig, marker_dir: str | None = None
-) -> ray.data.Dataset:
-    """The document table of ``shards`` as a dataset, one block stream per read task.
-
-    The block count is pinned to the number of read tasks: left to itself, Ray Data splits the output of
-    few read tasks to reach 200 blocks, which stops it fusing the reads with the next stage, and the
-    separate operators then split the CPUs between them (measured: one signature task at a time on 2 CPUs).
-    """
-    source = ShardDatasource(shards, config, storage, marker_dir)
-    return ray.data.read_datasource(source, override_num_blocks=max(1, len(source.bundles())))
-
-
-def bundles(shards: list[Shard], task_bytes: int, min_tasks: int) -> list[list[Shard]]:
-    """Consecutive shards in groups of about equal input size: ``task_bytes`` each, or less to give
-    ``min_tasks`` groups."""
-    total = sum(shard.size for shard in shards)
-    count = min(len(shards), max(min_tasks, -(-total // task_bytes)))
-    target = total / max(count, 1)
-    groups: list[list[Shard]] = [[]]
-    size = 0
-    for shard in shards:
-        if groups[-1] and size + shard.size / 2 > target:
-            groups.append([])
-            size = 0
-        groups[-1].append(shard)
-        size += shard.size
-    return groups if groups[0] else []
-
-
-def read_shards(
-    shards: list[Shard], config: ReaderConfig, storage: StorageConfig, marker_dir: str | None = None
-) -> Iterator[pa.Table]:
-    for shard in shards:
-        yield from read_shard(shard, config, storage, marker_dir)
-
-
-def read_shard(
-    shard: Shard, config: ReaderConfig, storage: StorageConfig, marker_dir: str | None = None
-) -> Iterator[pa.Table]:
-    """Stream one shard as tables of ``config.batch_rows`` rows; then record how many rows it held.
-
-    The marker (``<marker_dir>/<shard key>.json``) is what lets a rerun tell a finished shard from one
-    that was cut off: a shard counts as done only when the rows written for it add up to this number.
-    """
+def read_shard(shard: Shard, config: ReaderConfig) -> Iterator[pa.Table]:
+    """Stream one shard as tables of ``config.batch_rows`` rows (at least one table, maybe empty)."""
     rows: list[dict[str, Any]] = []
     total = 0
     started = time.perf_counter()
-    for row in shard_rows(shard, config, storage):
+    for row in shard_rows(shard, config):
         rows.append(row)
         if len(rows) >= config.batch_rows:
             total += len(rows)
@@ -232,49 +86,23 @@ def read_shard(
     total += len(rows)
     if rows or not total:
         yield with_seconds(pa.Table.from_pylist(rows, schema=READ_SCHEMA), "read", time.perf_counter() - started)
-    if marker_dir is not None:
-        marker = {"uri": shard.uri, "size": shard.size, "version": shard.version, "rows": total}
-        put_bytes(join(marker_dir, f"{shard.key}.json"), orjson.dumps(marker), storage)
 
 
 UNREADABLE = (FileNotFoundError, PermissionError, IsADirectoryError)
 
 
-def unreadable(uri: str, line_no: int, err: OSError) -> dict[str, Any]:
+def _unreadable(uri: str, line_no: int, err: OSError) -> dict[str, Any]:
     """The quarantine row for a shard (or its rest, from ``line_no``) that the store will not hand over."""
-    return quarantine_row(uri, line_no, f"unreadable_shard: {type(err).__name__}: {err}")
+    return _quarantine_row(uri, line_no, f"unreadable_shard: {type(err).__name__}: {err}")
 
 
-def shard_rows(shard: Shard, config: ReaderConfig, storage: StorageConfig) -> Iterator[dict[str, Any]]:
-    """Every record of a shard as a row dict (document or quarantine), in file order; with the run's
-    duplicate-id table, the later copies of an id as quarantine rows."""
-    rows = file_rows(shard, config, storage)
-    if config.id_table is None:
-        return rows
-    later = shard_partition(config.id_table, shard.key, storage, ["line", "first"])
-    if not later.num_rows:  # most shards: nothing to look up per row
-        return rows
-    return quarantine_later_ids(rows, dict(zip(later["line"].to_pylist(), later["first"].to_pylist(), strict=True)))
-
-
-def quarantine_later_ids(rows: Iterator[dict[str, Any]], firsts: dict[int, str]) -> Iterator[dict[str, Any]]:
-    for row in rows:
-        uri, _, line = row["source"].rpartition(":")
-        first = firsts.get(int(line)) if "quarantine_reason" not in row else None
-        if first is None:
-            yield row
-        else:
-            record = orjson.dumps({key: value for key, value in row.items() if value is not None and key != "source"})
-            yield quarantine_row(uri, int(line), f"duplicate_id: {row['doc_id']} was first read at {first}", record)
-
-
-def file_rows(shard: Shard, config: ReaderConfig, storage: StorageConfig) -> Iterator[dict[str, Any]]:
+def shard_rows(shard: Shard, config: ReaderConfig) -> Iterator[dict[str, Any]]:
     """Every record of a shard's file as a row dict (document or quarantine), in file order."""
-    fs, path = filesystem(shard.uri, storage)
+    fs, path = shard.location.filesystem()
     try:
         handle = fs.open(path, "rb")
     except UNREADABLE as err:
-        yield unreadable(shard.uri, 0, err)
+        yield _unreadable(shard.uri, 0, err)
         return
     with handle:
         if shard.is_parquet or config.format == "parquet":
@@ -287,20 +115,20 @@ def _jsonl_rows(handle: BinaryIO, uri: str, config: ReaderConfig) -> Iterator[di
     line_no = 0
     max_line = config.max_doc_bytes * 4 + 4096  # JSON escapes may take several bytes per text byte
     try:
-        for line_no, line, oversize in iter_lines(decompressed_chunks(handle), max_line):
+        for line_no, line, oversize in _iter_lines(_decompressed_chunks(handle), max_line):
             if oversize:
-                yield quarantine_row(uri, line_no, f"too_large: line of {oversize} bytes", line)
+                yield _quarantine_row(uri, line_no, f"too_large: line of {oversize} bytes", line)
                 continue
-            obj, problem = parse_json(line)
+            obj, problem = _parse_json(line)
             yield (
-                quarantine_row(uri, line_no, problem, line)
+                _quarantine_row(uri, line_no, problem, line)
                 if problem
-                else record_row(obj, uri, line_no, config, raw=line)
+                else _record_row(obj, uri, line_no, config, raw=line)
             )
     except StreamError as err:
-        yield quarantine_row(uri, line_no + 1, err.reason, err.pending)
+        yield _quarantine_row(uri, line_no + 1, err.reason, err.pending)
     except UNREADABLE as err:  # an object store may refuse only the first read (an archived S3 object)
-        yield unreadable(uri, line_no + 1, err)
+        yield _unreadable(uri, line_no + 1, err)
 
 
 def _parquet_rows(handle: BinaryIO, uri: str, config: ReaderConfig) -> Iterator[dict[str, Any]]:
@@ -309,15 +137,15 @@ def _parquet_rows(handle: BinaryIO, uri: str, config: ReaderConfig) -> Iterator[
         for batch in pq.ParquetFile(handle).iter_batches(batch_size=config.batch_rows):
             for obj in batch.to_pylist():
                 row_no += 1
-                yield record_row(obj, uri, row_no, config, raw=None)
+                yield _record_row(obj, uri, row_no, config, raw=None)
     except (pa.ArrowException, OSError) as err:
-        yield quarantine_row(uri, row_no + 1, f"corrupt_parquet: {err}")
+        yield _quarantine_row(uri, row_no + 1, f"corrupt_parquet: {err}")
 
 
 # ---------------------------------------------------------------- bytes -> lines
 
 
-def decompressed_chunks(handle: BinaryIO) -> Iterator[bytes]:
+def _decompressed_chunks(handle: BinaryIO) -> Iterator[bytes]:
     """Decompressed bytes of ``handle``, codec sniffed from magic bytes (zstd, gzip, or none)."""
     head = handle.read(4)
     if head.startswith(ZSTD_MAGIC):
@@ -377,7 +205,7 @@ def _gzip_chunks(head: bytes, handle: BinaryIO) -> Iterator[bytes]:
         raise StreamError(f"corrupt_stream: gzip: {err}") from None
 
 
-def iter_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes, int]]:
+def _iter_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes, int]]:
     """``(line number, line, 0)`` for each non-blank line; ``(n, head, size)`` for a line over the limit.
 
     A line longer than ``max_line_bytes`` is not held in memory: its first bytes are kept, the rest is
@@ -416,7 +244,7 @@ def _finish_line(
         yield line_no, line, 0
 
 
-def parse_json(line: bytes) -> tuple[Any, str | None]:
+def _parse_json(line: bytes) -> tuple[Any, str | None]:
     """The parsed value, or ``None`` and the reason it is not a valid JSON record."""
     try:
         return orjson.loads(line), None
@@ -440,19 +268,19 @@ def _diagnose(line: bytes, err: Exception) -> str:
 # ---------------------------------------------------------------- record -> row
 
 
-def quarantine_row(uri: str, line_no: int, reason: str, raw: bytes | None = None) -> dict[str, Any]:
+def _quarantine_row(uri: str, line_no: int, reason: str, raw: bytes | None = None) -> dict[str, Any]:
     """A row that never became a document: where it was, why, and its bytes."""
     return {"source": f"{uri}:{line_no}", "quarantine_reason": reason, "raw": raw}
 
 
-def record_row(obj: Any, uri: str, line_no: int, config: ReaderConfig, raw: bytes | None) -> dict[str, Any]:
+def _record_row(obj: Any, uri: str, line_no: int, config: ReaderConfig, raw: bytes | None) -> dict[str, Any]:
     """Map one parsed record to a document row, or to a quarantine row if it cannot be one."""
     if not isinstance(obj, dict):
-        return quarantine_row(uri, line_no, f"wrong_type: record is a JSON {type(obj).__name__}, not an object", raw)
+        return _quarantine_row(uri, line_no, f"wrong_type: record is a JSON {type(obj).__name__}, not an object", raw)
     try:
         row = map_record(obj, config.format, config.max_doc_bytes)
     except RecordError as err:
-        return quarantine_row(uri, line_no, str(err), raw if raw is not None else orjson.dumps(obj, default=str))
+        return _quarantine_row(uri, line_no, str(err), raw if raw is not None else orjson.dumps(obj, default=str))
     row["source"] = f"{uri}:{line_no}"
     return row
 
@@ -465,7 +293,7 @@ Layout = Literal["v1.2", "v2", "v3", "v4", "plain"]
 V4_LID_MODELS = ("openlid_v3", "openlid_v2", "glotlid_v3")  # the first present one fills source_lang
 
 
-def detect_layout(obj: dict[str, Any]) -> Layout:
+def _detect_layout(obj: dict[str, Any]) -> Layout:
     """Which HPLT release wrote this record, from the field names that only that release uses."""
     if "document_lang" in obj:
         return "v1.2"
@@ -480,7 +308,7 @@ def detect_layout(obj: dict[str, Any]) -> Layout:
 
 def map_record(obj: dict[str, Any], fmt: str, max_doc_bytes: int) -> dict[str, Any]:
     """The document columns of ``obj``; every field it does not map goes to ``meta`` as JSON."""
-    layout: Layout = "plain" if fmt == "jsonl" else detect_layout(obj)
+    layout: Layout = "plain" if fmt == "jsonl" else _detect_layout(obj)
     rest = dict(obj)
     text = rest.pop("text", None)
     if text is None:

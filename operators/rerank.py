@@ -11,22 +11,35 @@ embedding stage's ``token_budget_batches``), so a batch of short pairs holds man
 | ``causal_yes_no`` | ``AutoModelForCausalLM`` (Qwen3-Reranker recipe) | P("yes") vs "no", last position |
 | ``first`` | ``AutoModelForCausalLM`` (FIRST, single-token listwise) | list length - final position |
 
-Pointwise scorers score pairs independently; a listwise one (``listwise = True``) also gets which list each
-pair belongs to.
+Every scorer is a ``Scorer``: ``score(pairs)`` for ``Pairs`` (queries, documents and which list each pair
+belongs to). Pointwise scorers score pairs independently and ignore the lists; a listwise one ranks each list.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
 from pydantic import Field
 
+from shardflow.arrays import run_starts
 from shardflow.config import StrictModel
 from shardflow.errors import ConfigError
-from shardflow.operators.dedup.steps import run_starts
 from shardflow.operators.embed import TOKEN_BUDGET, EmbedConfig, TextEncoder, token_budget_batches
 from shardflow.operators.model_source import resolve_model
+
+__all__ = [
+    "CausalYesNoConfig",
+    "CrossEncoderConfig",
+    "EmbeddingScorerConfig",
+    "FirstListwiseConfig",
+    "Pairs",
+    "Scorer",
+    "ScorerConfig",
+    "load_scorer",
+]
 
 QWEN3_RERANK_SYSTEM = (
     "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
@@ -78,7 +91,31 @@ ScorerConfig = Annotated[
 ]
 
 
-def device_and_dtype(dtype: str) -> tuple[Any, Any]:
+@dataclass(frozen=True)
+class Pairs:
+    """(query, document) pairs to score; ``lists`` numbers each pair's list (one query of one run): the pairs of
+    a list are contiguous and in the input's rank order."""
+
+    queries: list[str]
+    documents: list[str]
+    lists: np.ndarray
+
+
+class Scorer(Protocol):
+    """A loaded model that scores pairs: one score per pair, in input order, higher is more relevant."""
+
+    def score(self, pairs: Pairs) -> np.ndarray: ...
+
+
+class _Batched(Protocol):
+    """What ``batched_scores`` needs of a scorer: its tokenizer, device and padded-token budget."""
+
+    tokenizer: Any
+    device: Any
+    token_budget: int
+
+
+def _device_and_dtype(dtype: str) -> tuple[Any, Any]:
     """The device, and bfloat16 on a GPU / float32 on the CPU unless the config names a dtype."""
     import torch
 
@@ -88,11 +125,11 @@ def device_and_dtype(dtype: str) -> tuple[Any, Any]:
     return device, getattr(torch, dtype)
 
 
-def load_causal_lm(model: str, dtype: str) -> tuple[Any, Any, Any]:
+def _load_causal_lm(model: str, dtype: str) -> tuple[Any, Any, Any]:
     """Device, tokenizer (left padding: the last position is every prompt's own) and model of a causal LM."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device, torch_dtype = device_and_dtype(dtype)
+    device, torch_dtype = _device_and_dtype(dtype)
     path = resolve_model(model)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     if tokenizer.pad_token is None:
@@ -110,8 +147,9 @@ class EmbeddingScorer:
     def __init__(self, config: EmbeddingScorerConfig) -> None:
         self.encoder = TextEncoder(config.encoder)
 
-    def score(self, queries: list[str], documents: list[str]) -> np.ndarray:
-        return np.einsum("ij,ij->i", self.vectors(queries, "query"), self.vectors(documents, "passage"))
+    def score(self, pairs: Pairs) -> np.ndarray:
+        queries, documents = self.vectors(pairs.queries, "query"), self.vectors(pairs.documents, "passage")
+        return np.einsum("ij,ij->i", queries, documents)
 
     def vectors(self, texts: list[str], kind: Literal["query", "passage"]) -> np.ndarray:
         distinct = list(dict.fromkeys(texts))
@@ -123,16 +161,16 @@ class CrossEncoderScorer:
     def __init__(self, config: CrossEncoderConfig) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.device, dtype = device_and_dtype(config.dtype)
+        self.device, dtype = _device_and_dtype(config.dtype)
         path = resolve_model(config.model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).to(self.device).eval()
         self.max_length = config.max_length
         self.token_budget = config.token_budget or TOKEN_BUDGET[self.device.type]
 
-    def score(self, queries: list[str], documents: list[str]) -> np.ndarray:
-        encoded = self.tokenizer(queries, documents, truncation="longest_first", max_length=self.max_length)
-        return batched_scores(self, encoded, self._logits)
+    def score(self, pairs: Pairs) -> np.ndarray:
+        encoded = self.tokenizer(pairs.queries, pairs.documents, truncation="longest_first", max_length=self.max_length)
+        return _batched_scores(self, encoded, self._logits)
 
     def _logits(self, padded: dict[str, Any]) -> np.ndarray:
         import torch
@@ -149,7 +187,7 @@ class CausalYesNoScorer:
     last position. Left padding, so the last position is every prompt's own; only the document is cut."""
 
     def __init__(self, config: CausalYesNoConfig) -> None:
-        self.device, self.tokenizer, self.model = load_causal_lm(config.model, config.dtype)
+        self.device, self.tokenizer, self.model = _load_causal_lm(config.model, config.dtype)
         self.config = config
         self.token_budget = config.token_budget or TOKEN_BUDGET[self.device.type]
         self.yes = self.tokenizer.convert_tokens_to_ids("yes")
@@ -169,9 +207,9 @@ class CausalYesNoScorer:
         body = self.tokenizer.encode(document, add_special_tokens=False)[:room]
         return self.prefix + head + body + self.suffix
 
-    def score(self, queries: list[str], documents: list[str]) -> np.ndarray:
-        ids = [self.prompt_ids(q, d) for q, d in zip(queries, documents, strict=True)]
-        return batched_scores(self, {"input_ids": ids}, self._yes_probability)
+    def score(self, pairs: Pairs) -> np.ndarray:
+        ids = [self.prompt_ids(q, d) for q, d in zip(pairs.queries, pairs.documents, strict=True)]
+        return _batched_scores(self, {"input_ids": ids}, self._yes_probability)
 
     def _yes_probability(self, padded: dict[str, Any]) -> np.ndarray:
         import torch
@@ -191,10 +229,8 @@ class FirstListwiseScorer:
     different queries run together in batches. The score of a candidate is its list length minus its final
     position, so higher is better, as for every scorer."""
 
-    listwise = True
-
     def __init__(self, config: FirstListwiseConfig) -> None:
-        self.device, self.tokenizer, self.model = load_causal_lm(config.model, config.dtype)
+        self.device, self.tokenizer, self.model = _load_causal_lm(config.model, config.dtype)
         self.config = config
         self.token_budget = config.token_budget or TOKEN_BUDGET[self.device.type]
         self.labels = [chr(ord("A") + i) for i in range(config.window)]
@@ -202,15 +238,15 @@ class FirstListwiseScorer:
         if len(set(self.label_ids)) < len(self.labels) or self.tokenizer.unk_token_id in self.label_ids:
             raise ConfigError(f"scorer.model: {config.model}: the labels A..{self.labels[-1]} are not single tokens")
 
-    def score(self, queries: list[str], documents: list[str], lists: np.ndarray) -> np.ndarray:
-        """``lists`` numbers each row's list; rows of a list are contiguous and in input rank order."""
-        bounds = np.r_[np.flatnonzero(run_starts(lists)), len(lists)]
+    def score(self, pairs: Pairs) -> np.ndarray:
+        queries, documents = pairs.queries, pairs.documents
+        bounds = np.r_[np.flatnonzero(run_starts(pairs.lists)), len(pairs.lists)]
         orders = [list(range(start, end)) for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
         passages = [self.tokenizer.encode(d, add_special_tokens=False)[: self.config.passage_tokens] for d in documents]
 
         def rank_windows(requests: list[tuple[int, list[int]]]) -> list[list[int]]:
             prompts = [self.prompt_ids(queries[orders[i][0]], [passages[row] for row in rows]) for i, rows in requests]
-            logits = batched_scores(self, {"input_ids": prompts}, self._label_logits, width=len(self.labels))
+            logits = _batched_scores(self, {"input_ids": prompts}, self._label_logits, width=len(self.labels))
             return [list(np.argsort(-logits[n, : len(rows)], kind="stable")) for n, (_, rows) in enumerate(requests)]
 
         final = slide(orders, self.config.window, self.config.stride, rank_windows)
@@ -248,7 +284,10 @@ def window_plan(length: int, window: int, stride: int) -> list[tuple[int, int]]:
         end -= stride
 
 
-def slide(orders: list[list[int]], window: int, stride: int, rank_windows: Any) -> list[list[int]]:
+RankWindows = Callable[[list[tuple[int, list[int]]]], list[list[int]]]
+
+
+def slide(orders: list[list[int]], window: int, stride: int, rank_windows: RankWindows) -> list[list[int]]:
     """Rerank each list by its windows; step k of every list goes to ``rank_windows`` in one call, as
     ``(list number, rows in the window)``, and comes back as each window's new order (positions in it)."""
     orders = [list(order) for order in orders]
@@ -261,7 +300,12 @@ def slide(orders: list[list[int]], window: int, stride: int, rank_windows: Any) 
     return orders
 
 
-def batched_scores(scorer: Any, encoded: dict[str, list[list[int]]], forward: Any, width: int = 0) -> np.ndarray:
+def _batched_scores(
+    scorer: _Batched,
+    encoded: dict[str, list[list[int]]],
+    forward: Callable[[dict[str, Any]], np.ndarray],
+    width: int = 0,
+) -> np.ndarray:
     """``forward`` over token-budget batches of the tokenized inputs (sorted by length), back in input order
     (one score per input, or ``width`` of them)."""
     ids = encoded["input_ids"]
@@ -274,7 +318,7 @@ def batched_scores(scorer: Any, encoded: dict[str, list[list[int]]], forward: An
     return scores
 
 
-SCORERS = {
+SCORERS: dict[str, Callable[[Any], Scorer]] = {
     "embedding": EmbeddingScorer,
     "cross_encoder": CrossEncoderScorer,
     "causal_yes_no": CausalYesNoScorer,
@@ -282,5 +326,6 @@ SCORERS = {
 }
 
 
-def load_scorer(config: Any) -> Any:
+def load_scorer(config: ScorerConfig) -> Scorer:
+    """The scorer ``config.kind`` names, with its model loaded."""
     return SCORERS[config.kind](config)

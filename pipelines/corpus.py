@@ -1,8 +1,15 @@
-"""The corpus job: shards -> stages (language ID, ...) -> parquet corpus + manifest.
+"""The corpus job: shards -> the config's stages -> parquet corpus + manifest (+ a dense index).
 
 The config (``CorpusConfig``) is the whole description of a run: the DAG is built from its ``stages`` in
-order. Its fingerprint (everything that changes the result; not where Ray runs, not credentials) names
-the staging area, so a rerun of the same config resumes and a different config never mixes into it.
+order, each run by what the stage registry (``operators/registry.py``) says its ``op`` names; this module
+knows only the two contracts. Its fingerprint (everything that changes the result; not where Ray runs, not
+credentials) names the staging area, so a rerun of the same config resumes and a different config never
+mixes into it.
+
+Every stage runs once per document. A global stage runs its pass before the stream: over the input as
+read, or (``sees = "upstream"``) over the documents as the stages before it leave them; when those stages
+include one that is more than another global stage's lookup, their output is materialised in staging first
+(``shardflow.output.materialised``), and the pass and the rest of the run read it from there.
 """
 
 from __future__ import annotations
@@ -11,56 +18,34 @@ import hashlib
 import json
 import platform
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any
+from typing import Any
 
 import ray
 from pydantic import Field, field_validator, model_validator
 
 from shardflow.cluster.pools import Pool, plan_pools
-from shardflow.cluster.runtime import job_retries, ray_session
+from shardflow.cluster.runtime import RayConfig, job_retries, ray_session
 from shardflow.config import StrictModel
-from shardflow.operators.base import Operator, run_in_task
-from shardflow.operators.dedup import exact, fuzzy
-from shardflow.operators.dedup.exact import ExactDedup, ExactDedupConfig, ensure_duplicate_table
-from shardflow.operators.dedup.fuzzy import FuzzyDedup, FuzzyDedupConfig, FuzzyPlan, fuzzy_facts
-from shardflow.operators.dedup.steps import DONE, finished, mark_finished, step_facts
-from shardflow.operators.embed import EmbedConfig, Embedder
+from shardflow.errors import OutputStateError
+from shardflow.operators.base import GlobalStage, OperatorSpec, RunContext, run_in_task
 from shardflow.operators.index import IndexConfig, build_index, write_index_card
-from shardflow.operators.langid import LangIdConfig, LanguageId
-from shardflow.operators.quality import QualityConfig, QualityFilter
-from shardflow.operators.readers import ReaderConfig, Shard, list_shards, read_documents
-from shardflow.operators.unique_ids import ensure_duplicate_ids
-from shardflow.operators.writers import (
-    DEDUP_INDEX,
-    DENSE_INDEX,
-    EXACT_INDEX,
-    CorpusSink,
-    OutputLayout,
-    WriterConfig,
-    commit,
-    prepare,
-    read_manifest,
-    resume,
-    staged_artifact_files,
-    staged_corpus_files,
-)
-from shardflow.storage import StorageConfig, join
+from shardflow.operators.readers import ReaderConfig, read_documents
+from shardflow.operators.registry import STAGES, PlannedStage
+from shardflow.output.corpus import CorpusSink, OutputLayout, WriterConfig
+from shardflow.output.materialised import DocumentsSink, documents_ledger, read_documents_of
+from shardflow.shards import Shard, list_shards, read_shards
+from shardflow.steps import DONE, finished, mark_finished, step_facts
+from shardflow.storage import Location, StorageConfig
 
-StageConfig = Annotated[
-    LangIdConfig | ExactDedupConfig | FuzzyDedupConfig | QualityConfig | EmbedConfig, Field(discriminator="op")
-]
-OPERATORS: dict[str, type[Operator]] = {
-    "langid": LanguageId,
-    "exact_dedup": ExactDedup,
-    "fuzzy_dedup": FuzzyDedup,
-    "quality": QualityFilter,
-    "embed": Embedder,
-}
-INDEX_CHECKS = {"exact_dedup": exact.check_index, "fuzzy_dedup": fuzzy.check_index}  # of their index_from
-DUPLICATE_IDS = "duplicate_ids"  # staging folder of the later copies of ids
-GLOBAL_STAGES = ("exact_dedup", "fuzzy_dedup")  # at most once each: their steps have one place in staging
+__all__ = ["CorpusConfig", "RunResult", "apply_stages", "run_corpus"]
+
+DENSE_INDEX = "index"  # the FAISS index over the corpus's embeddings, built beside it
+DOCUMENTS = "documents"  # staging folder of the documents a pass materialised
 VERSIONED_PACKAGES = (
     "shardflow",
     "ray",
@@ -74,13 +59,8 @@ VERSIONED_PACKAGES = (
     "faiss-cpu",
 )
 
-
-class RayConfig(StrictModel):
-    """Where the job runs. Not part of the fingerprint: the same run may move between machines."""
-
-    address: str | None = Field(None, description="Ray cluster address; None starts an embedded local Ray.")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all).")
-    progress: bool = Field(True, description="Show Ray Data's progress bars.")
+Source = Callable[[list[Shard], Location | None], ray.data.Dataset]  # shards (and where to count them) -> rows
+StageConfig = STAGES.config_union()
 
 
 class CorpusConfig(StrictModel):
@@ -88,30 +68,34 @@ class CorpusConfig(StrictModel):
 
     input: ReaderConfig
     output: WriterConfig
-    stages: list[StageConfig] = Field(default_factory=list)
-    index: IndexConfig | None = Field(None, description="Build a dense index of the embeddings (needs an embed stage).")
+    stages: list[StageConfig] = Field(default_factory=list)  # type: ignore[valid-type]
+    index: IndexConfig | None = Field(
+        None, description="Build a dense index of the embeddings (needs a stage that makes them)."
+    )
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
 
     @field_validator("stages")
     @classmethod
     def _global_stages_once(cls, stages: list[Any]) -> list[Any]:
-        for op in GLOBAL_STAGES:
+        for op in STAGES.global_ops():  # each has one place in staging
             if sum(stage.op == op for stage in stages) > 1:
                 raise ValueError(f"{op} may appear once")
         return stages
 
     @model_validator(mode="after")
     def _index_needs_embeddings(self) -> CorpusConfig:
-        if self.index is not None and self.embed_stage is None:
-            raise ValueError("index: needs an embed stage to index (add `- op: embed` to stages, or remove index)")
+        if self.index is not None and self.encoder is None:
+            ops = STAGES.encoder_ops()
+            raise ValueError(
+                f"index: needs an {' or '.join(ops)} stage to index (add `- op: {ops[0]}` to stages, or remove index)"
+            )
         return self
 
     @property
-    def embed_stage(self) -> EmbedConfig | None:
-        """The last embed stage: its vectors are the ones the corpus keeps."""
-        found = [stage for stage in self.stages if stage.op == "embed"]
-        return found[-1] if found else None
+    def encoder(self) -> Any | None:
+        """The settings of the stage whose vectors the corpus keeps (the last one that embeds)."""
+        return STAGES.encoder(self.stages)
 
     def fingerprint(self) -> str:
         """A hash of what determines the output."""
@@ -133,35 +117,35 @@ class RunResult:
 def run_corpus(config: CorpusConfig) -> RunResult:
     """Run (or resume, or recognise as done) the corpus job.
 
-    Everything that can fail on the user's input (output state, model files, input paths) is checked
-    before Ray starts; Ray is joined or started (``config.ray``) only for the data to flow.
+    Everything that can fail on the user's input (output state, model files, input paths, dedup indexes) is
+    checked before Ray starts; Ray is joined or started (``config.ray``) only for the data to flow.
     """
     started = time.monotonic()
-    layout = OutputLayout(config.output.path, config.fingerprint(), config.storage)
-    if prepare(layout, config.output.if_exists) == "done":
-        return RunResult(read_manifest(layout), already_done=True, seconds=time.monotonic() - started)
-    for position, stage in enumerate(config.stages):
-        OPERATORS[stage.op].preflight(stage, config.storage, f"stages.{position}")
-    shards = list_shards(config.input, config.storage)
-    for position, stage in enumerate(config.stages):
-        if stage.op in INDEX_CHECKS:
-            INDEX_CHECKS[stage.op](stage, config.storage, f"stages.{position}", shards)
-    todo = resume(layout, shards)
-    index_todo = config.index is not None and not index_built(layout)
+    layout = OutputLayout(Location(config.output.path, config.storage), config.fingerprint())
+    if layout.prepare(config.output.if_exists) == "done":
+        return RunResult(layout.manifest() or {}, already_done=True, seconds=time.monotonic() - started)
+    planned = STAGES.planned(config.input, config.stages)
+    for stage in planned:
+        if not stage.is_global:
+            stage.implementation.preflight(stage.config, config.storage, stage.key)
+    shards = list_shards([Location(path, config.storage) for path in config.input.paths])
+    run = RunContext(shards, layout, attempt=uuid.uuid4().hex[:12])
+    global_stages = {
+        stage.key: stage.implementation(stage.config, run, stage.key) for stage in planned if stage.is_global
+    }
+    for global_stage in global_stages.values():
+        global_stage.check()
+    todo = layout.resume(shards)
+    index_todo = config.index is not None and not layout.staging.join(DENSE_INDEX, DONE).exists()
     retries: dict[str, Any] = {}
     if todo or index_todo:
         with ray_session(config.ray.address, config.ray.num_cpus):
             ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress
             before = job_retries()
             if todo:
-                pools = plan_stage_pools(config.stages)  # a config that would hang fails before any global step
-                config = with_unique_ids(config, layout, shards)
-                stages = prepare_global_steps(config, layout, shards, pools)
-                dataset = read_documents(todo, config.input, config.storage, layout.markers)
-                dataset = apply_stages(dataset, stages, pools, config.storage)
-                dataset.write_datasink(CorpusSink(layout, config.output.compression))
+                Stream(config, run, planned, global_stages).write(todo)
             if index_todo:
-                ensure_dense_index(config, layout)
+                _ensure_dense_index(config, layout)
             retries = job_retries().since(before).as_dict()
     seconds = time.monotonic() - started
     extra = {
@@ -170,116 +154,139 @@ def run_corpus(config: CorpusConfig) -> RunResult:
         "seconds": round(seconds, 3),
         "shards_this_attempt": len(todo),
         "retries": retries,
-        **dedup_facts(config, layout),
-        **index_facts(config, layout),
+        **{name: facts for stage in global_stages.values() for name, facts in stage.facts().items()},
+        **_index_facts(config, layout),
     }
-    manifest = commit(layout, shards, [stage.op for stage in config.stages], extra)
+    manifest = layout.commit(shards, [stage.op for stage in config.stages], extra)
     return RunResult(manifest, already_done=False, seconds=seconds)
 
 
-def with_unique_ids(config: CorpusConfig, layout: OutputLayout, shards: list[Shard]) -> CorpusConfig:
-    """The config whose reader quarantines the later copies of every id (found first, over all shards), so
-    that every pass over the input - the dedup steps' and the DAG's - sees the same documents."""
-    if config.input.duplicate_ids == "allow":
-        return config
-    table = join(layout.staging, DUPLICATE_IDS)
-    ensure_duplicate_ids(table, shards, config.input, config.storage)
-    return config.model_copy(update={"input": config.input.model_copy(update={"id_table": table})})
+class Stream:
+    """The run's streaming passes: where documents come from (the input, or a pass's materialised output),
+    the operators applied to them since, and the global stages' passes between."""
+
+    def __init__(
+        self, config: CorpusConfig, run: RunContext, planned: list[PlannedStage], global_stages: dict[str, GlobalStage]
+    ) -> None:
+        self.config, self.run, self.planned, self.global_stages = config, run, planned, global_stages
+        # A config that would hang fails here, before any global pass.
+        self.pools = _plan_stage_pools([stage for stage in planned if not stage.is_global], run.attempt)
+
+    def read_input(self, shards: list[Shard], markers: Location | None = None) -> ray.data.Dataset:
+        return read_documents(shards, self.config.input, markers)
+
+    def write(self, todo: list[Shard]) -> None:
+        """Run every global pass, then stream the shards ``todo`` through all stages into the corpus."""
+        source: Source = self.read_input
+        chain: list[OperatorSpec] = []  # the operators applied to what ``source`` reads
+        seen_by_input: list[OperatorSpec] = []  # the lookups of the passes that read the input
+        for stage in self.planned:
+            if not stage.is_global:
+                chain.append(_stage_operator(stage, self.run.attempt, self.config.storage))
+                continue
+            global_stage = self.global_stages[stage.key]
+            if global_stage.sees == "upstream" and not all(spec.lookup for spec in chain):
+                source, chain = self.materialise(source, chain, stage.key), []
+            if global_stage.sees == "upstream":
+                global_stage.prepare(self.apply(source(self.run.shards, None), chain))
+            else:
+                global_stage.prepare(self.apply(self.read_input(self.run.shards), seen_by_input))
+            lookup = global_stage.operator()
+            chain.append(lookup)
+            if global_stage.sees == "input":
+                seen_by_input.append(lookup)
+        documents = self.apply(source(todo, self.run.output.ledger.markers), chain)
+        documents.write_datasink(CorpusSink(self.run.output.ledger, self.config.output.compression))
+
+    def materialise(self, source: Source, chain: list[OperatorSpec], before: str) -> Source:
+        """Every shard through ``chain`` into staging (the shards an earlier attempt wrote whole are kept);
+        returns the reader of what was written."""
+        folder = self.run.staging.join(DOCUMENTS, before)
+        ledger = documents_ledger(folder)
+        missing = ledger.keep_finished(self.run.shards)
+        if missing:
+            written = self.apply(source(missing, ledger.markers), chain)
+            written.write_datasink(DocumentsSink(ledger, self.config.output.compression))
+        if ledger.keep_finished(self.run.shards):
+            raise OutputStateError("not every shard's documents were written before a global stage; run it again")
+        return partial(_read_materialised, folder=folder, task_bytes=self.config.input.task_bytes)
+
+    def apply(self, dataset: ray.data.Dataset, chain: list[OperatorSpec]) -> ray.data.Dataset:
+        return _apply_operators(dataset, chain, self.pools)
 
 
-def prepare_global_steps(
-    config: CorpusConfig, layout: OutputLayout, shards: list[Shard], pools: list[Pool]
-) -> list[Any]:
-    """Run the steps that must see every shard before the streaming DAG (the dedup stages' plans), and
-    return the stages with their results wired in. A fuzzy dedup plan sees the documents as the stages
-    before it leave them."""
-    stages: list[Any] = []
-    for stage in config.stages:
-        if stage.op == "exact_dedup":
-            table, index = join(layout.staging, "exact_dedup"), join(layout.staging, EXACT_INDEX)
-            ensure_duplicate_table(
-                table, index, shards, config.input, config.storage, stage.partitions, stage.index_from
-            )
-            stage = stage.model_copy(update={"table": table})
-        elif stage.op == "fuzzy_dedup":
-            workdir = join(layout.staging, "fuzzy_dedup")
-            stage = stage.model_copy(update={"workdir": workdir})
-            plan = FuzzyPlan(stage, shards, config.storage, workdir, join(layout.staging, DEDUP_INDEX))
-            documents = read_documents(shards, config.input, config.storage)
-            plan.ensure(apply_stages(documents, stages, pools[: len(stages)], config.storage))
-        stages.append(stage)
-    return stages
-
-
-def dedup_facts(config: CorpusConfig, layout: OutputLayout) -> dict[str, Any]:
-    """For the manifest: what fuzzy dedup found, and the dedup index files that move into the output."""
-    ops = {stage.op for stage in config.stages}
-    facts: dict[str, Any] = {}
-    if "exact_dedup" in ops:
-        facts[EXACT_INDEX] = {"path": EXACT_INDEX, "files": staged_artifact_files(layout, EXACT_INDEX)}
-    if "fuzzy_dedup" in ops:
-        facts["fuzzy_dedup"] = fuzzy_facts(join(layout.staging, "fuzzy_dedup"), config.storage)
-        facts[DEDUP_INDEX] = {"path": DEDUP_INDEX, "files": staged_artifact_files(layout, DEDUP_INDEX)}
-    return facts
-
-
-def index_built(layout: OutputLayout) -> bool:
-    fs, path = layout.fs(join(layout.staging, DENSE_INDEX, DONE))
-    return fs.exists(path)
-
-
-def ensure_dense_index(config: CorpusConfig, layout: OutputLayout) -> None:
-    """Index the embeddings of every staged corpus file into staging's ``index/`` (once: the step's marker
-    names the files it indexed, so a rerun after a crash during the commit does not build it again)."""
-    files = staged_corpus_files(layout)
-    folder = join(layout.staging, DENSE_INDEX)
-    if finished(folder, files, config.storage):
-        return
-    uris = [join(layout.staging, entry["path"]) for entry in files if entry["rows"]]
-    facts = build_index(uris, folder, config.index, config.storage) if uris else {"vectors": 0}
-    write_index_card(folder, facts, config.index, config.embed_stage, config.storage)
-    mark_finished(folder, files, config.storage, **facts)
-
-
-def index_facts(config: CorpusConfig, layout: OutputLayout) -> dict[str, Any]:
-    """For the manifest: what the dense index holds, and its files (they move into the output)."""
-    if config.index is None:
-        return {}
-    facts = {k: v for k, v in step_facts(join(layout.staging, DENSE_INDEX), config.storage).items() if k != "inputs"}
-    return {DENSE_INDEX: {"path": DENSE_INDEX, **facts, "files": staged_artifact_files(layout, DENSE_INDEX)}}
-
-
-def plan_stage_pools(stages: list[Any]) -> list[Pool | None]:
-    """The stages' actor pools, sized together on the cluster Ray is connected to, so none starves
-    (``None`` for a stateless stage: it runs in the read tasks)."""
-    actors = [position for position, stage in enumerate(stages) if not OPERATORS[stage.op].stateless]
-    keyed = [(f"stages.{position}", stages[position].resources) for position in actors]
-    cluster = ray.cluster_resources()
-    planned = plan_pools(keyed, cluster.get("CPU", 1.0), cluster.get("GPU", 0.0))
-    pools = dict(zip(actors, planned, strict=True))
-    return [pools.get(position) for position in range(len(stages))]
-
-
-def apply_stages(
-    dataset: ray.data.Dataset, stages: list[Any], pools: list[Pool | None], storage: StorageConfig
+def _read_materialised(
+    shards: list[Shard], markers: Location | None, folder: Location, task_bytes: int
 ) -> ray.data.Dataset:
-    """Each stage as an actor pool (the model loads once per actor), or a stateless one as a task."""
-    for stage, pool in zip(stages, pools, strict=True):
-        operator = OPERATORS[stage.op]
-        if pool is None:
-            kwargs = {"operator": operator, "config": stage, "storage": storage}
-            dataset = dataset.map_batches(run_in_task, fn_kwargs=kwargs, batch_format="pyarrow")
+    return read_shards(shards, partial(read_documents_of, folder=folder), task_bytes, markers)
+
+
+def _stage_operator(stage: PlannedStage, attempt: str, storage: StorageConfig) -> OperatorSpec:
+    """The operator of a row-local stage: built with its config, in tasks if it holds no model."""
+    implementation = stage.implementation
+    resources = None if implementation.stateless else stage.config.resources
+    return OperatorSpec(
+        f"{attempt}:{stage.key}", implementation, {"config": stage.config, "storage": storage}, resources
+    )
+
+
+def _plan_stage_pools(stages: list[PlannedStage], attempt: str) -> dict[str, Pool]:
+    """The actor pools of the stages that hold a model, by operator key, sized together on the cluster Ray
+    is connected to, so none starves (a stateless stage runs in the read tasks)."""
+    actors = [stage for stage in stages if not stage.implementation.stateless]
+    cluster = ray.cluster_resources()
+    planned = plan_pools(
+        [(stage.key, stage.config.resources) for stage in actors], cluster.get("CPU", 1.0), cluster.get("GPU", 0.0)
+    )
+    return {f"{attempt}:{stage.key}": pool for stage, pool in zip(actors, planned, strict=True)}
+
+
+def apply_stages(dataset: ray.data.Dataset, stages: list[Any], storage: StorageConfig) -> ray.data.Dataset:
+    """Row-local stages (their configs) over ``dataset`` as a run applies them, pools sized together: for
+    benchmarks and notebooks that feed a stage documents of their own."""
+    planned, attempt = STAGES.configured(stages), uuid.uuid4().hex[:12]
+    chain = [_stage_operator(stage, attempt, storage) for stage in planned]
+    return _apply_operators(dataset, chain, _plan_stage_pools(planned, attempt))
+
+
+def _apply_operators(dataset: ray.data.Dataset, chain: list[OperatorSpec], pools: dict[str, Pool]) -> ray.data.Dataset:
+    """Each operator as an actor pool (the model loads once per actor), or a stateless one in tasks."""
+    for spec in chain:
+        if spec.resources is None:
+            dataset = dataset.map_batches(run_in_task, fn_kwargs={"spec": spec}, batch_format="pyarrow")
             continue
+        pool = pools[spec.key]
         dataset = dataset.map_batches(
-            operator,
-            fn_constructor_kwargs={"config": stage, "storage": storage},
+            spec.operator,
+            fn_constructor_kwargs=spec.arguments,
             batch_format="pyarrow",
-            batch_size=stage.resources.batch_size,
+            batch_size=spec.resources.batch_size,
             num_cpus=pool.num_cpus,
             num_gpus=pool.num_gpus or None,
             compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
         )
     return dataset
+
+
+def _ensure_dense_index(config: CorpusConfig, layout: OutputLayout) -> None:
+    """Index the embeddings of every staged corpus file into staging's ``index/`` (once: the step's marker
+    names the files it indexed, so a rerun after a crash during the commit does not build it again)."""
+    files = layout.corpus_files()
+    folder = layout.staging.join(DENSE_INDEX)
+    if finished(folder, files):
+        return
+    staged = [layout.staging.join(entry["path"]) for entry in files if entry["rows"]]
+    facts = build_index(staged, folder, config.index) if staged else {"vectors": 0}
+    write_index_card(folder, facts, config.index, config.encoder)
+    mark_finished(folder, files, **facts)
+
+
+def _index_facts(config: CorpusConfig, layout: OutputLayout) -> dict[str, Any]:
+    """For the manifest: what the dense index holds, and its files (they move into the output)."""
+    if config.index is None:
+        return {}
+    facts = {k: v for k, v in step_facts(layout.staging.join(DENSE_INDEX)).items() if k != "inputs"}
+    return {DENSE_INDEX: {"path": DENSE_INDEX, **facts, "files": layout.artifact_files(DENSE_INDEX)}}
 
 
 def versions() -> dict[str, str]:

@@ -42,12 +42,16 @@ from shardflow.cluster.runtime import ray_session
 from shardflow.config import StrictModel
 from shardflow.errors import OutputStateError
 from shardflow.lease import Lease, lease
-from shardflow.operators.dedup.steps import finished, mark_finished
 from shardflow.operators.index import build_index, choose_factory, mergeable, read_index_card, write_index_card
-from shardflow.operators.readers import Shard, list_shards
-from shardflow.operators.writers import CORPUS, DEDUP_INDEX, EXACT_INDEX, WriterConfig
+from shardflow.operators.registry import STAGES
+from shardflow.output.corpus import WriterConfig
+from shardflow.output.manifest import CORPUS
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
-from shardflow.storage import StorageConfig, filesystem, join, put_bytes, read_json
+from shardflow.shards import Shard, list_shards
+from shardflow.steps import finished, mark_finished
+from shardflow.storage import Location, join
+
+__all__ = ["RefreshConfig", "RefreshResult", "current_version", "refresh"]
 
 CURRENT = "CURRENT.json"
 VERSION_FILE = "version.json"
@@ -56,7 +60,6 @@ LEASE_FILE = "_refresh.lease"  # one refresh at a time per output
 VERSION_FORMAT = "shardflow-corpus-version/1"
 TUNING = ("resources", "partitions", "token_budget")  # stage settings that change speed, not the corpus
 INDEX_BUILD = ("factory", "metric", "memory_budget_mb", "train_vectors")  # index settings that change its contents
-DEDUP_INDEXES = {"exact_dedup": EXACT_INDEX, "fuzzy_dedup": DEDUP_INDEX}  # stage -> the index it leaves
 
 
 class RefreshOutputConfig(StrictModel):
@@ -75,7 +78,7 @@ class RefreshConfig(CorpusConfig):
     @model_validator(mode="after")
     def _indexes_are_managed(self) -> RefreshConfig:
         for position, stage in enumerate(self.stages):
-            if getattr(stage, "index_from", None) is not None:
+            if STAGES.index_of(stage) and stage.index_from is not None:
                 raise ValueError(
                     f"stages.{position}.index_from: a refresh dedups against its own published corpus; remove it"
                 )
@@ -103,42 +106,52 @@ def refresh(config: RefreshConfig, rebuild: bool = False, drop_missing: bool = F
     """Publish version N+1 if the inputs hold anything new (or ``rebuild``); else leave version N as it is.
     ``drop_missing`` lets a full rebuild leave out published shards that are no longer in the inputs."""
     started = time.monotonic()
-    with lease(join(config.output.path, LEASE_FILE), config.storage, f"a refresh of {config.output.path}") as held:
-        version, published, record = refresh_once(config, held, rebuild, drop_missing)
+    with lease(_root_of(config).join(LEASE_FILE), f"a refresh of {config.output.path}") as held:
+        version, published, record = _refresh_once(config, held, rebuild, drop_missing)
     return RefreshResult(version, published, record, time.monotonic() - started)
 
 
-def refresh_once(
+def _refresh_once(
     config: RefreshConfig, held: Lease, rebuild: bool, drop_missing: bool
 ) -> tuple[int | None, bool, dict[str, Any] | None]:
     """The refresh under the lease: (current version, whether this call published it, its record)."""
-    root = config.output.path
-    current = read_json(join(root, CURRENT), config.storage)
-    published = read_json(join(root, current["manifest"]), config.storage) if current else None
-    shards = list_shards(config.input, config.storage)
-    plan = plan_version(config, published, shards, rebuild, drop_missing)
+    root = _root_of(config)
+    current = root.join(CURRENT).read_json()
+    published = root.join(current["manifest"]).read_json() if current else None
+    shards = list_shards([Location(path, config.storage) for path in config.input.paths])
+    plan = _plan_version(config, published, shards, rebuild, drop_missing)
     if plan is None:
-        collect_garbage(config, current["version"] if current else 0)
+        _collect_garbage(config, current["version"] if current else 0)
         return (current and current["version"]), False, published
     with ray_session(config.ray.address, config.ray.num_cpus):
-        record = build_version(config, plan, published, held)
+        record = _build_version(config, plan, published, held)
     held.check()
-    put_bytes(join(root, version_folder(plan["version"]), VERSION_FILE), dumps(record), config.storage)
-    pointer = {"version": plan["version"], "manifest": join(version_folder(plan["version"]), VERSION_FILE)}
+    write_version_record(root, plan["version"], record)
     held.check()
-    put_bytes(join(root, CURRENT), dumps(pointer), config.storage)  # the moment version N+1 is published
-    collect_garbage(config, plan["version"])
+    publish(root, plan["version"])
+    _collect_garbage(config, plan["version"])
     return plan["version"], True, record
 
 
-def plan_version(
+def write_version_record(root: Location, version: int, record: dict[str, Any]) -> None:
+    """``version.json`` of a version: written before the version is published, never changed after."""
+    root.join(_version_folder(version), VERSION_FILE).put_bytes(dumps(record))
+
+
+def publish(root: Location, version: int) -> None:
+    """Replace ``CURRENT.json``: the moment version N+1 is published (one small object, atomic)."""
+    pointer = {"version": version, "manifest": join(_version_folder(version), VERSION_FILE)}
+    root.join(CURRENT).put_bytes(dumps(pointer))
+
+
+def _plan_version(
     config: RefreshConfig, published: dict[str, Any] | None, shards: list[Shard], rebuild: bool, drop_missing: bool
 ) -> dict[str, Any] | None:
     """What version N+1 processes and why, or None when the inputs hold nothing new."""
     known = {entry["uri"]: entry for entry in published["inputs"]} if published else {}
     missing = sorted(set(known) - {shard.uri for shard in shards})
     new = [shard for shard in shards if shard.uri not in known]
-    reason = full_rebuild_reason(config, published, known, shards, rebuild)
+    reason = _full_rebuild_reason(config, published, known, shards, rebuild)
     if reason is None and not new:
         return None
     full = reason is not None
@@ -158,11 +171,11 @@ def plan_version(
         "corpus_fingerprint": config.corpus_fingerprint(),
         "index": config.index.model_dump(mode="json") if config.index else None,
     }
-    segment = segment_config(config, plan, None if full else published)
+    segment = _segment_config(config, plan, None if full else published)
     return plan | {"segment_fingerprint": segment.fingerprint()}  # any other setting that changes the segment
 
 
-def full_rebuild_reason(
+def _full_rebuild_reason(
     config: RefreshConfig,
     published: dict[str, Any] | None,
     known: dict[str, dict[str, Any]],
@@ -186,15 +199,15 @@ def full_rebuild_reason(
     return None
 
 
-def build_version(
+def _build_version(
     config: RefreshConfig, plan: dict[str, Any], published: dict[str, Any] | None, held: Lease
 ) -> dict[str, Any]:
     """Run the new segment and the index of version N+1; return its ``version.json`` (not yet published)."""
     parent = published if plan["mode"] == "incremental" else None
     held.check()
-    start_attempt(config, plan)
-    segment = segment_folder(plan["version"])
-    manifest = run_corpus(segment_config(config, plan, parent)).manifest
+    _start_attempt(config, plan)
+    segment = _segment_folder(plan["version"])
+    manifest = run_corpus(_segment_config(config, plan, parent)).manifest
     files = (parent["files"] if parent else []) + [
         {**entry, "path": join(segment, entry["path"])} for entry in manifest["files"]
     ]
@@ -208,44 +221,42 @@ def build_version(
         "reason": plan["reason"],
         "corpus_fingerprint": plan["corpus_fingerprint"],
         "segments": (parent["segments"] if parent else []) + [segment],
-        "counts": add_counts(parent["counts"] if parent else {}, manifest["counts"]),
+        "counts": _add_counts(parent["counts"] if parent else {}, manifest["counts"]),
         "this_version": {"segment": segment, "shards": len(manifest["inputs"]), "counts": manifest["counts"]},
         "inputs": inputs,
         "missing_inputs": plan["missing"] if parent else [],
         "files": files,
-        **{name: join(segment, name) for name in dedup_indexes(config)},
+        **{name: join(segment, name) for name in _dedup_indexes(config)},
     }
     if config.index is not None:
         record["index"] = ensure_version_index(config, plan, files, parent)
     return record
 
 
-def start_attempt(config: RefreshConfig, plan: dict[str, Any]) -> None:
+def _start_attempt(config: RefreshConfig, plan: dict[str, Any]) -> None:
     """Resume an attempt at this version with the same plan; clear one with another plan (its inputs
     changed meanwhile: nothing of it was published)."""
-    plan_uri = join(config.output.path, version_folder(plan["version"]), PLAN_FILE)
-    earlier = read_json(plan_uri, config.storage)
-    if earlier == plan:
+    root = _root_of(config)
+    plan_file = root.join(_version_folder(plan["version"]), PLAN_FILE)
+    if plan_file.read_json() == plan:
         return
-    for folder in (version_folder(plan["version"]), segment_folder(plan["version"])):
-        fs, path = filesystem(join(config.output.path, folder), config.storage)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-    put_bytes(plan_uri, dumps(plan), config.storage)
+    for folder in (_version_folder(plan["version"]), _segment_folder(plan["version"])):
+        root.join(folder).remove()
+    plan_file.put_bytes(dumps(plan))
 
 
-def segment_config(config: RefreshConfig, plan: dict[str, Any], parent: dict[str, Any] | None) -> CorpusConfig:
-    """The corpus run of the new shards; with a parent, its dedup stages dedup against the parent's indexes."""
+def _segment_config(config: RefreshConfig, plan: dict[str, Any], parent: dict[str, Any] | None) -> CorpusConfig:
+    """The corpus run of the new shards; with a parent, the stages that leave an index continue the parent's."""
     stages = [
-        stage.model_copy(update={"index_from": join(config.output.path, parent[DEDUP_INDEXES[stage.op]])})
-        if parent is not None and stage.op in DEDUP_INDEXES
+        stage.model_copy(update={"index_from": join(config.output.path, parent[STAGES.index_of(stage)])})
+        if parent is not None and STAGES.index_of(stage)
         else stage
         for stage in config.stages
     ]
     return CorpusConfig(
         input=config.input.model_copy(update={"paths": [shard[0] for shard in plan["shards"]]}),
         output=WriterConfig(
-            path=join(config.output.path, segment_folder(plan["version"])),
+            path=join(config.output.path, _segment_folder(plan["version"])),
             if_exists="resume",
             compression=config.output.compression,
         ),
@@ -255,8 +266,13 @@ def segment_config(config: RefreshConfig, plan: dict[str, Any], parent: dict[str
     )
 
 
-def dedup_indexes(config: RefreshConfig) -> list[str]:
-    return [DEDUP_INDEXES[stage.op] for stage in config.stages if stage.op in DEDUP_INDEXES]
+def _dedup_indexes(config: RefreshConfig) -> list[str]:
+    """The indexes the stages leave beside each segment, by folder name."""
+    return [index for index in map(STAGES.index_of, config.stages) if index]
+
+
+def _root_of(config: RefreshConfig) -> Location:
+    return Location(config.output.path, config.storage)
 
 
 def ensure_version_index(
@@ -264,19 +280,20 @@ def ensure_version_index(
 ) -> dict[str, Any]:
     """The dense index of every kept document: the parent's with the new segment's vectors added, or built
     anew (first or full version, a changed index config, or ``auto`` choosing another kind of index)."""
-    root, storage = config.output.path, config.storage
-    folder = join(version_folder(plan["version"]), "index")
+    root = _root_of(config)
+    folder = join(_version_folder(plan["version"]), "index")
     corpus = [entry for entry in files if entry["kind"] == CORPUS and entry["rows"]]
-    base = parent and parent.get("index") and join(root, parent["index"]["path"])
-    if base and not extends(config, parent, corpus):
+    base = root.join(parent["index"]["path"]) if parent and parent.get("index") else None
+    if base and not _extends(config, parent, corpus):
         base = None
-    added = [entry for entry in corpus if not base or entry["path"].startswith(segment_folder(plan["version"]) + "/")]
-    if not finished(join(root, folder), [entry["path"] for entry in added], storage):
-        uris = [join(root, entry["path"]) for entry in added]
-        facts = build_index(uris, join(root, folder), config.index, storage, base) if uris or base else {"vectors": 0}
-        write_index_card(join(root, folder), facts, config.index, config.embed_stage, storage)
-        mark_finished(join(root, folder), [entry["path"] for entry in added], storage, **facts, extended=bool(base))
-    card = read_index_card(join(root, folder), storage)
+    added = [entry for entry in corpus if not base or entry["path"].startswith(_segment_folder(plan["version"]) + "/")]
+    index = root.join(folder)
+    if not finished(index, [entry["path"] for entry in added]):
+        staged = [root.join(entry["path"]) for entry in added]
+        facts = build_index(staged, index, config.index, base) if staged or base else {"vectors": 0}
+        write_index_card(index, facts, config.index, config.encoder)
+        mark_finished(index, [entry["path"] for entry in added], **facts, extended=bool(base))
+    card = read_index_card(index)
     return {
         "path": folder,
         "factory": card.get("factory"),
@@ -286,7 +303,7 @@ def ensure_version_index(
     }
 
 
-def extends(config: RefreshConfig, parent: dict[str, Any], corpus: list[dict[str, Any]]) -> bool:
+def _extends(config: RefreshConfig, parent: dict[str, Any], corpus: list[dict[str, Any]]) -> bool:
     """Whether the parent's index can take the new vectors: same index config, and the factory that
     ``auto`` would choose for the grown corpus is the one it has."""
     index = parent["index"]
@@ -296,45 +313,43 @@ def extends(config: RefreshConfig, parent: dict[str, Any], corpus: list[dict[str
         return False
     if config.index.factory != "auto":
         return True
-    card = read_index_card(join(config.output.path, index["path"]), config.storage)
+    card = read_index_card(_root_of(config).join(index["path"]))
     total = sum(entry["rows"] for entry in corpus)
     return choose_factory(total, int(card["dim"]), config.index.memory_budget_mb << 20) == card["factory"]
 
 
-def add_counts(before: dict[str, int], night: dict[str, int]) -> dict[str, int]:
+def _add_counts(before: dict[str, int], night: dict[str, int]) -> dict[str, int]:
     return {key: before.get(key, 0) + night[key] for key in ("read", "kept", "dropped", "quarantined")}
 
 
-def collect_garbage(config: RefreshConfig, current: int) -> list[str]:
+def _collect_garbage(config: RefreshConfig, current: int) -> list[str]:
     """Delete versions older than the ``keep_versions`` newest published ones, and the segments that only
     they used; an attempt at a version not yet published is left alone."""
-    root, storage = config.output.path, config.storage
+    root = _root_of(config)
     kept = range(max(1, current - config.output.keep_versions + 1), current + 1)
     used = set()
     for number in kept:
-        record = read_json(join(root, version_folder(number), VERSION_FILE), storage)
+        record = root.join(_version_folder(number), VERSION_FILE).read_json()
         used |= set(record["segments"]) if record else set()
     removed = []
-    for kind, name in (("versions", version_folder), ("segments", segment_folder)):
-        fs, path = filesystem(join(root, kind), storage)
-        for entry in fs.ls(path, detail=False) if fs.exists(path) else []:
-            number = folder_number(entry)
+    for kind, name in (("versions", _version_folder), ("segments", _segment_folder)):
+        for entry in root.join(kind).children():
+            number = _folder_number(entry.name)
             if number is not None and number < kept.start and name(number) not in used:
-                fs.rm(entry, recursive=True)
+                entry.remove()
                 removed.append(name(number))
     return removed
 
 
-def version_folder(number: int) -> str:
+def _version_folder(number: int) -> str:
     return f"versions/v{number:06d}"
 
 
-def segment_folder(number: int) -> str:
+def _segment_folder(number: int) -> str:
     return f"segments/s{number:06d}"
 
 
-def folder_number(path: str) -> int | None:
-    name = path.rstrip("/").rsplit("/", 1)[-1]
+def _folder_number(name: str) -> int | None:
     return int(name[1:]) if name[1:].isdigit() else None
 
 
@@ -342,7 +357,7 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_INDENT_2)
 
 
-def current_version(root: str, storage: StorageConfig) -> dict[str, Any] | None:
+def current_version(root: Location) -> dict[str, Any] | None:
     """The published version's record (``version.json``), for readers; None if ``root`` is no refreshed corpus."""
-    pointer = read_json(join(root, CURRENT), storage)
-    return read_json(join(root, pointer["manifest"]), storage) if pointer else None
+    pointer = root.join(CURRENT).read_json()
+    return root.join(pointer["manifest"]).read_json() if pointer else None

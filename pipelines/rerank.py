@@ -32,26 +32,17 @@ import xxhash
 from pydantic import Field, field_validator
 from rich.progress import Progress
 
+from shardflow.arrays import run_starts
 from shardflow.cluster.pools import actors_that_fit, on_cluster
-from shardflow.cluster.runtime import job_retries, ray_session
+from shardflow.cluster.runtime import RayConfig, job_retries, ray_session
 from shardflow.config import Resources, StrictModel
 from shardflow.errors import ConfigError, InputError
-from shardflow.operators.dedup.steps import finished, mark_finished, run_starts, step_facts
-from shardflow.operators.rerank import EmbeddingScorerConfig, ScorerConfig, load_scorer
-from shardflow.pipelines.corpus import RayConfig
-from shardflow.storage import (
-    StorageConfig,
-    arrow_filesystem,
-    exists,
-    filesystem,
-    join,
-    put_bytes,
-    read_table,
-    to_uri,
-    write_atomic,
-    write_table,
-)
+from shardflow.operators.rerank import EmbeddingScorerConfig, Pairs, ScorerConfig, load_scorer
+from shardflow.steps import finished, mark_finished, step_facts
+from shardflow.storage import Location, StorageConfig
 from shardflow.trec import read_queries, run_lines
+
+__all__ = ["CorpusSource", "RerankConfig", "rerank", "run_name"]
 
 MEASURES = ("nDCG@10", "RR@10", "R@100")
 RUN_SUFFIXES = (".gz", ".run", ".txt", ".trec", ".tsv")
@@ -84,6 +75,10 @@ class RerankConfig(StrictModel):
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
 
+    def at(self, uri: str) -> Location:
+        """``uri`` reached with this job's storage settings."""
+        return Location(uri, self.storage)
+
     @field_validator("runs")
     @classmethod
     def _distinct_names(cls, runs: list[str]) -> list[str]:
@@ -105,47 +100,48 @@ def rerank(config: RerankConfig, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the job; returns the summary also written to ``OUTPUT/summary.json``."""
     started = time.monotonic()
     for uri in [*config.runs, config.queries, *([config.qrels] if config.qrels else [])]:
-        if not exists(uri, config.storage):
+        if not config.at(uri).exists():
             raise InputError(f"input path does not exist: {uri}")
-    queries = dict(read_queries(config.queries, config.storage))
-    staging = join(config.output.path, "_staging")
+    queries = dict(read_queries(config.at(config.queries)))
+    output = config.at(config.output.path)
+    staging = output.join("_staging")
     with ray_session(config.ray.address, config.ray.num_cpus):
         ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress and progress
         before = job_retries()
-        pairs = ensure_pairs(config, join(staging, "pairs"))
-        scored = score_chunks(config, queries, join(staging, "pairs"), join(staging, "scores"), progress)
+        pairs = _ensure_pairs(config, staging.join("pairs"))
+        scored = _score_chunks(config, queries, staging.join("pairs"), staging.join("scores"), progress)
         retries = job_retries().since(before).as_dict()
-    runs = {run_name(uri): write_run(config, uri, join(staging, "scores")) for uri in config.runs}
+    runs = {run_name(uri): _write_run(config, uri, staging.join("scores")) for uri in config.runs}
     summary = {"pairs": pairs, "scored_this_attempt": scored, "retries": retries, "runs": runs}
     summary["seconds"] = round(time.monotonic() - started, 3)
-    put_bytes(join(config.output.path, "summary.json"), json.dumps(summary, indent=2).encode(), config.storage)
+    output.join("summary.json").put_bytes(json.dumps(summary, indent=2).encode())
     return summary
 
 
 # ---------------------------------------------------------------- step 1: pairs
 
 
-def ensure_pairs(config: RerankConfig, folder: str) -> dict[str, Any]:
+def _ensure_pairs(config: RerankConfig, folder: Location) -> dict[str, Any]:
     inputs = config.model_dump(mode="json", include={"runs", "corpus", "top_k", "chunks"})
-    if not finished(folder, inputs, config.storage):
-        fs, local = filesystem(folder, config.storage)
-        pairs = read_runs(config).join(
-            read_corpus(config.corpus, config.storage),
+    if not finished(folder, inputs):
+        filesystem, local = folder.arrow_filesystem()
+        pairs = _read_runs(config).join(
+            _read_corpus(config.corpus, config.at(config.corpus.path)),
             join_type="left_outer",
             num_partitions=max(1, config.chunks // 4),
             on=("docid",),
             right_on=("corpus_id",),
         )
         pairs = pairs.map_batches(_tag_chunks, fn_kwargs={"chunks": config.chunks}, batch_format="pyarrow")
-        pairs.write_parquet(local, filesystem=arrow_filesystem(fs), partition_cols=["chunk"])
-        mark_finished(folder, inputs, config.storage, **pair_counts(folder, config.storage))
-    return {k: v for k, v in step_facts(folder, config.storage).items() if k != "inputs"}
+        pairs.write_parquet(local, filesystem=filesystem, partition_cols=["chunk"])
+        mark_finished(folder, inputs, **_pair_counts(folder))
+    return {k: v for k, v in step_facts(folder).items() if k != "inputs"}
 
 
-def read_runs(config: RerankConfig) -> ray.data.Dataset:
-    fs, _ = filesystem(config.runs[0], config.storage)
-    paths = [filesystem(uri, config.storage)[1] for uri in config.runs]
-    lines = ray.data.read_text(paths, filesystem=arrow_filesystem(fs), include_paths=True)
+def _read_runs(config: RerankConfig) -> ray.data.Dataset:
+    filesystem, _ = config.at(config.runs[0]).arrow_filesystem()
+    paths = [config.at(uri).filesystem()[1] for uri in config.runs]
+    lines = ray.data.read_text(paths, filesystem=filesystem, include_paths=True)
     names = {path: run_name(path) for path in paths}
     return lines.map_batches(
         _parse_run_lines, fn_kwargs={"names": names, "top_k": config.top_k}, batch_format="pyarrow"
@@ -181,11 +177,11 @@ def _parse_run_lines(batch: pa.Table, names: dict[str, str], top_k: int) -> pa.T
     )
 
 
-def read_corpus(source: CorpusSource, storage: StorageConfig) -> ray.data.Dataset:
-    """``corpus_id, text`` rows from a shardflow output, JSONL, TSV or parquet."""
+def _read_corpus(source: CorpusSource, where: Location) -> ray.data.Dataset:
+    """``corpus_id, text`` rows from a shardflow output, JSONL, TSV or parquet at ``where``."""
     kind = source.format
     if kind == "auto":
-        if exists(join(source.path, "manifest.json"), storage):
+        if where.join("manifest.json").exists():
             kind = "shardflow"
         elif source.path.endswith((".tsv", ".tsv.gz")):
             kind = "tsv"
@@ -193,11 +189,13 @@ def read_corpus(source: CorpusSource, storage: StorageConfig) -> ray.data.Datase
             kind = "parquet"
         else:
             kind = "jsonl"
-    fs, local = filesystem(source.path, storage)
-    arrow_fs = arrow_filesystem(fs)
+    arrow_fs, local = where.arrow_filesystem()
     if kind == "shardflow":
         data = ray.data.read_parquet(
-            join(local, "corpus"), filesystem=arrow_fs, columns=["doc_id", "text"], partitioning=None
+            where.join("corpus").arrow_filesystem()[1],
+            filesystem=arrow_fs,
+            columns=["doc_id", "text"],
+            partitioning=None,
         )
         id_field, text_field = "doc_id", "text"
     elif kind == "parquet":
@@ -233,23 +231,23 @@ def _corpus_columns(batch: pa.Table, id_field: str, text_field: str) -> pa.Table
     )
 
 
-def chunk_of(qid: str, chunks: int) -> int:
+def _chunk_of(qid: str, chunks: int) -> int:
     """The chunk of a query: stable across processes and runs (not Python's salted ``hash``)."""
     return xxhash.xxh64_intdigest(qid.encode()) % chunks
 
 
 def _tag_chunks(batch: pa.Table, chunks: int) -> pa.Table:
-    numbers = [chunk_of(qid, chunks) for qid in batch["qid"].to_pylist()]
+    numbers = [_chunk_of(qid, chunks) for qid in batch["qid"].to_pylist()]
     table = batch.select([name for name in batch.column_names if name != "corpus_id"])
     return table.append_column("chunk", pa.array(numbers, pa.int32()))
 
 
-def pair_counts(folder: str, storage: StorageConfig) -> dict[str, int]:
+def _pair_counts(folder: Location) -> dict[str, int]:
     """Pairs, and those whose docid the corpus lacks, from the written files' parquet footers (row counts and
     the text column's null counts): the driver reads no text."""
-    fs, local = filesystem(folder, storage)
     counts: dict[str, int] = {"pairs": 0, "missing_docids": 0}
-    for path in sorted(f for f in fs.find(local) if f.endswith(".parquet")):
+    for file in folder.files(".parquet"):
+        fs, path = file.filesystem()
         with fs.open(path, "rb") as handle:
             metadata = pq.ParquetFile(handle).metadata
         text = metadata.schema.names.index("text")
@@ -263,27 +261,21 @@ def pair_counts(folder: str, storage: StorageConfig) -> dict[str, int]:
 # ---------------------------------------------------------------- step 2: scores
 
 
-def chunk_folders(pairs: str, storage: StorageConfig) -> dict[int, str]:
-    fs, local = filesystem(pairs, storage)
-    found = {}
-    for path in fs.ls(local, detail=False) if fs.exists(local) else []:
-        name = posixpath.basename(path.rstrip("/"))
-        if name.startswith("chunk="):
-            found[int(name.split("=", 1)[1])] = to_uri(fs, path)
-    return found
+def _chunk_folders(pairs: Location) -> dict[int, Location]:
+    return {int(entry.name.split("=", 1)[1]): entry for entry in pairs.children() if entry.name.startswith("chunk=")}
 
 
-def result_uri(scores: str, chunk: int) -> str:
-    return join(scores, f"chunk-{chunk:05d}.parquet")
+def _result_file(scores: Location, chunk: int) -> Location:
+    return scores.join(f"chunk-{chunk:05d}.parquet")
 
 
 @ray.remote
 class ChunkScorer:
     """One model per actor; scores whole chunks and writes each chunk's result at once."""
 
-    def __init__(self, scorer: Any, queries: dict[str, str], storage: StorageConfig) -> None:
+    def __init__(self, scorer: ScorerConfig, queries: dict[str, str]) -> None:
         self.scorer = load_scorer(scorer)
-        self.queries, self.storage = queries, storage
+        self.queries = queries
 
     def placement(self) -> dict[str, Any]:
         """Where this actor runs: the GPU Ray pinned it to (``CUDA_VISIBLE_DEVICES``), or none."""
@@ -295,27 +287,24 @@ class ChunkScorer:
             "pid": os.getpid(),
         }
 
-    def score(self, folder: str, out: str) -> int:
-        fs, local = filesystem(folder, self.storage)
-        files = sorted(to_uri(fs, f) for f in fs.find(local) if f.endswith(".parquet"))
-        table = first_of_each_pair(pa.concat_tables([read_table(f, self.storage) for f in files]))
+    def score(self, folder: Location, out: Location) -> int:
+        table = _first_of_each_pair(pa.concat_tables([file.read_table() for file in folder.files(".parquet")]))
         texts = table["text"].to_pylist()
         query_texts = [self.queries.get(qid) for qid in table["qid"].to_pylist()]
         scorable = np.array([t is not None and q is not None for t, q in zip(texts, query_texts, strict=True)])
         scores = np.full(table.num_rows, np.nan, dtype=np.float64)
         if scorable.any():
             rows = np.flatnonzero(scorable)
-            arguments = [[query_texts[i] for i in rows], [texts[i] for i in rows]]
-            if getattr(self.scorer, "listwise", False):  # rows of one (run, qid) are contiguous, by input rank
-                keys = zip(table["run"].to_pylist(), table["qid"].to_pylist(), strict=True)
-                arguments.append(np.array([f"{run}\t{qid}" for run, qid in keys], dtype=object)[rows])
-            scores[rows] = self.scorer.score(*arguments)
+            keys = zip(table["run"].to_pylist(), table["qid"].to_pylist(), strict=True)  # a list: contiguous rows
+            lists = np.array([f"{run}\t{qid}" for run, qid in keys], dtype=object)[rows]
+            pairs = Pairs([query_texts[i] for i in rows], [texts[i] for i in rows], lists)
+            scores[rows] = self.scorer.score(pairs)
         result = table.select(["run", "qid", "docid", "rank"]).append_column("rerank_score", pa.array(scores))
-        write_table(result, out, self.storage)
+        out.write_table(result)
         return table.num_rows
 
 
-def first_of_each_pair(table: pa.Table) -> pa.Table:
+def _first_of_each_pair(table: pa.Table) -> pa.Table:
     """Rows sorted by run, query and rank, one per (run, qid, docid): a docid a run lists twice for a query, or
     one the corpus holds twice, is scored once, at its best rank."""
     table = table.sort_by([("run", "ascending"), ("qid", "ascending"), ("docid", "ascending"), ("rank", "ascending")])
@@ -327,13 +316,13 @@ def first_of_each_pair(table: pa.Table) -> pa.Table:
     return table.sort_by([("run", "ascending"), ("qid", "ascending"), ("rank", "ascending"), ("docid", "ascending")])
 
 
-def score_chunks(
-    config: RerankConfig, queries: dict[str, str], pairs: str, scores: str, progress: bool
+def _score_chunks(
+    config: RerankConfig, queries: dict[str, str], pairs: Location, scores: Location, progress: bool
 ) -> dict[str, Any]:
     """Score every chunk without a result yet on a fixed pool of scorer actors; returns how many it scored
     and where the actors ran."""
-    todo = [(chunk, folder) for chunk, folder in sorted(chunk_folders(pairs, config.storage).items())]
-    todo = [(chunk, folder) for chunk, folder in todo if not exists(result_uri(scores, chunk), config.storage)]
+    todo = [(chunk, folder) for chunk, folder in sorted(_chunk_folders(pairs).items())]
+    todo = [(chunk, folder) for chunk, folder in todo if not _result_file(scores, chunk).exists()]
     if not todo:
         return {"chunks": 0, "actors": []}
     resources = on_cluster("resources", config.resources, ray.cluster_resources().get("GPU", 0.0))
@@ -355,12 +344,12 @@ def score_chunks(
         max_task_retries=-1,  # bounded by the restarts: a call is lost only with an actor that stays dead
     )
     queries_ref = ray.put(queries)
-    actors = [actor.remote(config.scorer, queries_ref, config.storage) for _ in range(size)]
+    actors = [actor.remote(config.scorer, queries_ref) for _ in range(size)]
     placements = ray.get([a.placement.remote() for a in actors])
     pool = ray.util.ActorPool(actors)
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"scoring {len(todo)} chunks on {size} actor(s)", total=len(todo))
-        for _ in pool.map_unordered(lambda a, item: a.score.remote(item[1], result_uri(scores, item[0])), todo):
+        for _ in pool.map_unordered(lambda a, item: a.score.remote(item[1], _result_file(scores, item[0])), todo):
             bar.advance(task)
     return {"chunks": len(todo), "actors": placements}
 
@@ -368,11 +357,10 @@ def score_chunks(
 # ---------------------------------------------------------------- step 3: runs and metrics
 
 
-def reranked_rows(config: RerankConfig, name: str, scores: str) -> Iterator[tuple[str, list[str], list[float]]]:
+def _reranked_rows(name: str, scores: Location) -> Iterator[tuple[str, list[str], list[float]]]:
     """Per query of run ``name``, chunk by chunk: docids and scores, best first, unscorable pairs last."""
-    fs, local = filesystem(scores, config.storage)
-    for path in sorted(f for f in fs.find(local) if f.endswith(".parquet")):
-        table = read_table(to_uri(fs, path), config.storage)
+    for file in scores.files(".parquet"):
+        table = file.read_table()
         table = table.filter(pc.equal(table["run"], name))
         if not table.num_rows:
             continue
@@ -396,48 +384,45 @@ def _finite_scores(values: np.ndarray) -> list[float]:
     return out.tolist()
 
 
-def write_run(config: RerankConfig, uri: str, scores: str) -> dict[str, Any]:
+def _write_run(config: RerankConfig, uri: str, scores: Location) -> dict[str, Any]:
     name = run_name(uri)
-    out = join(config.output.path, f"{name}.run")
-    fs, path = filesystem(out, config.storage)
+    out = config.at(config.output.path).join(f"{name}.run")
     lines = 0
 
     def write(handle: Any) -> None:
         nonlocal lines
-        for qid, docids, values in reranked_rows(config, name, scores):
+        for qid, docids, values in _reranked_rows(name, scores):
             chunk = run_lines(qid, docids, values, f"shardflow-{config.scorer.kind}")
             handle.write("".join(chunk).encode())
             lines += len(chunk)
 
-    write_atomic(fs, path, write)
-    facts: dict[str, Any] = {"path": out, "lines": lines}
+    out.write_atomic(write)
+    facts: dict[str, Any] = {"path": out.uri, "lines": lines}
     if config.qrels:
-        facts["metrics"] = metrics(config, uri, out)
-        put_bytes(
-            join(config.output.path, f"{name}.metrics.json"),
-            json.dumps(facts["metrics"], indent=2).encode(),
-            config.storage,
+        facts["metrics"] = metrics(config, config.at(uri), out)
+        config.at(config.output.path).join(f"{name}.metrics.json").put_bytes(
+            json.dumps(facts["metrics"], indent=2).encode()
         )
     return facts
 
 
-def metrics(config: RerankConfig, before: str, after: str) -> dict[str, dict[str, float]]:
+def metrics(config: RerankConfig, before: Location, after: Location) -> dict[str, dict[str, float]]:
     """nDCG@10, RR@10, R@100 (ir-measures) of the input run's top_k and of the reranked run."""
     import ir_measures
 
     measures = [ir_measures.parse_measure(name) for name in MEASURES]
-    qrels = list(read_qrels(config.qrels, config.storage))
+    qrels = list(_read_qrels(config.at(config.qrels)))
     found = {}
-    for label, uri, top_k in (("before", before, config.top_k), ("after", after, None)):
-        values = ir_measures.calc_aggregate(measures, qrels, read_scored(uri, config.storage, top_k))
+    for label, run, top_k in (("before", before, config.top_k), ("after", after, None)):
+        values = ir_measures.calc_aggregate(measures, qrels, _read_scored(run, top_k))
         found[label] = {str(measure): round(float(values[measure]), 6) for measure in measures}
     return found
 
 
-def read_scored(uri: str, storage: StorageConfig, top_k: int | None) -> Iterator[Any]:
+def _read_scored(run: Location, top_k: int | None) -> Iterator[Any]:
     from ir_measures import ScoredDoc
 
-    fs, path = filesystem(uri, storage)
+    fs, path = run.filesystem()
     with fs.open(path, "rt", compression="infer") as handle:
         for line in handle:
             fields = line.split()
@@ -445,10 +430,11 @@ def read_scored(uri: str, storage: StorageConfig, top_k: int | None) -> Iterator
                 yield ScoredDoc(fields[0], fields[2], float(fields[4]))
 
 
-def read_qrels(uri: str, storage: StorageConfig) -> Iterator[Any]:
+def _read_qrels(qrels: Location) -> Iterator[Any]:
     from ir_measures import Qrel
 
-    fs, path = filesystem(uri, storage)
+    uri = qrels.uri
+    fs, path = qrels.filesystem()
     with fs.open(path, "rt", compression="infer") as handle:
         for number, line in enumerate(handle, 1):
             fields = line.split()

@@ -15,8 +15,11 @@ from rich.progress import Progress
 from shardflow.errors import InputError
 from shardflow.operators.embed import EmbedConfig, TextEncoder
 from shardflow.operators.index import CARD_FILE, DenseIndex, read_index_card
-from shardflow.storage import StorageConfig, exists, filesystem, join, write_atomic
+from shardflow.pipelines.refresh import current_version
+from shardflow.storage import Location, StorageConfig
 from shardflow.trec import read_queries, run_lines
+
+__all__ = ["SearchRequest", "search"]
 
 QUERY_BATCH = 256
 
@@ -32,35 +35,33 @@ class SearchRequest:
     tag: str = "shardflow"
 
 
-def index_folder(path: str, storage: StorageConfig) -> str:
+def index_folder(path: Location) -> Location:
     """``path`` itself, the ``index/`` of the corpus output it names, or the current version's index of the
     refreshed corpus it names."""
-    from shardflow.pipelines.refresh import current_version
-
-    if exists(join(path, CARD_FILE), storage):
+    if path.join(CARD_FILE).exists():
         return path
-    if exists(join(path, "index", CARD_FILE), storage):
-        return join(path, "index")
-    record = current_version(path, storage)
+    if path.join("index", CARD_FILE).exists():
+        return path.join("index")
+    record = current_version(path)
     if record is not None and record.get("index"):
-        return join(path, record["index"]["path"])
+        return path.join(record["index"]["path"])
     return path
 
 
 def search(request: SearchRequest, storage: StorageConfig, progress: bool = True) -> dict[str, object]:
     """Write the run; returns what was searched (queries, k, the index's factory and size)."""
-    folder = index_folder(request.index, storage)
-    card = read_index_card(folder, storage)
+    folder = index_folder(Location(request.index, storage))
+    card = read_index_card(folder)
     if not card.get("vectors"):
         raise InputError(f"{folder}: the index is empty (the corpus kept no documents)")
     if card.get("encoder") is None:
         raise InputError(f"{folder}/{CARD_FILE}: records no encoder; it was not built by a corpus run")
-    queries = read_queries(request.queries, storage)
+    queries = read_queries(Location(request.queries, storage))
     encoder_config = EmbedConfig(**card["encoder"])
     if request.model:
         encoder_config = encoder_config.model_copy(update={"model": request.model})
     encoder = TextEncoder(encoder_config)
-    index = DenseIndex(folder, storage, request.nprobe or int(card["nprobe"]))
+    index = DenseIndex(folder, request.nprobe or int(card["nprobe"]))
     lines: list[str] = []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("searching", total=len(queries))
@@ -71,6 +72,11 @@ def search(request: SearchRequest, storage: StorageConfig, progress: bool = True
             for (qid, _), row_ids, row_scores in zip(batch, docids, scores, strict=True):
                 lines.extend(run_lines(qid, row_ids, row_scores[: len(row_ids)], request.tag))
             bar.advance(task, len(batch))
-    fs, path = filesystem(request.out, storage)
-    write_atomic(fs, path, lambda handle: handle.write("".join(lines).encode()))
-    return {"queries": len(queries), "k": request.k, "lines": len(lines), "factory": card["factory"], "index": folder}
+    Location(request.out, storage).write_atomic(lambda handle: handle.write("".join(lines).encode()))
+    return {
+        "queries": len(queries),
+        "k": request.k,
+        "lines": len(lines),
+        "factory": card["factory"],
+        "index": folder.uri,
+    }

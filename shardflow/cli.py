@@ -21,9 +21,10 @@ from rich.console import Console
 from rich.table import Table
 
 from shardflow import __version__
-from shardflow.cluster.submit import COMMANDS
 from shardflow.errors import ShardflowError
+from shardflow.pipelines.jobs import JOBS
 from shardflow.report import write_report
+from shardflow.storage import Location, StorageConfig
 
 TOP_LANGUAGES = 15
 
@@ -51,9 +52,9 @@ def parser() -> argparse.ArgumentParser:
         "Running the same command again resumes an interrupted run and does nothing after a finished one.",
     )
     run.add_argument("config", help="YAML config (see configs/sample.yaml)")
-    add_overrides(run)
+    _add_overrides(run)
     run.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
-    run.set_defaults(handler=run_command)
+    run.set_defaults(handler=_run_command)
     refresh = commands.add_parser(
         "refresh",
         help="add the new shards to a published corpus and publish its next version",
@@ -62,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
         "new: nothing published. Run it again after a crash: it resumes.",
     )
     refresh.add_argument("config", help="YAML config (see configs/refresh.yaml)")
-    add_overrides(refresh)
+    _add_overrides(refresh)
     refresh.add_argument("--rebuild", action="store_true", help="publish a full rebuild over every input")
     refresh.add_argument(
         "--drop-missing",
@@ -70,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
         help="let a full rebuild leave out published shards that are no longer in the inputs (their documents)",
     )
     refresh.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
-    refresh.set_defaults(handler=refresh_command)
+    refresh.set_defaults(handler=_refresh_command)
     report = commands.add_parser(
         "report",
         help="write report.html and report.json for a finished output",
@@ -79,7 +80,7 @@ def parser() -> argparse.ArgumentParser:
     )
     report.add_argument("output", help="a finished output folder (local or s3://)")
     report.add_argument("--config", help="a run config whose storage: section reaches the output (for s3://)")
-    report.set_defaults(handler=report_command)
+    report.set_defaults(handler=_report_command)
     rerank = commands.add_parser(
         "rerank",
         help="rerank TREC run files with a model, as CONFIG says",
@@ -88,10 +89,10 @@ def parser() -> argparse.ArgumentParser:
         "same command again after a crash scores only what is missing.",
     )
     rerank.add_argument("config", help="YAML config (see configs/rerank.yaml)")
-    add_overrides(rerank)
-    rerank.add_argument("--top-k", type=positive, help="candidates per query to rerank (overrides top_k)")
+    _add_overrides(rerank)
+    rerank.add_argument("--top-k", type=_positive, help="candidates per query to rerank (overrides top_k)")
     rerank.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
-    rerank.set_defaults(handler=rerank_command)
+    rerank.set_defaults(handler=_rerank_command)
     submit = commands.add_parser(
         "submit",
         help="submit a run or rerank job to a Ray cluster (Jobs API, token auth)",
@@ -100,12 +101,12 @@ def parser() -> argparse.ArgumentParser:
         "the command line.",
     )
     submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
-    submit.add_argument("job_command", choices=COMMANDS, metavar="|".join(COMMANDS), help="what to run")
+    submit.add_argument("job_command", choices=list(JOBS), metavar="|".join(JOBS), help="what to run")
     submit.add_argument("config", help="YAML config, inside the working directory")
-    add_overrides(submit)
+    _add_overrides(submit)
     submit.add_argument("--working-dir", default=".", help="uploaded with the job (default: the current directory)")
     submit.add_argument("--follow", action="store_true", help="print the job's log until it ends; exit 1 if it fails")
-    submit.set_defaults(handler=submit_command)
+    submit.set_defaults(handler=_submit_command)
     jobs = commands.add_parser(
         "jobs",
         help="list, inspect, read the logs of, or stop jobs on a Ray cluster",
@@ -114,7 +115,7 @@ def parser() -> argparse.ArgumentParser:
     jobs.add_argument("action", choices=["list", "status", "logs", "stop"])
     jobs.add_argument("job", nargs="?", help="the job id (for status, logs, stop)")
     jobs.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
-    jobs.set_defaults(handler=jobs_command)
+    jobs.set_defaults(handler=_jobs_command)
     search = commands.add_parser(
         "search",
         help="search a corpus's dense index with queries; write a TREC run",
@@ -124,16 +125,16 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("index", help="an output's index/ folder, or the output folder itself (local or s3://)")
     search.add_argument("--queries", required=True, help="`qid<TAB>text` lines, or JSON lines with qid and text")
     search.add_argument("--out", required=True, help="where the run goes (local or s3://)")
-    search.add_argument("--k", type=positive, default=100, help="documents per query (default 100)")
-    search.add_argument("--nprobe", type=positive, help="inverted lists searched per query (default: the index's)")
+    search.add_argument("--k", type=_positive, default=100, help="documents per query (default 100)")
+    search.add_argument("--nprobe", type=_positive, help="inverted lists searched per query (default: the index's)")
     search.add_argument("--model", help="load the encoder from here instead (same model, another location)")
     search.add_argument("--tag", default="shardflow", help="the run's tag column (default shardflow)")
     search.add_argument("--config", help="a config whose storage: section reaches s3:// paths")
-    search.set_defaults(handler=search_command)
+    search.set_defaults(handler=_search_command)
     return root
 
 
-def add_overrides(command: argparse.ArgumentParser) -> None:
+def _add_overrides(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--set",
         dest="overrides",
@@ -144,14 +145,14 @@ def add_overrides(command: argparse.ArgumentParser) -> None:
     )
 
 
-def positive(text: str) -> int:
+def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
-def run_command(args: argparse.Namespace) -> int:
+def _run_command(args: argparse.Namespace) -> int:
     from shardflow.config import load_config
     from shardflow.pipelines.corpus import CorpusConfig, run_corpus
 
@@ -161,12 +162,12 @@ def run_command(args: argparse.Namespace) -> int:
     result = run_corpus(config)
     if result.already_done:
         console.print(f"[yellow]{config.output.path} is already complete for this config; nothing to do.[/]")
-    print_summary(console, result.manifest, config.output.path)
-    console.print(f"report: {write_report(config.output.path, config.storage)[0]}")
+    _print_summary(console, result.manifest, config.output.path)
+    console.print(f"report: {write_report(Location(config.output.path, config.storage))[0]}")
     return 0
 
 
-def refresh_command(args: argparse.Namespace) -> int:
+def _refresh_command(args: argparse.Namespace) -> int:
     from shardflow.config import load_config
     from shardflow.pipelines.refresh import RefreshConfig, refresh
 
@@ -189,32 +190,17 @@ def refresh_command(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     segment = f"{root.rstrip('/')}/{record['this_version']['segment']}"
-    print(f"  this version's report: {write_report(segment, config.storage)[0]}", file=sys.stderr)
+    print(f"  this version's report: {write_report(Location(segment, config.storage))[0]}", file=sys.stderr)
     return 0
 
 
-def report_command(args: argparse.Namespace) -> int:
-    html_uri, json_uri = write_report(args.output, storage_of(args.config))
+def _report_command(args: argparse.Namespace) -> int:
+    html_uri, json_uri = write_report(Location(args.output, _storage_of(args.config)))
     print(f"{html_uri}\n{json_uri}")
     return 0
 
 
-def config_model(command: str) -> Any:
-    """The config model of a job command."""
-    if command == "rerank":
-        from shardflow.pipelines.rerank import RerankConfig
-
-        return RerankConfig
-    if command == "refresh":
-        from shardflow.pipelines.refresh import RefreshConfig
-
-        return RefreshConfig
-    from shardflow.pipelines.corpus import CorpusConfig
-
-    return CorpusConfig
-
-
-def submit_command(args: argparse.Namespace) -> int:
+def _submit_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from shardflow.cluster.submit import submit
@@ -228,7 +214,7 @@ def submit_command(args: argparse.Namespace) -> int:
     return 0 if status in ("SUCCEEDED", "PENDING") else 1
 
 
-def jobs_command(args: argparse.Namespace) -> int:
+def _jobs_command(args: argparse.Namespace) -> int:
     import json
 
     from shardflow.cluster import submit
@@ -248,7 +234,7 @@ def jobs_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def rerank_command(args: argparse.Namespace) -> int:
+def _rerank_command(args: argparse.Namespace) -> int:
     from shardflow.config import load_config
     from shardflow.pipelines.rerank import RerankConfig, rerank
 
@@ -272,11 +258,11 @@ def rerank_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def search_command(args: argparse.Namespace) -> int:
+def _search_command(args: argparse.Namespace) -> int:
     from shardflow.pipelines.search import SearchRequest, search
 
     request = SearchRequest(args.index, args.queries, args.out, args.k, args.nprobe, args.model, args.tag)
-    done = search(request, storage_of(args.config))
+    done = search(request, _storage_of(args.config))
     print(
         f"{done['queries']:,} queries x top {done['k']} from {done['index']} ({done['factory']}): "
         f"{done['lines']:,} lines -> {args.out}",
@@ -285,16 +271,15 @@ def search_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def storage_of(config_path: str | None) -> Any:
+def _storage_of(config_path: str | None) -> StorageConfig:
     """The ``storage:`` section of a run config, or the default (AWS_* environment variables)."""
     from shardflow.config import load_config
     from shardflow.pipelines.corpus import CorpusConfig
-    from shardflow.storage import StorageConfig
 
     return load_config(config_path, CorpusConfig).storage if config_path else StorageConfig()
 
 
-def print_summary(console: Console, manifest: dict[str, Any], output: str) -> None:
+def _print_summary(console: Console, manifest: dict[str, Any], output: str) -> None:
     """Stages, languages and where the output is: what a person checks after a run."""
     stages = Table(title="Stages", title_justify="left")
     for column in ("stage", "in", "out", "dropped", "quarantined", "reasons"):

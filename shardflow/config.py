@@ -57,12 +57,12 @@ def validate(raw: dict[str, Any], model: type[Model]) -> Model:
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError("\n".join(format_error(e, raw) for e in err.errors())) from None
+        raise ConfigError("\n".join(_format_error(e, raw) for e in err.errors())) from None
 
 
-def format_error(error: dict[str, Any], raw: dict[str, Any]) -> str:
+def _format_error(error: dict[str, Any], raw: dict[str, Any]) -> str:
     """``config error: stages.0.min_score: Input should be a valid number (got 'abc')``."""
-    key = ".".join(str(part) for part in key_path(raw, error["loc"])) or "(top level)"
+    key = ".".join(str(part) for part in _key_path(raw, error["loc"])) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"config error: {key}: unknown key"
     if error["type"] == "union_tag_invalid":
@@ -77,7 +77,7 @@ def format_error(error: dict[str, Any], raw: dict[str, Any]) -> str:
     return f"config error: {key}: {error['msg']}{shown}"
 
 
-def key_path(raw: Any, loc: tuple[Any, ...]) -> list[Any]:
+def _key_path(raw: Any, loc: tuple[Any, ...]) -> list[Any]:
     """The error location as the user wrote it: pydantic adds the tag of a tagged union (``langid``)."""
     path, node = [], raw
     for part in loc:

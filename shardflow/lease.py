@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from shardflow.errors import OutputStateError
-from shardflow.storage import StorageConfig, filesystem, put_bytes, read_json
+from shardflow.storage import Location
 
 LEASE_SECONDS = 600.0  # a holder that stops renewing is presumed dead after this
 RENEW_SECONDS = 60.0
@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 class Lease:
     """A held lease; ``check()`` before publishing anything."""
 
-    def __init__(self, uri: str, storage: StorageConfig, what: str, seconds: float) -> None:
-        self.uri, self.storage, self.what, self.seconds = uri, storage, what, seconds
+    def __init__(self, where: Location, what: str, seconds: float) -> None:
+        self.where, self.what, self.seconds = where, what, seconds
         self.holder = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "what": what}
         self.expires = 0.0
         self.lost: str | None = None
@@ -46,16 +46,16 @@ class Lease:
         if self.lost is None and self.expires < time.time():
             self.lost = "it expired before it could be renewed"
         if self.lost is not None:
-            raise OutputStateError(f"{self.what}: stopped, the lease {self.uri} was lost ({self.lost}); run it again")
+            raise OutputStateError(f"{self.what}: stopped, the lease {self.where} was lost ({self.lost}); run it again")
 
     def renew(self) -> None:
         """Extend the lease, unless another writer has taken it meanwhile."""
-        held = read_json(self.uri, self.storage)
+        held = self.where.read_json()
         if held is not None and held.get("id") != self.holder["id"] and self.expires:
             self.lost = f"taken by host {held.get('host')}, pid {held.get('pid')}"
             return
         expires = time.time() + self.seconds
-        put_bytes(self.uri, orjson.dumps(self.holder | {"expires": expires}), self.storage)
+        self.where.put_bytes(orjson.dumps(self.holder | {"expires": expires}))
         self.expires = expires
 
     def keep_renewing(self, stop: threading.Event) -> None:
@@ -65,25 +65,25 @@ class Lease:
             try:
                 self.renew()
             except Exception as err:  # a storage hiccup must not end the renewals
-                log.warning("could not renew the lease %s (%s); retrying", self.uri, err)
+                log.warning("could not renew the lease %s (%s); retrying", self.where, err)
 
 
 @contextmanager
-def lease(uri: str, storage: StorageConfig, what: str, seconds: float = LEASE_SECONDS) -> Iterator[Lease]:
-    """Hold the lease at ``uri`` for the body; ``what`` names the work in messages."""
-    held = read_json(uri, storage)
-    if held is not None and alive(held):
+def lease(where: Location, what: str, seconds: float = LEASE_SECONDS) -> Iterator[Lease]:
+    """Hold the lease at ``where`` for the body; ``what`` names the work in messages."""
+    held = where.read_json()
+    if held is not None and _alive(held):
         raise OutputStateError(
             f"{what} is already running (host {held['host']}, pid {held['pid']}, since {held['since']}; "
-            f"lease {uri} expires {time.strftime('%H:%M:%S UTC', time.gmtime(held['expires']))}); "
+            f"lease {where} expires {time.strftime('%H:%M:%S UTC', time.gmtime(held['expires']))}); "
             "one at a time per output"
         )
-    mine = Lease(uri, storage, what, seconds)
+    mine = Lease(where, what, seconds)
     mine.holder["since"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     mine.renew()
     time.sleep(SETTLE_SECONDS)
-    if (read_json(uri, storage) or {}).get("id") != mine.holder["id"]:
-        raise OutputStateError(f"{what}: another writer took the lease {uri} at the same moment; try again")
+    if (where.read_json() or {}).get("id") != mine.holder["id"]:
+        raise OutputStateError(f"{what}: another writer took the lease {where} at the same moment; try again")
     stop = threading.Event()
     renewer = threading.Thread(target=mine.keep_renewing, args=(stop,), daemon=True)
     renewer.start()
@@ -92,12 +92,11 @@ def lease(uri: str, storage: StorageConfig, what: str, seconds: float = LEASE_SE
     finally:
         stop.set()
         renewer.join()
-        if (read_json(uri, storage) or {}).get("id") == mine.holder["id"]:
-            fs, path = filesystem(uri, storage)
-            fs.rm(path)
+        if (where.read_json() or {}).get("id") == mine.holder["id"]:
+            where.remove()
 
 
-def alive(held: dict[str, Any]) -> bool:
+def _alive(held: dict[str, Any]) -> bool:
     """Whether a lease still binds: not expired, and not held by a process of this host that has ended."""
     if held["expires"] < time.time():
         return False

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from shardflow.errors import InputError
-from shardflow.storage import StorageConfig, filesystem, join, put_bytes
+from shardflow.storage import Location
 
 TOP_LANGUAGES = 20
 DEDUP_STAGES = ("exact_dedup", "fuzzy_dedup")
@@ -19,7 +19,7 @@ PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b
 CHARTS = ("languages", "drop-reasons", "duplicates", "timing", "quarantine")
 
 
-def report_numbers(manifest: dict[str, Any]) -> dict[str, Any]:
+def _report_numbers(manifest: dict[str, Any]) -> dict[str, Any]:
     """Everything the charts show, per language and stage, derived from the manifest."""
     stage_names = [stage["name"] for stage in manifest["stages"][1:]]
     languages = {}
@@ -50,21 +50,19 @@ def report_numbers(manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_report(output: str, storage: StorageConfig) -> tuple[str, str]:
+def write_report(output: Location) -> tuple[str, str]:
     """Read ``OUTPUT/manifest.json``, write ``report.html`` and ``report.json`` beside it; return their URIs."""
-    fs, path = filesystem(join(output, "manifest.json"), storage)
-    try:
-        manifest = json.loads(fs.cat_file(path))
-    except FileNotFoundError:
-        raise InputError(f"{output} has no manifest.json: it is not a finished shardflow output") from None
-    numbers = report_numbers(manifest)
-    html_uri, json_uri = join(output, "report.html"), join(output, "report.json")
-    put_bytes(json_uri, json.dumps(numbers, indent=2).encode(), storage)
-    put_bytes(html_uri, render_html(numbers, output).encode(), storage)
-    return html_uri, json_uri
+    manifest = output.join("manifest.json").read_json()
+    if manifest is None:
+        raise InputError(f"{output} has no manifest.json: it is not a finished shardflow output")
+    numbers = _report_numbers(manifest)
+    html, data = output.join("report.html"), output.join("report.json")
+    data.put_bytes(json.dumps(numbers, indent=2).encode())
+    html.put_bytes(_render_html(numbers, output.uri).encode())
+    return html.uri, data.uri
 
 
-def render_html(numbers: dict[str, Any], output: str) -> str:
+def _render_html(numbers: dict[str, Any], output: str) -> str:
     counts = numbers["counts"]
     ranked = sorted(numbers["languages"].items(), key=lambda item: -item[1]["identified"])[:TOP_LANGUAGES]
     stage_names = [stage["name"] for stage in numbers["stages"][1:]]

@@ -1,5 +1,7 @@
-"""One place that turns a URI (local path, glob, ``s3://``) into an fsspec filesystem.
+"""Where data lives: a ``Location`` is a URI (local path, ``s3://``) bound to the settings of the store that
+holds it, and the one place that turns it into an fsspec filesystem.
 
+Functions take a location, never a URI and its credentials apart (datatrove's ``DataFolder`` does the same).
 Credentials come from the ``storage`` config section or, when it leaves them unset, from the usual AWS
 environment variables and files that s3fs/botocore read themselves. They are held as ``SecretStr`` so that
 they never show up in a repr, a log line or a manifest.
@@ -12,6 +14,7 @@ import os
 import posixpath
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,20 +69,140 @@ class StorageConfig(BaseModel):
         return options
 
 
-def protocol_of(uri: str) -> str:
+def _protocol_of(uri: str) -> str:
     """``s3`` for ``s3://bucket/key``, ``file`` for a plain path."""
     return uri.split("://", 1)[0] if "://" in uri else "file"
-
-
-def filesystem(uri: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem that serves ``uri`` and the path inside it."""
-    fs, path = url_to_fs(uri, **storage.options_for(protocol_of(uri)))
-    return fs, path
 
 
 def join(base: str, *parts: str) -> str:
     """Join URI parts with ``/`` whatever the protocol (``os.path.join`` would break ``s3://``)."""
     return posixpath.join(base.rstrip("/"), *parts)
+
+
+@dataclass(frozen=True)
+class Location:
+    """A URI and the settings that reach it: a file or a folder, local or in an object store."""
+
+    uri: str
+    storage: StorageConfig = StorageConfig()
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def join(self, *parts: str) -> Location:
+        return Location(join(self.uri, *parts), self.storage)
+
+    def at(self, uri: str) -> Location:
+        """Another URI reached with the same settings."""
+        return Location(uri, self.storage)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.uri.rstrip("/"))
+
+    def filesystem(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        """The filesystem that serves this location and the path inside it."""
+        return url_to_fs(self.uri, **self.storage.options_for(_protocol_of(self.uri)))
+
+    def exists(self) -> bool:
+        fs, path = self.filesystem()
+        return fs.exists(path)
+
+    def is_folder(self) -> bool:
+        fs, path = self.filesystem()
+        return fs.isdir(path)
+
+    def files(self, suffix: str = "") -> list[Location]:
+        """Every file below this folder whose name ends with ``suffix``, sorted; none when there is no folder
+        (an object store has no empty folders)."""
+        fs, path = self.filesystem()
+        found = fs.find(path) if fs.exists(path) else []
+        return [self.at(to_uri(fs, name)) for name in sorted(found) if name.endswith(suffix)]
+
+    def children(self) -> list[Location]:
+        """The entries directly inside this folder, sorted; none when there is none."""
+        fs, path = self.filesystem()
+        return [self.at(to_uri(fs, name)) for name in sorted(fs.ls(path, detail=False))] if fs.isdir(path) else []
+
+    def remove(self) -> None:
+        """Delete this file or folder (with everything in it), if it is there."""
+        fs, path = self.filesystem()
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+    def move_to(self, target: Location) -> None:
+        fs, path = self.filesystem()
+        _, destination = target.filesystem()
+        fs.makedirs(destination.rsplit("/", 1)[0], exist_ok=True)
+        fs.mv(path, destination)
+
+    def read_bytes(self) -> bytes:
+        fs, path = self.filesystem()
+        return fs.cat_file(path)
+
+    def read_json(self) -> Any:
+        """A small JSON file (marker, pointer, lease, plan), or None where there is none."""
+        try:
+            return orjson.loads(self.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def put_bytes(self, data: bytes) -> None:
+        """Write a small file (marker, stats, manifest) atomically."""
+        self.write_atomic(lambda handle: handle.write(data))
+
+    def write_atomic(self, write: Callable[[Any], Any]) -> None:
+        """Write through ``write(file)`` so that the file is never seen half-written.
+
+        Object stores publish an object only when its upload completes; a local file goes to a temporary
+        name first and is renamed.
+        """
+        fs, path = self.filesystem()
+        if not isinstance(fs, LocalFileSystem):
+            with fs.open(path, "wb") as handle:
+                write(handle)
+            return
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        temporary = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+        with fs.open(temporary, "wb") as handle:
+            write(handle)
+        fs.mv(temporary, path)
+
+    def read_table(self, columns: list[str] | None = None) -> pa.Table:
+        """The parquet file here, whole or some ``columns``."""
+        fs, path = self.filesystem()
+        with fs.open(path, "rb") as handle:
+            return pq.read_table(handle, columns=columns)
+
+    def parquet_rows(self) -> int:
+        """Rows of the parquet file here, from its footer."""
+        fs, path = self.filesystem()
+        with fs.open(path, "rb") as handle:
+            return pq.ParquetFile(handle).metadata.num_rows
+
+    def write_table(self, table: pa.Table, compression: str | None = "zstd") -> None:
+        """``table`` as a parquet file here, never seen half-written."""
+        options = _parquet_encodings(table.schema)
+        self.write_atomic(lambda handle: pq.write_table(table, handle, compression=compression, **options))
+
+    def arrow_filesystem(self) -> tuple[PyFileSystem, str]:
+        """This location for Ray Data's parquet reader and writer: pyarrow's filesystem and the path in it."""
+        fs, path = self.filesystem()
+        return PyFileSystem(_Handler(fs)), path
+
+    def local_copy(self) -> Path:
+        """A local path for this file: the path itself if local, else a cached copy (downloaded once,
+        atomically)."""
+        if _protocol_of(self.uri) == "file":
+            return Path(self.uri.removeprefix("file://"))
+        target = cache_dir() / "files" / xxhash.xxh64_hexdigest(self.uri.encode()) / self.name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs, path = self.filesystem()
+            partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+            fs.get_file(path, str(partial))
+            partial.replace(target)
+        return target
 
 
 def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -98,82 +221,12 @@ class _Handler(FSSpecHandler):
             super().delete_dir(path)
 
 
-def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> PyFileSystem:
-    """``fs`` for Ray Data's parquet reader and writer."""
-    return PyFileSystem(_Handler(fs))
-
-
 def cache_dir() -> Path:
     """Where remote model files are copied to: ``$SHARDFLOW_CACHE`` or ``~/.cache/shardflow``."""
     return Path(os.environ.get("SHARDFLOW_CACHE") or Path.home() / ".cache" / "shardflow")
 
 
-def local_copy(uri: str, storage: StorageConfig) -> Path:
-    """A local path for ``uri``: the path itself if local, else a cached copy (downloaded once, atomically)."""
-    if protocol_of(uri) == "file":
-        return Path(uri.removeprefix("file://"))
-    target = cache_dir() / "files" / xxhash.xxh64_hexdigest(uri.encode()) / posixpath.basename(uri)
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fs, path = filesystem(uri, storage)
-        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-        fs.get_file(path, str(partial))
-        partial.replace(target)
-    return target
-
-
-def exists(uri: str, storage: StorageConfig) -> bool:
-    fs, path = filesystem(uri, storage)
-    return fs.exists(path)
-
-
-def write_atomic(fs: fsspec.AbstractFileSystem, path: str, write: Callable[[Any], Any]) -> None:
-    """Write through ``write(file)`` so that ``path`` is never seen half-written.
-
-    Object stores publish an object only when its upload completes; a local file goes to a temporary
-    name first and is renamed.
-    """
-    if not isinstance(fs, LocalFileSystem):
-        with fs.open(path, "wb") as handle:
-            write(handle)
-        return
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    temporary = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    with fs.open(temporary, "wb") as handle:
-        write(handle)
-    fs.mv(temporary, path)
-
-
-def put_bytes(uri: str, data: bytes, storage: StorageConfig) -> None:
-    """Write a small file (marker, stats, manifest) atomically."""
-    fs, path = filesystem(uri, storage)
-    write_atomic(fs, path, lambda handle: handle.write(data))
-
-
-def read_json(uri: str, storage: StorageConfig) -> Any:
-    """A small JSON file (pointer, lease, plan), or None where there is none."""
-    fs, path = filesystem(uri, storage)
-    try:
-        return orjson.loads(fs.cat_file(path))
-    except FileNotFoundError:
-        return None
-
-
-def read_table(uri: str, storage: StorageConfig, columns: list[str] | None = None) -> pa.Table:
-    """A parquet file at ``uri`` (local or s3://), whole or some ``columns``."""
-    fs, path = filesystem(uri, storage)
-    with fs.open(path, "rb") as handle:
-        return pq.read_table(handle, columns=columns)
-
-
-def write_table(table: pa.Table, uri: str, storage: StorageConfig) -> None:
-    """``table`` as a zstd parquet file at ``uri``, never seen half-written."""
-    fs, path = filesystem(uri, storage)
-    options = parquet_encodings(table.schema)
-    write_atomic(fs, path, lambda handle: pq.write_table(table, handle, compression="zstd", **options))
-
-
-def parquet_encodings(schema: pa.Schema) -> dict[str, Any]:
+def _parquet_encodings(schema: pa.Schema) -> dict[str, Any]:
     """Float columns (embeddings: fixed-size lists of float16) without dictionary encoding, which never pays
     for them and makes reading a 384-float column 3.5x slower, and byte-stream-split, which groups the
     exponent bytes so that zstd finds something to compress."""

@@ -13,17 +13,17 @@ from collections.abc import Iterable
 import orjson
 
 from shardflow.errors import InputError
-from shardflow.storage import StorageConfig, filesystem
+from shardflow.storage import Location
 
 QID_KEYS = ("qid", "query_id", "_id", "id")
 TEXT_KEYS = ("text", "query")
 
 
-def read_queries(uri: str, storage: StorageConfig) -> list[tuple[str, str]]:
+def read_queries(where: Location) -> list[tuple[str, str]]:
     """``(qid, text)`` in file order; a repeated qid or an empty text is an error."""
-    fs, path = filesystem(uri, storage)
+    uri = where.uri
     try:
-        raw = fs.cat_file(path)
+        raw = where.read_bytes()
     except FileNotFoundError:
         raise InputError(f"queries file not found: {uri}") from None
     try:

@@ -189,11 +189,11 @@ def verdicts(output: str, manifest: dict[str, Any], storage: Any = None) -> dict
     import pyarrow.parquet as pq
 
     from shardflow.schema import split_source
-    from shardflow.storage import StorageConfig, filesystem, join
+    from shardflow.storage import Location, StorageConfig
 
     found = {}
     for entry in manifest["files"]:
-        fs, path = filesystem(join(output, entry["path"]), storage or StorageConfig())
+        fs, path = Location(output, storage or StorageConfig()).join(entry["path"]).filesystem()
         with fs.open(path, "rb") as handle:
             sources = pq.read_table(handle, columns=["source"])["source"]
         uris, lines = split_source(sources)

@@ -12,7 +12,7 @@ from shardflow.config import validate
 from shardflow.errors import InputError
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
 from shardflow.report import CHARTS, write_report
-from shardflow.storage import StorageConfig
+from shardflow.storage import Location
 from support import SAMPLE, write_shard
 
 
@@ -35,7 +35,7 @@ def finished_output(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def test_report_renders_every_chart_offline(finished_output: Path) -> None:
-    html_uri, json_uri = write_report(str(finished_output), StorageConfig())
+    html_uri, json_uri = write_report(Location(str(finished_output)))
     page = Path(html_uri).read_text()
     for chart in CHARTS:
         assert f'id="chart-{chart}"' in page
@@ -46,7 +46,7 @@ def test_report_renders_every_chart_offline(finished_output: Path) -> None:
 
 
 def test_report_numbers_equal_the_manifest(finished_output: Path) -> None:
-    _, json_uri = write_report(str(finished_output), StorageConfig())
+    _, json_uri = write_report(Location(str(finished_output)))
     numbers = json.loads(Path(json_uri).read_text())
     manifest = json.loads((finished_output / "manifest.json").read_text())
     assert numbers["counts"] == manifest["counts"] and numbers["stages"] == manifest["stages"]
@@ -56,10 +56,10 @@ def test_report_numbers_equal_the_manifest(finished_output: Path) -> None:
         assert mine["kept"] == counts["kept"] and mine["after"]["quality"] == counts["kept"]
         assert mine["identified"] == counts["kept"] + counts["dropped"]
     assert sum(n["identified"] for n in numbers["languages"].values()) == manifest["stages"][1]["in"]
-    assert set(numbers["timing"]) == {"read", "langid", "quality", "write"}
+    assert set(numbers["timing"]) == {"read", "duplicate_ids", "langid", "quality", "write"}  # the id pass's lookup too
     assert all(t["busy_seconds"] > 0 for t in numbers["timing"].values())
 
 
 def test_a_folder_without_manifest_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no manifest.json"):
-        write_report(str(tmp_path), StorageConfig())
+        write_report(Location(str(tmp_path)))

@@ -1,1 +1,1 @@
-"""Deduplication: exact (hash of normalised text) now; fuzzy (MinHash/LSH) to come."""
+"""Deduplication, as global stages: duplicate ids, exact (hash of normalised text), fuzzy (MinHash/LSH)."""

@@ -24,23 +24,35 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from shardflow.arrays import run_starts
 from shardflow.errors import ShardflowError
 from shardflow.operators.dedup.exchange import Pieces, concat, piece, scatter
 from shardflow.operators.dedup.minhash import mix
-from shardflow.operators.dedup.steps import run_starts, split, unique_pairs
-from shardflow.storage import StorageConfig
+from shardflow.operators.dedup.shuffle import split
+from shardflow.storage import Location
 
 EDGES_SCHEMA = pa.schema([("node", pa.int64()), ("root", pa.int64())])  # node > root
 DIRECTED_SCHEMA = pa.schema([("u", pa.int64()), ("v", pa.int64())])
 MAX_ROUNDS = 64
 
 
+def _unique_pairs(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ``(left, right)`` pairs, sorted."""
+    if not len(left):
+        return left, right
+    order = np.lexsort((right, left))
+    left, right = left[order], right[order]
+    keep = np.ones(len(left), dtype=bool)
+    keep[1:] = (left[1:] != left[:-1]) | (right[1:] != right[:-1])
+    return left[keep], right[keep]
+
+
 def edge_table(node: np.ndarray, root: np.ndarray) -> pa.Table:
-    node, root = unique_pairs(node, root)
+    node, root = _unique_pairs(node, root)
     return pa.table({"node": pa.array(node, pa.int64()), "root": pa.array(root, pa.int64())}, schema=EDGES_SCHEMA)
 
 
-def both_directions(edges: pa.Table) -> pa.Table:
+def _both_directions(edges: pa.Table) -> pa.Table:
     """Undirected ``(node, root)`` edges as directed ``(u, v)`` rows, one each way."""
     edges = edges.cast(EDGES_SCHEMA)
     node, root = edges["node"].to_numpy(), edges["root"].to_numpy()
@@ -62,20 +74,20 @@ def _neighbourhoods(directed: pa.Table, smaller_only: bool) -> tuple[np.ndarray,
     return u, v, m
 
 
-def large_star(directed: pa.Table) -> pa.Table:
+def _large_star(directed: pa.Table) -> pa.Table:
     u, v, m = _neighbourhoods(directed, smaller_only=False)
     larger = v > u
     return edge_table(v[larger], m[larger])
 
 
-def small_star(directed: pa.Table) -> pa.Table:
+def _small_star(directed: pa.Table) -> pa.Table:
     u, v, m = _neighbourhoods(directed, smaller_only=True)
     nodes, roots = np.concatenate((v, u)), np.concatenate((m, m))
     linked = nodes != roots
     return edge_table(nodes[linked], roots[linked])
 
 
-def checksum(edges: pa.Table) -> int:
+def _checksum(edges: pa.Table) -> int:
     """An order-independent digest of an edge list: equal sets give equal sums."""
     node, root = edges["node"].to_numpy().astype(np.uint64), edges["root"].to_numpy().astype(np.uint64)
     return int(mix(node * np.uint64(0x9E3779B97F4A7C15) ^ root).sum(dtype=np.uint64))
@@ -84,8 +96,8 @@ def checksum(edges: pa.Table) -> int:
 @ray.remote
 def _star(large: bool, partitions: int, *pieces: pa.Table) -> tuple[pa.Table | int, ...]:
     directed = concat(pieces, DIRECTED_SCHEMA)
-    edges = large_star(directed) if large else small_star(directed)
-    return (*split(both_directions(edges), "u", partitions), (edges.num_rows << 64) | checksum(edges))
+    edges = _large_star(directed) if large else _small_star(directed)
+    return (*split(_both_directions(edges), "u", partitions), (edges.num_rows << 64) | _checksum(edges))
 
 
 def _round(outputs: Pieces, large: bool, partitions: int) -> Pieces:
@@ -96,9 +108,9 @@ def _round(outputs: Pieces, large: bool, partitions: int) -> Pieces:
     ]
 
 
-def scatter_edges(edge_files: list[str], storage: StorageConfig, partitions: int) -> Pieces:
+def scatter_edges(edge_files: list[Location], partitions: int) -> Pieces:
     """The ``(node, root)`` parquet files as directed edges, in pieces by ``u``."""
-    return scatter(edge_files, storage, ["node", "root"], "u", partitions, transform=both_directions)
+    return scatter(edge_files, ["node", "root"], "u", partitions, transform=_both_directions)
 
 
 def connected_components(edges: Pieces, partitions: int) -> Pieces:

@@ -1,6 +1,6 @@
 """Exact dedup: one document per group of texts that are equal after normalisation, across all shards.
 
-Two steps. First, before the DAG, a global pass over every shard computes each document's key (xxh128 of
+A global stage. First, before the DAG, a pass over every shard computes each document's key (xxh128 of
 the text after Unicode NFKC, case folding and whitespace collapsing), shuffles by key with Ray Data
 (``by_partition``: nothing is collected on the driver) and keeps, per key, the earliest document in input
 order (shards by URI, then lines: the rule fuzzy dedup follows too). It writes every document's key as
@@ -14,42 +14,39 @@ every new document, so a new document whose text the old corpus holds is dropped
 its index holds this run's keys and lists the old index's folders as its earlier ``parts``.
 
 Because the first step sees every shard, a resumed run (which re-reads only unfinished shards) makes the
-same choices as an uninterrupted one. Keys are computed over all readable documents, before language ID:
-copies of one text get the same verdict from every row-local stage anyway.
+same choices as an uninterrupted one. Keys are computed over the input as read (``sees = "input"``), wherever
+the stage stands: copies of one text get the same verdict from every stage before it anyway.
 """
 
 from __future__ import annotations
 
 import unicodedata
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 import xxhash
 from pydantic import Field
 
+from shardflow.arrays import first_of_run, run_starts
 from shardflow.config import Resources, StrictModel
-from shardflow.operators.dedup.lookup import DUPLICATES_SCHEMA, DuplicateLookup
-from shardflow.operators.dedup.steps import (
-    INDEX_FILE,
-    by_partition,
+from shardflow.operators.base import GlobalStage, OperatorSpec, RunContext
+from shardflow.operators.dedup.index import (
     checked_index,
-    finished,
-    first_of_run,
     index_parts,
-    key_columns,
-    mark_finished,
-    node_ids,
     read_index_manifest,
-    read_step,
-    run_starts,
-    write_step,
+    write_index_manifest,
 )
-from shardflow.operators.readers import ReaderConfig, Shard, read_documents, shard_key
+from shardflow.operators.dedup.keys import key_columns, node_ids
+from shardflow.operators.dedup.lookup import DUPLICATES_SCHEMA, DuplicateLookup
+from shardflow.operators.dedup.shuffle import by_partition
 from shardflow.schema import DOC_ID, QUARANTINE_REASON, SOURCE, split_source
-from shardflow.storage import StorageConfig, join, put_bytes
+from shardflow.shards import shard_key
+from shardflow.steps import finished, mark_finished, read_step, write_step
+
+__all__ = ["ExactDedup", "ExactDedupConfig", "dedup_key", "normalise"]
 
 KEYS_SCHEMA = pa.schema(
     [
@@ -67,10 +64,9 @@ KEYS = "keys"  # the index's parquet folder
 
 
 class ExactDedupConfig(StrictModel):
-    """An ``exact_dedup`` stage. ``table`` is filled in by the pipeline (where step one wrote its result)."""
+    """An ``exact_dedup`` stage."""
 
     op: Literal["exact_dedup"] = "exact_dedup"
-    table: str | None = Field(None, exclude=True, description="Set by the pipeline; not a user setting.")
     index_from: str | None = Field(
         None, description="The exact_index/ of an earlier output: drop new documents whose text it holds (incremental)."
     )
@@ -88,7 +84,7 @@ def dedup_key(text: str) -> int:
     return xxhash.xxh128_intdigest(normalise(text).encode("utf-8"))
 
 
-def document_keys(batch: pa.Table, ordinals: dict[str, int]) -> pa.Table:
+def _document_keys(batch: pa.Table, ordinals: dict[str, int]) -> pa.Table:
     """``(key, key_low, doc_id, shard, line, node)`` for every document of the batch (quarantined rows have
     no text)."""
     docs = batch.filter(pc.is_null(batch[QUARANTINE_REASON]))
@@ -106,7 +102,7 @@ def document_keys(batch: pa.Table, ordinals: dict[str, int]) -> pa.Table:
     )
 
 
-def index_keys(batch: pa.Table) -> pa.Table:
+def _index_keys(batch: pa.Table) -> pa.Table:
     """An earlier output's kept keys as rows that sort before every new document of their key."""
     kept = batch.filter(pc.is_null(batch["dup_cluster"]))
     return pa.table(
@@ -122,7 +118,7 @@ def index_keys(batch: pa.Table) -> pa.Table:
     )
 
 
-def resolve_partition(rows: pa.Table) -> pa.Table:
+def _resolve_partition(rows: pa.Table) -> pa.Table:
     """Every new document of the partition with its key; ``dup_cluster`` = the id of its group's earliest
     document (an indexed one first) on all members but that one."""
     rows = rows.sort_by([(c, "ascending") for c in ("key", "key_low", "node")])
@@ -143,67 +139,65 @@ def resolve_partition(rows: pa.Table) -> pa.Table:
     )
 
 
-def duplicates_only(keys: pa.Table) -> pa.Table:
+def _duplicates_only(keys: pa.Table) -> pa.Table:
     return keys.filter(pc.is_valid(keys["dup_cluster"])).select(DUPLICATES_SCHEMA.names)
 
 
-def ensure_duplicate_table(
-    table: str,
-    index: str,
-    shards: list[Shard],
-    reader: ReaderConfig,
-    storage: StorageConfig,
-    partitions: int,
-    index_from: str | None = None,
-) -> None:
-    """Run step one unless an earlier attempt finished it for exactly these inputs: every key into the
-    run's exact index (``index``, with ``index.json``), then the duplicates among them into ``table``."""
-    inputs = {"shards": [[shard.uri, shard.version] for shard in shards], "index_from": index_from}
-    if not finished(index, inputs, storage):
-        ensure_index(index, shards, reader, storage, partitions, index_from)
-        mark_finished(index, inputs, storage)
-    if not finished(table, inputs, storage):
-        keys = read_step(join(index, KEYS), storage, TABLE_SCHEMA)
-        duplicates = keys.map_batches(duplicates_only, batch_format="pyarrow")
-        write_step(duplicates, table, storage, partition_cols=["shard"])
-        mark_finished(table, inputs, storage)
-
-
-def ensure_index(
-    index: str,
-    shards: list[Shard],
-    reader: ReaderConfig,
-    storage: StorageConfig,
-    partitions: int,
-    index_from: str | None,
-) -> None:
-    """Every document's key, and its group's kept id on duplicates, after the kept keys of ``index_from``'s
-    parts (which it lists as its own earlier parts: nothing is copied)."""
-    ordinals = {shard.uri: position for position, shard in enumerate(shards)}
-    keys = read_documents(shards, reader, storage).map_batches(
-        document_keys, batch_format="pyarrow", fn_kwargs={"ordinals": ordinals}
-    )
-    old = read_index_manifest(index_from, storage) if index_from else {"shards": []}
-    old_parts = index_parts(index_from, old) if index_from else []
-    if old_parts:
-        stored = read_step([join(part, KEYS) for part in old_parts], storage, TABLE_SCHEMA)
-        keys = keys.union(stored.map_batches(index_keys, batch_format="pyarrow"))
-    write_step(by_partition(keys, "key", resolve_partition, partitions), join(index, KEYS), storage)
-    shards_now = [{"uri": shard.uri, "version": shard.version} for shard in shards]
-    manifest = {"format": INDEX_FORMAT, "shards": old["shards"] + shards_now, "parts": [*old_parts, "."]}
-    put_bytes(join(index, INDEX_FILE), orjson.dumps(manifest), storage)
-
-
-def check_index(config: ExactDedupConfig, storage: StorageConfig, key: str, shards: list[Shard]) -> None:
-    """An ``index_from`` must be an exact index that does not cover the new shards."""
-    if config.index_from is not None:
-        checked_index(config.index_from, storage, key, "exact", shards)
-
-
-class ExactDedup(DuplicateLookup):
-    """Drops all but one copy of each text (the table says which)."""
+class ExactDedup(GlobalStage):
+    """Drops all but one copy of each text (the earliest in input order, or the one an earlier run kept)."""
 
     name = "exact_dedup"
+    sees = "input"
+    index = "exact_index"
 
-    def __init__(self, config: ExactDedupConfig, storage: StorageConfig) -> None:
-        super().__init__(config.table, storage)
+    def __init__(self, config: ExactDedupConfig, run: RunContext, key: str) -> None:
+        super().__init__(config, run, key)
+        self.table = self.folder
+        self.keys_index = run.staging.join(self.index)
+        self.index_from = run.staging.at(config.index_from) if config.index_from else None
+        self.inputs = {"shards": [[shard.uri, shard.version] for shard in run.shards], "index_from": config.index_from}
+
+    def check(self) -> None:
+        """An ``index_from`` must be an exact index that does not cover the new shards."""
+        if self.index_from is not None:
+            checked_index(self.index_from, self.key, "exact", self.run.shards)
+
+    def prepare(self, documents: ray.data.Dataset) -> None:
+        """Step one unless an earlier attempt finished it for exactly these inputs: every key into the run's
+        exact index (with ``index.json``), then the duplicates among them into the stage's table."""
+        if not finished(self.keys_index, self.inputs):
+            self._index(documents)
+            mark_finished(self.keys_index, self.inputs)
+        if not finished(self.table, self.inputs):
+            keys = read_step(self.keys_index.join(KEYS), TABLE_SCHEMA)
+            duplicates = keys.map_batches(_duplicates_only, batch_format="pyarrow")
+            write_step(duplicates, self.table, partition_cols=["shard"])
+            mark_finished(self.table, self.inputs)
+
+    def _index(self, documents: ray.data.Dataset) -> None:
+        """Every document's key, and its group's kept id on duplicates, after the kept keys of ``index_from``'s
+        parts (which it lists as its own earlier parts: nothing is copied)."""
+        keys = documents.map_batches(
+            _document_keys, batch_format="pyarrow", fn_kwargs={"ordinals": self.run.ordinals()}
+        )
+        old = read_index_manifest(self.index_from) if self.index_from else {"shards": []}
+        old_parts = index_parts(self.index_from, old) if self.index_from else []
+        if old_parts:
+            stored = read_step([part.join(KEYS) for part in old_parts], TABLE_SCHEMA)
+            keys = keys.union(stored.map_batches(_index_keys, batch_format="pyarrow"))
+        resolved = by_partition(keys, "key", _resolve_partition, self.config.partitions)
+        write_step(resolved, self.keys_index.join(KEYS))
+        shards_now = [{"uri": shard.uri, "version": shard.version} for shard in self.run.shards]
+        manifest = {
+            "format": INDEX_FORMAT,
+            "shards": old["shards"] + shards_now,
+            "parts": [*(part.uri for part in old_parts), "."],
+        }
+        write_index_manifest(self.keys_index, manifest)
+
+    def operator(self) -> OperatorSpec:
+        arguments = {"name": self.name, "table": self.table}
+        return OperatorSpec(f"{self.run.attempt}:{self.key}", DuplicateLookup, arguments, None, lookup=True)
+
+    def facts(self) -> dict[str, Any]:
+        return {self.index: {"path": self.index, "files": self.run.output.artifact_files(self.index)}}

@@ -15,22 +15,21 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from shardflow.operators.dedup.steps import split
-from shardflow.storage import StorageConfig, read_table
+from shardflow.operators.dedup.shuffle import split
+from shardflow.storage import Location
 
 Pieces = list[list[ray.ObjectRef]]  # [source][partition]
 
 
 @ray.remote
 def _scatter_files(
-    files: list[str],
-    storage: StorageConfig,
+    files: list[Location],
     columns: list[str],
     key: str,
     partitions: int,
     transform: Callable[[pa.Table], pa.Table] | None,
 ) -> tuple[pa.Table, ...]:
-    tables = [read_table(uri, storage, columns) for uri in files]
+    tables = [file.read_table(columns) for file in files]
     table = pa.concat_tables(tables) if tables else None
     if table is not None and transform is not None:
         table = transform(table)
@@ -40,17 +39,16 @@ def _scatter_files(
 
 
 def scatter(
-    files: list[str],
-    storage: StorageConfig,
+    files: list[Location],
     columns: list[str],
     key: str,
     partitions: int,
     transform: Callable[[pa.Table], pa.Table] | None = None,
 ) -> Pieces:
-    """Read ``files`` (parquet URIs) in ``partitions`` tasks and cut each task's rows by ``key``."""
+    """Read ``files`` (parquet) in ``partitions`` tasks and cut each task's rows by ``key``."""
     chunks = [files[i::partitions] for i in range(partitions)]
     return [
-        _scatter_files.options(num_returns=partitions).remote(chunk, storage, columns, key, partitions, transform)
+        _scatter_files.options(num_returns=partitions).remote(chunk, columns, key, partitions, transform)
         for chunk in chunks
     ]
 

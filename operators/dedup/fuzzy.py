@@ -1,11 +1,11 @@
 """Fuzzy dedup: one document per group of near-duplicates, across all shards, restartable and incremental.
 
-A global plan of steps runs before the streaming DAG, each writing parquet and a finished marker under
-``OUTPUT/_staging/<fingerprint>/fuzzy_dedup/`` (a failed run restarts from the last finished step):
+A global stage: a plan of steps runs before the streaming DAG, each writing parquet and a finished marker
+under ``OUTPUT/_staging/<fingerprint>/fuzzy_dedup/`` (a failed run restarts from the last finished step):
 
-1. ``signatures``: every shard is read through the stages configured before this one (so documents that
-   language ID or exact dedup drop take no part), and each document in play gets its MinHash band keys
-   (``minhash.py``) and a node id: ``shard ordinal << 32 | line``, which orders documents by input.
+1. ``signatures``: every document as the stages before this one leave it (``sees = "upstream"``: documents
+   that language ID or exact dedup drop take no part) gets its MinHash band keys (``minhash.py``) and a node
+   id: ``shard ordinal << 32 | line``, which orders documents by input.
 2. ``edges``: LSH. Band keys are shuffled by key with Ray Data; inside a bucket every member is linked to
    the bucket's smallest node (star edges, not all pairs).
 3. ``verified`` (only with ``verify_threshold``): each candidate pair's true Jaccard similarity, from the
@@ -27,19 +27,19 @@ The run's output index holds this run's buckets and lists the old index's folder
 from __future__ import annotations
 
 import time
-from functools import partial
+from functools import cached_property, partial
 from typing import Any, Literal
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 from pydantic import Field
 
+from shardflow.arrays import first_of_run, run_starts
 from shardflow.config import Resources
 from shardflow.errors import ConfigError
-from shardflow.operators.base import in_play
+from shardflow.operators.base import GlobalStage, OperatorSpec, RunContext, in_play
 from shardflow.operators.dedup.components import (
     DIRECTED_SCHEMA,
     EDGES_SCHEMA,
@@ -48,30 +48,17 @@ from shardflow.operators.dedup.components import (
     scatter_edges,
 )
 from shardflow.operators.dedup.exchange import Pieces, concat, lookup, piece, scatter
+from shardflow.operators.dedup.index import checked_index, index_parts, read_index_manifest, write_index_manifest
+from shardflow.operators.dedup.keys import LINE_BITS, node_ids
 from shardflow.operators.dedup.lookup import DUPLICATES_SCHEMA, DuplicateLookup
 from shardflow.operators.dedup.minhash import MinHasher, MinHashParams, shingle, unspaced
-from shardflow.operators.dedup.steps import (
-    DONE,
-    INDEX_FILE,
-    LINE_BITS,
-    by_partition,
-    checked_index,
-    finished,
-    first_of_run,
-    index_parts,
-    mark_finished,
-    node_ids,
-    read_index_manifest,
-    read_step,
-    run_starts,
-    split,
-    step_facts,
-    step_files,
-    write_step,
-)
-from shardflow.operators.readers import Shard, shard_key
+from shardflow.operators.dedup.shuffle import by_partition, split
 from shardflow.schema import DOC_ID, LANG, SOURCE, TEXT
-from shardflow.storage import StorageConfig, exists, filesystem, join, put_bytes, write_table
+from shardflow.shards import shard_key
+from shardflow.steps import DONE, finished, mark_finished, read_step, step_facts, step_files, write_step
+from shardflow.storage import Location
+
+__all__ = ["FuzzyDedup", "FuzzyDedupConfig"]
 
 INDEX_FORMAT = "shardflow-dedup-index/1"
 SIGN_BATCH_ROWS = 4096  # documents hashed at once: numpy's fixed costs are small, its arrays stay in cache
@@ -83,7 +70,7 @@ ATTACHED_SCHEMA = pa.schema([*EDGES_SCHEMA, ("node_shingles", pa.large_list(pa.u
 DUPLICATES = "duplicates"  # the plan's result, the folder the lookup operator reads
 
 
-def signature_schema(bands: int, shingles: bool = False) -> pa.Schema:
+def _signature_schema(bands: int, shingles: bool = False) -> pa.Schema:
     """What the signature step writes: node, doc id, one key per band (and the shingle set, to verify)."""
     fields = [("node", pa.int64()), (DOC_ID, pa.string()), ("keys", pa.list_(pa.uint64(), bands))]
     return pa.schema(fields + [("shingles", pa.large_list(pa.uint64()))] if shingles else fields)
@@ -100,7 +87,6 @@ class FuzzyDedupConfig(MinHashParams):
         None, description="The dedup_index/ of an earlier output: dedup new documents against it (incremental)."
     )
     partitions: int = Field(8, ge=2, description="Pieces of each shuffle; more for bigger corpora.")
-    workdir: str | None = Field(None, exclude=True, description="Set by the pipeline; not a user setting.")
     resources: Resources = Resources()
 
     @property
@@ -108,14 +94,14 @@ class FuzzyDedupConfig(MinHashParams):
         return MinHashParams(**{name: getattr(self, name) for name in MinHashParams.model_fields})
 
 
-def document_langs(docs: pa.Table) -> list[str | None]:
+def _document_langs(docs: pa.Table) -> list[str | None]:
     """The label that picks word or character shingles: ``lang`` from language ID, else the source's own."""
     if LANG in docs.column_names:
         return docs[LANG].to_pylist()
     return pc.list_element(pc.fill_null(docs["source_lang"], pa.scalar([None], pa.list_(pa.string()))), 0).to_pylist()
 
 
-def sign(batch: pa.Table, params: MinHashParams, ordinals: dict[str, int], keep_shingles: bool) -> pa.Table:
+def _sign(batch: pa.Table, params: MinHashParams, ordinals: dict[str, int], keep_shingles: bool) -> pa.Table:
     """``(node, doc_id, keys[, shingles])`` for the batch's documents in play that have any shingle.
 
     Works through the batch in slices: Ray hands a fused read task's output over in blocks of up to
@@ -131,7 +117,7 @@ def sign(batch: pa.Table, params: MinHashParams, ordinals: dict[str, int], keep_
 
 def _sign_slice(docs: pa.Table, hasher: MinHasher, ordinals: dict[str, int], keep_shingles: bool) -> pa.Table:
     params = hasher.params
-    shingles = shingle(docs[TEXT].combine_chunks(), unspaced(document_langs(docs)), params)
+    shingles = shingle(docs[TEXT].combine_chunks(), unspaced(_document_langs(docs)), params)
     signatures, has = hasher.signatures(shingles, docs.num_rows)
     keys = hasher.band_keys(signatures)
     columns: dict[str, Any] = {
@@ -140,11 +126,11 @@ def _sign_slice(docs: pa.Table, hasher: MinHasher, ordinals: dict[str, int], kee
         "keys": pa.FixedSizeListArray.from_arrays(pa.array(keys.ravel(), pa.uint64()), params.bands),
     }
     if keep_shingles:
-        columns["shingles"] = shingle_sets(shingles.hashes, shingles.owner, docs.num_rows)
+        columns["shingles"] = _shingle_sets(shingles.hashes, shingles.owner, docs.num_rows)
     return pa.table(columns).filter(pa.array(has))
 
 
-def shingle_sets(hashes: np.ndarray, owner: np.ndarray, num_docs: int) -> pa.Array:
+def _shingle_sets(hashes: np.ndarray, owner: np.ndarray, num_docs: int) -> pa.Array:
     """Each document's distinct shingle hashes, sorted, as a list column."""
     order = np.lexsort((hashes, owner))
     hashes, owner = hashes[order], owner[order]
@@ -154,14 +140,14 @@ def shingle_sets(hashes: np.ndarray, owner: np.ndarray, num_docs: int) -> pa.Arr
     return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(hashes, pa.uint64()))
 
 
-def key_rows(batch: pa.Table) -> pa.Table:
+def _key_rows(batch: pa.Table) -> pa.Table:
     """One ``(key, node)`` row per band of each document."""
     keys = batch["keys"].combine_chunks()
     bands = keys.type.list_size
     return pa.table({"key": keys.flatten(), "node": np.repeat(batch["node"].to_numpy(), bands)}, schema=KEY_ROWS_SCHEMA)
 
 
-def bucket_edges(rows: pa.Table) -> pa.Table:
+def _bucket_edges(rows: pa.Table) -> pa.Table:
     """Star edges inside each bucket (rows with one key): every member to the smallest node."""
     key, node = rows["key"].to_numpy(), rows["node"].to_numpy()
     order = np.lexsort((node, key))
@@ -171,41 +157,70 @@ def bucket_edges(rows: pa.Table) -> pa.Table:
     return edge_table(node[linked], root[linked])
 
 
-class FuzzyPlan:
-    """The global steps of one ``fuzzy_dedup`` stage, where they write, and what they were computed from."""
+class FuzzyDedup(GlobalStage):
+    """Drops all but the earliest document of each group of near-duplicates: the global steps of one
+    ``fuzzy_dedup`` stage, where they write, and what they were computed from."""
 
-    def __init__(
-        self, config: FuzzyDedupConfig, shards: list[Shard], storage: StorageConfig, workdir: str, index: str
-    ) -> None:
-        self.config, self.shards, self.storage = config, shards, storage
-        self.workdir, self.index = workdir, index
-        self.old = read_index_manifest(config.index_from, storage) if config.index_from else None
-        self.old_parts = index_parts(config.index_from, self.old) if self.old else []
-        self.offset = self.old["next_ordinal"] if self.old else 0
-        self.ordinals = {shard.uri: self.offset + i for i, shard in enumerate(shards)}
-        self.inputs = {"shards": [[s.uri, s.version] for s in shards], "index_from": config.index_from}
+    name = "fuzzy_dedup"
+    sees = "upstream"
+    index = "dedup_index"
+
+    def __init__(self, config: FuzzyDedupConfig, run: RunContext, key: str) -> None:
+        super().__init__(config, run, key)
+        self.index_folder = run.staging.join(self.index)
+        self.index_from = run.staging.at(config.index_from) if config.index_from else None
+        self.inputs = {"shards": [[s.uri, s.version] for s in run.shards], "index_from": config.index_from}
         self.ran: list[str] = []  # the steps this attempt ran (the others were finished before)
         self.seconds: dict[str, float] = {}
 
-    def path(self, step: str) -> str:
-        return join(self.workdir, step)
+    def check(self) -> None:
+        """An ``index_from`` must exist, use the same MinHash parameters and not cover the new shards."""
+        if self.index_from is None:
+            return
+        old = checked_index(self.index_from, self.key, "dedup", self.run.shards)
+        if old.get("params") != self.config.params.model_dump():
+            raise ConfigError(
+                f"config error: {self.key}: the MinHash parameters differ from those of the index at "
+                f"{self.index_from} ({old.get('params')}); band keys would never match"
+            )
+
+    @cached_property
+    def old(self) -> dict[str, Any] | None:
+        """The manifest of the index this run continues, if any."""
+        return read_index_manifest(self.index_from) if self.index_from else None
 
     @property
-    def duplicates(self) -> str:
+    def old_parts(self) -> list[Location]:
+        return index_parts(self.index_from, self.old) if self.index_from and self.old else []
+
+    @property
+    def offset(self) -> int:
+        """The first shard ordinal of this run: after the shards of the index it continues."""
+        return self.old["next_ordinal"] if self.old else 0
+
+    @property
+    def ordinals(self) -> dict[str, int]:
+        return self.run.ordinals(self.offset)
+
+    def path(self, step: str) -> Location:
+        return self.folder.join(step)
+
+    @property
+    def duplicates(self) -> Location:
         return self.path(DUPLICATES)
 
     @property
-    def edges(self) -> str:
+    def edges(self) -> Location:
         return self.path("edges" if self.config.verify_threshold is None else "verified")
 
-    def ensure(self, documents: ray.data.Dataset) -> None:
+    def prepare(self, documents: ray.data.Dataset) -> None:
         """Run the steps not yet finished; ``documents`` are the rows after the earlier stages."""
         steps = [("signatures", partial(self.sign, documents)), ("edges", self.find_edges)]
         if self.config.verify_threshold is not None:
             steps.append(("verified", self.verify))
         steps.append(("resolved", self.resolve))
         for name, run in steps:
-            if not finished(self.path(name), self.inputs, self.storage):
+            if not finished(self.path(name), self.inputs):
                 self.ran.append(name)
                 started = time.perf_counter()
                 run()
@@ -214,37 +229,32 @@ class FuzzyPlan:
     def sign(self, documents: ray.data.Dataset) -> None:
         keep = self.config.verify_threshold is not None
         signed = documents.map_batches(
-            sign,
+            _sign,
             batch_format="pyarrow",
             fn_kwargs={"params": self.config.params, "ordinals": self.ordinals, "keep_shingles": keep},
         )
-        write_step(signed, self.path("signatures"), self.storage)
-        mark_finished(self.path("signatures"), self.inputs, self.storage)
+        write_step(signed, self.path("signatures"))
+        mark_finished(self.path("signatures"), self.inputs)
 
     def find_edges(self) -> None:
         rows = read_step(
-            self.path("signatures"),
-            self.storage,
-            signature_schema(self.config.bands, self.config.verify_threshold is not None),
-        ).map_batches(key_rows, batch_format="pyarrow")
+            self.path("signatures"), _signature_schema(self.config.bands, self.config.verify_threshold is not None)
+        ).map_batches(_key_rows, batch_format="pyarrow")
         if self.old:
-            old = read_step([join(part, "bands") for part in self.old_parts], self.storage, INDEX_BANDS_SCHEMA)
+            old = read_step([part.join("bands") for part in self.old_parts], INDEX_BANDS_SCHEMA)
             rows = rows.union(old.map_batches(_index_rows, batch_format="pyarrow"))
-        edges = by_partition(rows, "key", bucket_edges, self.config.partitions)
-        write_step(edges, self.path("edges"), self.storage)
-        mark_finished(self.path("edges"), self.inputs, self.storage)
+        edges = by_partition(rows, "key", _bucket_edges, self.config.partitions)
+        write_step(edges, self.path("edges"))
+        mark_finished(self.path("edges"), self.inputs)
 
     def scatter_signatures(self, columns: list[str]) -> Pieces:
-        files = step_files(self.path("signatures"), self.storage)
-        return scatter(files, self.storage, columns, "node", self.config.partitions)
+        return scatter(step_files(self.path("signatures")), columns, "node", self.config.partitions)
 
     def verify(self) -> None:
         """Two exchanges: attach each edge's node shingles (pieces by node), then its root's (pieces by root)."""
         partitions = self.config.partitions
         shingles = self.scatter_signatures(["node", "shingles"])
-        edges = scatter(
-            step_files(self.path("edges"), self.storage), self.storage, ["node", "root"], "node", partitions
-        )
+        edges = scatter(step_files(self.path("edges")), ["node", "root"], "node", partitions)
         attached = [
             _attach_shingles.options(num_returns=partitions).remote(
                 partitions, len(edges), *piece(edges, j), *piece(shingles, j)
@@ -253,8 +263,7 @@ class FuzzyPlan:
         ]
         kept = [
             _verify_piece.remote(
-                join(self.path("verified"), f"part-{j:05d}.parquet"),
-                self.storage,
+                self.path("verified").join(f"part-{j:05d}.parquet"),
                 self.config.verify_threshold,
                 len(attached),
                 *piece(attached, j),
@@ -263,37 +272,24 @@ class FuzzyPlan:
             for j in range(partitions)
         ]
         checked = np.sum(ray.get(kept), axis=0)
-        mark_finished(
-            self.path("verified"), self.inputs, self.storage, candidates=int(checked[0]), verified=int(checked[1])
-        )
+        mark_finished(self.path("verified"), self.inputs, candidates=int(checked[0]), verified=int(checked[1]))
 
     def resolve(self) -> None:
         started = time.perf_counter()
         partitions = self.config.partitions
-        for folder in (self.duplicates, self.index):  # what an interrupted attempt left
-            fs, path = filesystem(folder, self.storage)
-            if fs.exists(path):
-                fs.rm(path, recursive=True)
-        stars = connected_components(
-            scatter_edges(step_files(self.edges, self.storage), self.storage, partitions), partitions
-        )
+        for folder in (self.duplicates, self.index_folder):  # what an interrupted attempt left
+            folder.remove()
+        stars = connected_components(scatter_edges(step_files(self.edges), partitions), partitions)
         signatures = self.scatter_signatures(["node", DOC_ID, "keys"])
         old_nodes = (
-            scatter(
-                step_files([join(part, "nodes") for part in self.old_parts], self.storage),
-                self.storage,
-                ["node", DOC_ID],
-                "node",
-                partitions,
-            )
+            scatter(step_files([part.join("nodes") for part in self.old_parts]), ["node", DOC_ID], "node", partitions)
             if self.old
             else [[pa.table({"node": pa.array([], pa.int64())})] * partitions]
         )
-        shard_keys = [shard_key(shard.uri) for shard in self.shards]
+        shard_keys = [shard_key(shard.uri) for shard in self.run.shards]
         tasks = [
             _resolve_piece.remote(
                 self.resolved_paths(j),
-                self.storage,
                 self.offset,
                 shard_keys,
                 self.config.bands,
@@ -309,7 +305,6 @@ class FuzzyPlan:
         mark_finished(
             self.path("resolved"),
             self.inputs,
-            self.storage,
             duplicates=int(counts[0]),
             components=int(counts[1]),
             bridged=int(counts[2]),
@@ -318,26 +313,39 @@ class FuzzyPlan:
             seconds=self.seconds | {"resolved": round(time.perf_counter() - started, 3)},
         )
 
-    def resolved_paths(self, j: int) -> dict[str, str]:
-        name = f"run{self.offset:010d}-part-{j:05d}.parquet"
+    def resolved_paths(self, j: int) -> dict[str, Any]:
         return {
             "duplicates": self.duplicates,
-            "bands": join(self.index, "bands"),
-            "nodes": join(self.index, "nodes"),
-            "name": name,
+            "bands": self.index_folder.join("bands"),
+            "nodes": self.index_folder.join("nodes"),
+            "name": f"run{self.offset:010d}-part-{j:05d}.parquet",
         }
 
     def write_index_manifest(self) -> None:
         """The output's index: this run's files, the old index's parts by reference, and what it covers."""
-        shards = [{"uri": s.uri, "version": s.version, "ordinal": self.ordinals[s.uri]} for s in self.shards]
+        ordinals = self.ordinals
+        shards = [{"uri": s.uri, "version": s.version, "ordinal": ordinals[s.uri]} for s in self.run.shards]
         manifest = {
             "format": INDEX_FORMAT,
             "params": self.config.params.model_dump(),
-            "next_ordinal": self.offset + len(self.shards),
+            "next_ordinal": self.offset + len(self.run.shards),
             "shards": (self.old["shards"] if self.old else []) + shards,
-            "parts": [*self.old_parts, "."],
+            "parts": [*(part.uri for part in self.old_parts), "."],
         }
-        put_bytes(join(self.index, INDEX_FILE), orjson.dumps(manifest), self.storage)
+        write_index_manifest(self.index_folder, manifest)
+
+    def operator(self) -> OperatorSpec:
+        arguments = {"name": self.name, "table": self.duplicates}
+        return OperatorSpec(f"{self.run.attempt}:{self.key}", DuplicateLookup, arguments, None, lookup=True)
+
+    def facts(self) -> dict[str, Any]:
+        """What the plan found (duplicates, components, verification, steps run) and the index files."""
+        found = step_facts(self.path("resolved"))
+        if self.path("verified").join(DONE).exists():
+            found |= step_facts(self.path("verified"))
+        found.pop("inputs")
+        files = self.run.output.artifact_files(self.index)
+        return {self.name: found, self.index: {"path": self.index, "files": files}}
 
 
 def _index_rows(batch: pa.Table) -> pa.Table:
@@ -355,7 +363,7 @@ def _attach_shingles(partitions: int, num_edges: int, *pieces: pa.Table) -> tupl
 
 
 @ray.remote
-def _verify_piece(uri: str, storage: StorageConfig, threshold: float, num_edges: int, *pieces: pa.Table) -> tuple:
+def _verify_piece(out: Location, threshold: float, num_edges: int, *pieces: pa.Table) -> tuple:
     edges = concat(pieces[:num_edges], ATTACHED_SCHEMA)
     shingles = concat(pieces[num_edges:], SHINGLES_SCHEMA)
     rows, found = lookup(edges["root"].to_numpy(), shingles, "node")
@@ -366,14 +374,13 @@ def _verify_piece(uri: str, storage: StorageConfig, threshold: float, num_edges:
         a, b = np.asarray(node_sets[i], np.uint64), np.asarray(root_sets[i], np.uint64)
         common = len(np.intersect1d(a, b, assume_unique=True))
         keep[i] = common >= threshold * (len(a) + len(b) - common)
-    write_table(edges.filter(pa.array(keep)).select(["node", "root"]), uri, storage)
+    out.write_table(edges.filter(pa.array(keep)).select(["node", "root"]))
     return (edges.num_rows, int(keep.sum()))
 
 
 @ray.remote
 def _resolve_piece(
-    paths: dict[str, str],
-    storage: StorageConfig,
+    paths: dict[str, Any],
     offset: int,
     shard_keys: list[str],
     bands: int,
@@ -383,15 +390,15 @@ def _resolve_piece(
     """One piece of the final exchange: the star edges, signatures and old kept nodes of the nodes that hash
     here. Writes the duplicates of the roots that hash here, and this piece's share of the band index."""
     stars = concat(pieces[: sizes[0]], DIRECTED_SCHEMA)
-    signatures = concat(pieces[sizes[0] : sizes[0] + sizes[1]], signature_schema(bands))
+    signatures = concat(pieces[sizes[0] : sizes[0] + sizes[1]], _signature_schema(bands))
     old_nodes = concat(pieces[sizes[0] + sizes[1] :], NODES_SCHEMA)
     u, v = stars["u"].to_numpy(), stars["v"].to_numpy()
     known = pa.concat_tables([signatures.select(["node", DOC_ID]), old_nodes])
     duplicates = _duplicates(u, v, known, offset, shard_keys)
     for shard in np.unique(duplicates["shard"].to_numpy(zero_copy_only=False)):
         part = duplicates.filter(pc.equal(duplicates["shard"], shard)).drop_columns(["shard"])
-        write_table(part, join(paths["duplicates"], f"shard={shard}", paths["name"]), storage)
-    _write_index_share(signatures, u, v, bands, paths, storage)
+        paths["duplicates"].join(f"shard={shard}", paths["name"]).write_table(part)
+    _write_index_share(signatures, u, v, bands, paths)
     bridged = int(((u > v) & (u < offset << LINE_BITS)).sum())  # old nodes that found an older root
     components = pc.count_distinct(duplicates["dup_cluster"]).as_py()  # each root hashes to one piece
     return duplicates.num_rows, components, bridged, signatures.num_rows
@@ -415,9 +422,7 @@ def _duplicates(u: np.ndarray, v: np.ndarray, known: pa.Table, offset: int, shar
     )
 
 
-def _write_index_share(
-    signatures: pa.Table, u: np.ndarray, v: np.ndarray, bands: int, paths: dict[str, str], storage: StorageConfig
-) -> None:
+def _write_index_share(signatures: pa.Table, u: np.ndarray, v: np.ndarray, bands: int, paths: dict[str, Any]) -> None:
     """Every band key of this piece's nodes with the node's root, and the kept nodes with their ids."""
     nodes = signatures["node"].to_numpy()
     linked = u > v  # rows saying node u has root v
@@ -427,42 +432,5 @@ def _write_index_share(
     for band in range(bands):  # a bucket's members share a root: one row per key is enough
         band_keys, first = np.unique(keys[:, band], return_index=True)
         table = pa.table({"key": pa.array(band_keys, pa.uint64()), "root": pa.array(root[first], pa.int64())})
-        write_table(table, join(paths["bands"], f"band={band:03d}", paths["name"]), storage)
-    write_table(
-        signatures.filter(pa.array(~found)).select(["node", DOC_ID]), join(paths["nodes"], paths["name"]), storage
-    )
-    return int(found.sum())
-
-
-def fuzzy_facts(workdir: str, storage: StorageConfig) -> dict[str, Any]:
-    """What a finished plan found, for the manifest: duplicates, components, verification, steps run."""
-    facts = step_facts(join(workdir, "resolved"), storage)
-    if exists(join(workdir, "verified", DONE), storage):
-        facts |= step_facts(join(workdir, "verified"), storage)
-    facts.pop("inputs")
-    return facts
-
-
-def check_index(config: FuzzyDedupConfig, storage: StorageConfig, key: str, shards: list[Shard] | None = None) -> None:
-    """An ``index_from`` must exist, use the same MinHash parameters and not cover the new shards."""
-    if config.index_from is None:
-        return
-    old = checked_index(config.index_from, storage, key, "dedup", shards or [])
-    if old.get("params") != config.params.model_dump():
-        raise ConfigError(
-            f"config error: {key}: the MinHash parameters differ from those of the index at {config.index_from} "
-            f"({old.get('params')}); band keys would never match"
-        )
-
-
-class FuzzyDedup(DuplicateLookup):
-    """Drops all but the earliest document of each group of near-duplicates (the plan says which)."""
-
-    name = "fuzzy_dedup"
-
-    def __init__(self, config: FuzzyDedupConfig, storage: StorageConfig) -> None:
-        super().__init__(None if config.workdir is None else join(config.workdir, DUPLICATES), storage)
-
-    @staticmethod
-    def preflight(config: FuzzyDedupConfig, storage: StorageConfig, key: str) -> None:
-        check_index(config, storage, key)
+        paths["bands"].join(f"band={band:03d}", paths["name"]).write_table(table)
+    paths["nodes"].join(paths["name"]).write_table(signatures.filter(pa.array(~found)).select(["node", DOC_ID]))

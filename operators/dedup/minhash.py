@@ -60,7 +60,7 @@ def mix(values: np.ndarray) -> np.ndarray:
 
 
 @cache
-def code_point_classes() -> np.ndarray:
+def _code_point_classes() -> np.ndarray:
     """OTHER, SEPARATOR or DIGIT for every code point, from Unicode categories (built once: ~0.1 s)."""
     every = "".join(map(chr, range(0x110000)))
     classes = np.zeros(0x110000, dtype=np.uint8)
@@ -93,7 +93,7 @@ class CodePoints:
     word_start: np.ndarray
 
 
-def code_points(texts: pa.Array) -> CodePoints:
+def _code_points(texts: pa.Array) -> CodePoints:
     """Decode a batch to normalised code points (NFKC and lower case by Arrow, the rest here)."""
     texts = pc.fill_null(texts.cast(pa.large_string()), "")
     wide = pc.invert(pc.string_is_ascii(texts))  # ASCII is its own NFKC form
@@ -110,7 +110,7 @@ def code_points(texts: pa.Array) -> CodePoints:
     owner = np.repeat(np.arange(len(texts)), np.diff(bounds))
     doc_first = np.zeros(len(values) + 1, dtype=bool)
     doc_first[bounds] = True
-    classes = code_point_classes()[values]
+    classes = _code_point_classes()[values]
     separator = classes == SEPARATOR
     digit = classes == DIGIT
     follows_digit = np.concatenate(([False], digit[:-1])) & ~doc_first[:-1]
@@ -138,7 +138,7 @@ def _decode(data: np.ndarray, lead: np.ndarray) -> np.ndarray:
 
 def normal_form(texts: pa.Array) -> list[str]:
     """The text each document's shingles are taken from, words joined by spaces (to read and to test)."""
-    points = code_points(texts)
+    points = _code_points(texts)
     words: list[list[str]] = [[] for _ in range(len(texts))]
     starts = np.flatnonzero(points.word_start)
     for start, stop in zip(starts, np.append(starts[1:], len(points.values)), strict=True):
@@ -186,7 +186,7 @@ def _ngrams(units: np.ndarray, owner: np.ndarray, n: int) -> tuple[np.ndarray, n
 
 def shingle(texts: pa.Array, char_docs: np.ndarray, params: MinHashParams) -> Shingles:
     """Hashes of every document's shingles: word n-grams, or character n-grams where ``char_docs``."""
-    points = code_points(texts)
+    points = _code_points(texts)
     chars = char_docs[points.owner]
     parts = []
     if (~chars).any():

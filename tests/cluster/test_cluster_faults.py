@@ -22,7 +22,7 @@ import yaml
 
 from shardflow.config import validate
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
-from shardflow.storage import StorageConfig, filesystem
+from shardflow.storage import Location, StorageConfig
 from support import CPU_WORKER, GPU_WORKER, REPO, LocalCluster, sample_records, verdicts, write_shard
 
 SEED = int(os.environ.get("SHARDFLOW_FAULT_SEED", random.randrange(1 << 30)))
@@ -141,7 +141,7 @@ def test_an_s3_outage_mid_run_costs_time_not_documents(
 ) -> None:
     rng, note = random.Random(SEED), f"SHARDFLOW_FAULT_SEED={SEED}"
     storage, bucket = s3_storage
-    fs, _ = filesystem(f"s3://{bucket}", storage)
+    fs, _ = Location(f"s3://{bucket}", storage).filesystem()
     fs.put(str(shards), f"{bucket}/in", recursive=True)
     settings = {**storage.model_dump(mode="json", exclude_none=True), "key": "testing", "secret": "testing"}
     output = f"s3://{bucket}/out"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shardflow.cluster.submit import entrypoint, package_snapshot, source_excludes
+from shardflow.cluster.submit import entrypoint, package_folder, source_excludes
 from shardflow.errors import ConfigError
 from support import REPO, LocalCluster
 
@@ -111,8 +111,14 @@ def test_a_submission_without_the_token_is_refused(cluster: LocalCluster, tmp_pa
 
 
 def test_the_job_carries_the_package_and_no_secrets(tmp_path: Path) -> None:
-    snapshot = package_snapshot(tmp_path)
-    for module in ("cli.py", "operators/embed.py", "pipelines/rerank.py", "cluster/submit.py"):
+    snapshot = package_folder(tmp_path)  # from this checkout (an editable install): assembled by the mapping
+    for module in (
+        "cli.py",
+        "operators/embed.py",
+        "operators/dedup/fuzzy.py",
+        "pipelines/rerank.py",
+        "cluster/submit.py",
+    ):
         assert (snapshot / module).is_file(), module
     assert list((snapshot / "operators" / "quality_thresholds").glob("*.yaml"))  # data files travel too
     assert sorted(source_excludes(REPO)) == ["/cluster", "/operators", "/pipelines", "/shardflow"]

@@ -13,7 +13,7 @@ import pytest
 from shardflow.operators.embed import EMBEDDING
 from shardflow.operators.index import DenseIndex, IndexConfig, build_index, choose_factory
 from shardflow.schema import DOC_ID
-from shardflow.storage import StorageConfig, filesystem
+from shardflow.storage import Location
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 DIM = 32
@@ -52,11 +52,11 @@ def test_ivf_pq_recall_at_10_against_exact_search(tmp_path: Path) -> None:
     # PQ32 over 32 dimensions (8x smaller than float32); training PQ is slow with this faiss build (~0.7 s
     # per sub-quantizer here), so the test keeps to one small setting
     config = IndexConfig(factory="IVF64,PQ32", nprobe=32, train_vectors=4_000, partitions=3)
-    built = build_index(files, str(tmp_path / "index"), config, StorageConfig())
+    built = build_index([Location(f) for f in files], Location(str(tmp_path / "index")), config)
     assert built == {"factory": "IVF64,PQ32", "vectors": 12_000, "dim": DIM, "metric": "inner_product"}
     queries = vectors(200, seed=1).astype(np.float32)
     exact = np.argsort(-(queries @ data.astype(np.float32).T), axis=1)[:, :10]
-    _, found = DenseIndex(str(tmp_path / "index"), StorageConfig(), nprobe=32).search(queries, 10)
+    _, found = DenseIndex(Location(str(tmp_path / "index")), nprobe=32).search(queries, 10)
     recall = np.mean([len({f"doc-{i}" for i in want} & set(got)) / 10 for want, got in zip(exact, found, strict=True)])
     assert recall >= 0.9, recall
 
@@ -66,8 +66,9 @@ def test_merged_parts_answer_exactly_as_one_part(tmp_path: Path) -> None:
     answers = []
     for parts in (1, 4):
         config = IndexConfig(factory="IVF64,Flat", partitions=parts, train_vectors=10_000)
-        build_index(files, str(tmp_path / f"index{parts}"), config, StorageConfig())
-        answers.append(DenseIndex(str(tmp_path / f"index{parts}"), StorageConfig()).search(vectors(50, 2), 10))
+        index = Location(str(tmp_path / f"index{parts}"))
+        build_index([Location(f) for f in files], index, config)
+        answers.append(DenseIndex(index).search(vectors(50, 2), 10))
     np.testing.assert_allclose(answers[0][0], answers[1][0], rtol=1e-6)
     assert answers[0][1] == answers[1][1]
 
@@ -76,13 +77,12 @@ def test_the_index_round_trips_through_s3(s3_storage, tmp_path: Path) -> None:
     storage, bucket = s3_storage
     data = vectors(3_000)
     files = write_corpus(tmp_path / "corpus", data, files=2)
-    fs, _ = filesystem(f"s3://{bucket}", storage)
+    bucket_root = Location(f"s3://{bucket}", storage)
     for path in files:
-        fs.put_file(path, f"{bucket}/corpus/{Path(path).name}")
-    built = build_index(
-        [f"s3://{bucket}/corpus/{Path(p).name}" for p in files], f"s3://{bucket}/index", IndexConfig(), storage
-    )
+        bucket_root.join("corpus", Path(path).name).put_bytes(Path(path).read_bytes())
+    uploaded = [bucket_root.join("corpus", Path(p).name) for p in files]
+    built = build_index(uploaded, bucket_root.join("index"), IndexConfig())
     assert built["factory"] == "Flat" and built["vectors"] == 3_000
-    scores, found = DenseIndex(f"s3://{bucket}/index", storage).search(data[:5].astype(np.float32), 1)
+    scores, found = DenseIndex(bucket_root.join("index")).search(data[:5].astype(np.float32), 1)
     assert [row[0] for row in found] == [f"doc-{i}" for i in range(5)]
     assert np.allclose(scores[:, 0], 1.0, atol=1e-2)

@@ -12,7 +12,7 @@ from shardflow.errors import ConfigError
 from shardflow.operators.langid import LangIdConfig, LanguageId
 from shardflow.operators.readers import map_record
 from shardflow.schema import READ_SCHEMA
-from shardflow.storage import StorageConfig, put_bytes
+from shardflow.storage import Location, StorageConfig
 from support import sample_records, write_fasttext_model
 
 STORAGE = StorageConfig()
@@ -78,7 +78,7 @@ def test_glotlid_style_model_from_s3_labels_pass_through(tmp_path: Path, s3_stor
         {"hyvää": [4, 0, 0], "päivää": [3, 0, 0], "hello": [0, 4, 0], "world": [0, 3, 0], "你好": [0, 0, 5]},
     )
     uri = f"s3://{bucket}/models/glotlid-tiny.bin"
-    put_bytes(uri, model.read_bytes(), storage)
+    Location(uri, storage).put_bytes(model.read_bytes())
     LanguageId.preflight(LangIdConfig(model=uri), storage, "stages.0")
     op = LanguageId(LangIdConfig(model=uri, top_k=2), storage)
     out = op(batch(["hyvää päivää", "hello world", "你好", "zzz qqq"]))

@@ -12,12 +12,23 @@ import pytest
 import zstandard
 
 from shardflow.errors import InputError
-from shardflow.operators.readers import ReaderConfig, Shard, bundles, list_shards, read_shard, shard_rows
+from shardflow.operators.readers import ReaderConfig, read_documents, read_shard, shard_rows
 from shardflow.schema import READ_SCHEMA
-from shardflow.storage import StorageConfig, put_bytes
+from shardflow.shards import Shard, bundles, list_shards
+from shardflow.storage import Location, StorageConfig
 from support import SHARED_DATA, write_shard
 
 STORAGE = StorageConfig()
+
+
+def shard(path: Path | str, size: int) -> Shard:
+    return Shard(Location(str(path)), size)
+
+
+def listed(*paths: str, storage: StorageConfig = STORAGE) -> list[Shard]:
+    return list_shards([Location(path, storage) for path in paths])
+
+
 TEXT = "Kaikki ihmiset syntyvät vapaina ja tasavertaisina arvoltaan ja oikeuksiltaan."
 
 V12 = {
@@ -75,7 +86,7 @@ PLAIN = {"text": TEXT, "id": 42, "extra": {"k": [1, 2]}}
 
 def rows_of(path: Path, **settings) -> list[dict]:
     config = ReaderConfig(paths=[str(path)], **settings)
-    rows = shard_rows(Shard(str(path), path.stat().st_size), config, STORAGE)
+    rows = shard_rows(shard(path, path.stat().st_size), config)
     return [{name: row.get(name) for name in READ_SCHEMA.names} for row in rows]
 
 
@@ -208,22 +219,25 @@ def test_a_line_over_the_limit_is_skipped_in_bounded_memory(tmp_path: Path) -> N
     assert first["quarantine_reason"] is None and last["quarantine_reason"] is None and last["source"].endswith(":3")
 
 
-def test_read_shard_streams_batches_and_leaves_a_marker(tmp_path: Path) -> None:
+@pytest.mark.usefixtures("ray_local")
+def test_read_shard_streams_batches_and_the_read_task_leaves_a_marker(tmp_path: Path) -> None:
     path = write_shard(tmp_path / "s.jsonl.zst", [{"id": str(i), "text": TEXT} for i in range(2500)])
     config = ReaderConfig(paths=[str(path)], batch_rows=1000)
-    tables = list(read_shard(Shard(str(path), 1), config, STORAGE, marker_dir=str(tmp_path / "markers")))
+    tables = list(read_shard(shard(path, 1), config))
     assert [t.num_rows for t in tables] == [1000, 1000, 500] and tables[0].schema == READ_SCHEMA
+    read = read_documents([shard(path, 1)], config, Location(str(tmp_path / "markers")))
+    assert sum(batch.num_rows for batch in read.iter_batches(batch_format="pyarrow")) == 2500
     (marker,) = (tmp_path / "markers").iterdir()
     assert orjson.loads(marker.read_bytes())["rows"] == 2500
 
 
 def test_small_shards_are_read_together_in_order_and_big_ones_alone() -> None:
-    small = [Shard(f"s{i:02d}", 100) for i in range(40)]
+    small = [shard(f"s{i:02d}", 100) for i in range(40)]
     groups = bundles(small, task_bytes=1000, min_tasks=2)
     assert [len(g) for g in groups] == [10] * 4  # 4,000 bytes in tasks of 1,000
     assert [s for g in groups for s in g] == small  # every shard once, in input order
     assert len(bundles(small, task_bytes=10**9, min_tasks=8)) == 8  # enough tasks for the CPUs
-    mixed = [Shard("a", 5000), Shard("b", 10), Shard("c", 10), Shard("d", 5000)]
+    mixed = [shard("a", 5000), shard("b", 10), shard("c", 10), shard("d", 5000)]
     assert [[s.uri for s in g] for g in bundles(mixed, task_bytes=2000, min_tasks=1)] == [["a"], ["b", "c"], ["d"]]
     assert bundles([], task_bytes=1, min_tasks=4) == []
 
@@ -231,23 +245,23 @@ def test_small_shards_are_read_together_in_order_and_big_ones_alone() -> None:
 def test_listing_expands_dirs_and_globs_and_names_what_is_missing(tmp_path: Path) -> None:
     for name in ("fin_Latn/1.jsonl.zst", "fin_Latn/2.jsonl.zst", "eng_Latn/1.jsonl.gz", "eng_Latn/README.md"):
         write_shard(tmp_path / name, [PLAIN])
-    found = list_shards(ReaderConfig(paths=[str(tmp_path)]), STORAGE)
+    found = listed(str(tmp_path))
     assert [Path(s.uri).relative_to(tmp_path).as_posix() for s in found] == [
         "eng_Latn/1.jsonl.gz",
         "fin_Latn/1.jsonl.zst",
         "fin_Latn/2.jsonl.zst",
     ]
-    assert len(list_shards(ReaderConfig(paths=[f"{tmp_path}/fin_*/*.zst"]), STORAGE)) == 2
+    assert len(listed(f"{tmp_path}/fin_*/*.zst")) == 2
     with pytest.raises(InputError, match="does not exist: .*nope.jsonl"):
-        list_shards(ReaderConfig(paths=[str(tmp_path / "nope.jsonl")]), STORAGE)
+        listed(str(tmp_path / "nope.jsonl"))
     with pytest.raises(InputError, match=r"input.paths\[1\].*matches no shard files"):
-        list_shards(ReaderConfig(paths=[str(tmp_path), f"{tmp_path}/*.parquet"]), STORAGE)
+        listed(str(tmp_path), f"{tmp_path}/*.parquet")
     literal = write_shard(tmp_path / "part[1].jsonl", [PLAIN])  # a name that looks like a pattern is that file
-    assert [s.uri for s in list_shards(ReaderConfig(paths=[str(literal)]), STORAGE)] == [str(literal)]
+    assert [s.uri for s in listed(str(literal))] == [str(literal)]
 
 
 def test_a_shard_deleted_after_listing_is_quarantined(tmp_path: Path) -> None:
-    (row,) = shard_rows(Shard(str(tmp_path / "gone.jsonl"), 0), ReaderConfig(paths=["x"]), STORAGE)
+    (row,) = shard_rows(shard(tmp_path / "gone.jsonl", 0), ReaderConfig(paths=["x"]))
     assert row["quarantine_reason"].startswith("unreadable_shard: FileNotFoundError")
 
 
@@ -277,8 +291,7 @@ def test_s3_credentials_and_endpoint_from_the_aws_environment(
         "AWS_ENDPOINT_URL": storage.endpoint_url,
     }.items():
         monkeypatch.setenv(name, value)
-    put_bytes(f"s3://{bucket}/env/a.jsonl", b'{"text": "from the environment"}\n', storage)
-    environment_only = StorageConfig()
-    (shard,) = list_shards(ReaderConfig(paths=[f"s3://{bucket}/env/*.jsonl"]), environment_only)
-    (row,) = shard_rows(shard, ReaderConfig(paths=["x"]), environment_only)
+    Location(f"s3://{bucket}/env/a.jsonl", storage).put_bytes(b'{"text": "from the environment"}\n')
+    (found,) = listed(f"s3://{bucket}/env/*.jsonl", storage=StorageConfig())  # settings from the environment only
+    (row,) = shard_rows(found, ReaderConfig(paths=["x"]))
     assert row["text"] == "from the environment" and row["source"] == f"s3://{bucket}/env/a.jsonl:1"

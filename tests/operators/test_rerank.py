@@ -15,12 +15,18 @@ from shardflow.operators.rerank import (
     CrossEncoderScorer,
     FirstListwiseConfig,
     FirstListwiseScorer,
+    Pairs,
     slide,
     window_plan,
 )
 from support import sample_records, write_tiny_encoder
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def pointwise(queries: list[str], documents: list[str]) -> Pairs:
+    """Pairs for a pointwise scorer: each its own list."""
+    return Pairs(queries, documents, np.arange(len(queries)))
 
 
 def pairs() -> tuple[list[str], list[str]]:
@@ -44,9 +50,9 @@ def test_cross_encoder_scores_equal_one_pair_at_a_time(models: dict[str, Path], 
 
     queries, documents = pairs()
     scorer = CrossEncoderScorer(CrossEncoderConfig(model=str(models[kind]), max_length=64, token_budget=300))
-    found = scorer.score(queries, documents)
+    found = scorer.score(pointwise(queries, documents))
     shuffled = np.random.default_rng(0).permutation(len(queries))
-    again = scorer.score([queries[i] for i in shuffled], [documents[i] for i in shuffled])
+    again = scorer.score(pointwise([queries[i] for i in shuffled], [documents[i] for i in shuffled]))
     np.testing.assert_allclose(again, found[shuffled], atol=1e-6)  # any input order: the same score per pair
     tokenizer = AutoTokenizer.from_pretrained(models[kind])
     model = AutoModelForSequenceClassification.from_pretrained(models[kind]).eval()
@@ -65,7 +71,7 @@ def test_causal_yes_no_scores_equal_one_prompt_at_a_time(models: dict[str, Path]
 
     queries, documents = pairs()
     scorer = CausalYesNoScorer(CausalYesNoConfig(model=str(models["qwen3-lm"]), max_length=96, token_budget=800))
-    found = scorer.score(queries, documents)
+    found = scorer.score(pointwise(queries, documents))
     model = AutoModelForCausalLM.from_pretrained(models["qwen3-lm"]).eval()
     yes, no = scorer.yes, scorer.no
     assert yes != no and scorer.tokenizer.unk_token_id not in (yes, no)
@@ -104,7 +110,7 @@ def test_first_ranks_a_short_list_by_the_label_logits_of_one_forward(tmp_path: P
     model = write_tiny_encoder(tmp_path / "first", "qwen3-lm", words, lowercase=False)
     scorer = FirstListwiseScorer(FirstListwiseConfig(model=str(model), window=6, stride=3, passage_tokens=12))
     lists = np.array([0] * 5 + [1] * 14)
-    found = scorer.score(queries[:19], documents[:19], lists)
+    found = scorer.score(Pairs(queries[:19], documents[:19], lists))
     assert sorted(found[:5]) == [1, 2, 3, 4, 5] and sorted(found[5:]) == list(range(1, 15))
     passages = [scorer.tokenizer.encode(d, add_special_tokens=False)[:12] for d in documents[:5]]
     with torch.inference_mode():

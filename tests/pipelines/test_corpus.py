@@ -19,7 +19,7 @@ from fsspec.implementations.local import LocalFileSystem
 from shardflow.config import load_config, validate
 from shardflow.errors import ConfigError, OutputStateError
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
-from shardflow.storage import StorageConfig, filesystem, join
+from shardflow.storage import Location, StorageConfig
 from support import SAMPLE, sample_records, write_shard
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -41,7 +41,7 @@ def read_files(root: str, manifest: dict[str, Any], kind: str, storage: StorageC
     rows = []
     for entry in manifest["files"]:
         if entry["kind"] == kind:
-            fs, path = filesystem(join(root, entry["path"]), storage or StorageConfig())
+            fs, path = Location(root, storage or StorageConfig()).join(entry["path"]).filesystem()
             with fs.open(path, "rb") as handle:
                 table = pq.read_table(handle)
             assert table.num_rows == entry["rows"]
@@ -147,7 +147,7 @@ def test_a_50_mb_document_is_quarantined_by_default_and_kept_when_allowed(tmp_pa
 
 def test_reads_shards_from_s3_and_writes_the_corpus_to_s3(s3_storage) -> None:
     storage, bucket = s3_storage
-    fs, _ = filesystem(f"s3://{bucket}", storage)
+    fs, _ = Location(f"s3://{bucket}", storage).filesystem()
     for lang in ("fin_Latn", "rus_Cyrl", "zho_Hans"):
         fs.put_file(str(SAMPLE / lang / "1.jsonl.zst"), f"{bucket}/shards/{lang}/1.jsonl.zst")
     fs.pipe_file(f"{bucket}/shards/bad.jsonl", b'{"text": \n')

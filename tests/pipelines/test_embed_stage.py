@@ -55,6 +55,7 @@ PINNING = textwrap.dedent(
     import ray
     from shardflow.pipelines import corpus
     from shardflow.operators.embed import Embedder
+    from shardflow.operators.registry import STAGES
 
     class Probe(Embedder):
         record = sys.argv[2]  # a class attribute travels with the class into the actors; sys.argv does not
@@ -64,7 +65,7 @@ PINNING = textwrap.dedent(
             with open(self.record, "a") as out:
                 out.write(json.dumps([os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")]) + "\\n")
 
-    corpus.OPERATORS["embed"] = Probe
+    STAGES.implementations["embed"] = Probe
     ray.init(num_cpus=8, num_gpus=4, include_dashboard=False, log_to_driver=False)
     # Ray Data starts pool actors asynchronously: a small job can end before a slow fourth one is up
     ray.data.DataContext.get_current().wait_for_min_actors_s = 300

@@ -19,7 +19,7 @@ import yaml
 from shardflow.config import validate
 from shardflow.errors import ConfigError
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
-from shardflow.storage import filesystem
+from shardflow.storage import Location
 from support import jaccard, sample_records, write_shard
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -210,7 +210,7 @@ def test_incremental_run_against_an_index_equals_one_run_over_both_batches(tmp_p
 
 def test_every_step_and_the_index_live_on_s3(s3_storage) -> None:
     storage, bucket = s3_storage
-    fs, _ = filesystem(f"s3://{bucket}", storage)
+    fs, _ = Location(f"s3://{bucket}", storage).filesystem()
     rng = np.random.default_rng(3)
     docs = documents()[:20]
     night1 = [{"id": f"1-{i}", "text": text} for i, (_, text) in enumerate(docs)]

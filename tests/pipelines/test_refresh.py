@@ -16,7 +16,7 @@ from shardflow.errors import ConfigError, OutputStateError
 from shardflow.pipelines import refresh as refresh_module
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
 from shardflow.pipelines.refresh import RefreshConfig, current_version, refresh
-from shardflow.storage import StorageConfig, filesystem, join, read_table
+from shardflow.storage import Location, StorageConfig
 from support import sample_records, write_tiny_encoder
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -69,9 +69,7 @@ def stages(model: Path) -> list[dict[str, Any]]:
 
 
 def put(storage: StorageConfig, uri: str, records: list[dict[str, str]]) -> None:
-    fs, path = filesystem(uri, storage)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(path, "".join(json.dumps(record) + "\n" for record in records).encode())
+    Location(uri, storage).put_bytes("".join(json.dumps(record) + "\n" for record in records).encode())
 
 
 def corpus_rows(root: str, files: list[dict[str, Any]], storage: StorageConfig) -> dict[str, tuple[bool, str]]:
@@ -81,19 +79,18 @@ def corpus_rows(root: str, files: list[dict[str, Any]], storage: StorageConfig) 
         for entry in files
         if entry["kind"] != "quarantine"
         for doc, cluster in zip(
-            *read_table(join(root, entry["path"]), storage, ["doc_id", "dup_cluster"]).to_pydict().values(),
+            *Location(root, storage).join(entry["path"]).read_table(["doc_id", "dup_cluster"]).to_pydict().values(),
             strict=True,
         )
     }
 
 
-def index_contents(folder: str, storage: StorageConfig) -> dict[str, np.ndarray]:
+def index_contents(folder: Location) -> dict[str, np.ndarray]:
     """doc_id -> its vector, read back from a built index."""
     import faiss
 
-    fs, path = filesystem(join(folder, "index.faiss"), storage)
-    index = faiss.deserialize_index(np.frombuffer(fs.cat_file(path), dtype=np.uint8))
-    ids = read_table(join(folder, "ids.parquet"), storage).to_pydict()
+    index = faiss.deserialize_index(np.frombuffer(folder.join("index.faiss").read_bytes(), dtype=np.uint8))
+    ids = folder.join("ids.parquet").read_table().to_pydict()
     assert len(set(ids["doc_id"])) == len(ids["doc_id"]) == index.ntotal
     return {doc: index.reconstruct(int(i)) for i, doc in zip(ids["id"], ids["doc_id"], strict=True)}
 
@@ -101,14 +98,14 @@ def index_contents(folder: str, storage: StorageConfig) -> dict[str, np.ndarray]
 def assert_equal_to_from_scratch(root: str, inputs: str, scratch: str, model: Path, settings: dict[str, Any]) -> None:
     """The published corpus == one run over every input: same verdict for every document, same index."""
     storage = StorageConfig(**settings)
-    record = current_version(root, storage)
+    record = current_version(Location(root, storage))
     config = {"input": {"paths": [inputs]}, "output": {"path": scratch}, "stages": stages(model), "index": {}}
     manifest = run_corpus(validate(config | {"storage": settings}, CorpusConfig)).manifest
     verdicts = corpus_rows(root, record["files"], storage)
     assert verdicts == corpus_rows(scratch, manifest["files"], storage)
     assert record["counts"] == manifest["counts"]
-    published = index_contents(join(root, record["index"]["path"]), storage)
-    built = index_contents(join(scratch, "index"), storage)
+    published = index_contents(Location(root, storage).join(record["index"]["path"]))
+    built = index_contents(Location(scratch, storage).join("index"))
     assert sorted(published) == sorted(built) == sorted(doc for doc, (kept, _) in verdicts.items() if kept)
     assert all(np.allclose(published[doc], built[doc], atol=2e-3) for doc in built)
 
@@ -128,7 +125,7 @@ def test_three_nights_on_s3_equal_a_run_over_all_shards(s3_storage, tmp_path: Pa
         },
         RefreshConfig,
     )
-    fs, _ = filesystem(root, storage)
+    fs, _ = Location(root, storage).filesystem()
     records = []
     for number, night in enumerate(nights(), 1):
         for name, rows in night.items():
@@ -201,11 +198,11 @@ def test_a_refresh_that_crashes_at_any_step_publishes_on_rerun_what_an_uninterru
 
     for name, rows in two.items():
         put(storage, str(inputs / name), rows)
-    for step, suffix in (("run_corpus", ""), ("ensure_version_index", ""), ("put_bytes", "version.json")):
+    for step, suffix in (("run_corpus", ""), ("ensure_version_index", ""), ("write_version_record", "")):
         crash_after(monkeypatch, step, suffix)  # after: the segment, the index, version.json (not yet current)
         with pytest.raises(Crash):
             refresh(config)
-        assert current_version(config.output.path, storage)["version"] == 1
+        assert current_version(Location(config.output.path, storage))["version"] == 1
     for name, rows in three.items():  # new shards arrive before the rerun: the attempt starts over with them
         put(storage, str(inputs / name), rows)
     result = refresh(config)

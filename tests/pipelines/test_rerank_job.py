@@ -18,7 +18,7 @@ import pytest
 from shardflow.config import validate
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
 from shardflow.pipelines.rerank import RerankConfig, rerank
-from shardflow.storage import filesystem
+from shardflow.storage import Location
 from support import REPO, kill_worker_when, write_rerank_task, write_shard, write_tiny_encoder
 
 
@@ -185,7 +185,7 @@ def test_the_corpus_may_be_tsv_parquet_or_a_shardflow_output(tmp_path: Path, for
 def test_runs_queries_corpus_and_output_on_s3(s3_storage, tmp_path: Path, ray_local: None) -> None:
     storage, bucket = s3_storage
     write_rerank_task(tmp_path / "in", articles=3)
-    fs, _ = filesystem(f"s3://{bucket}", storage)
+    fs, _ = Location(f"s3://{bucket}", storage).filesystem()
     for name in ("shuffled.run", "queries.jsonl", "corpus.jsonl", "qrels.txt"):
         fs.put_file(str(tmp_path / "in" / name), f"{bucket}/in/{name}")
     texts = [json.loads(line)["text"] for line in (tmp_path / "in" / "corpus.jsonl").read_text().splitlines()]

@@ -14,7 +14,7 @@ from shardflow.config import validate
 from shardflow.errors import ConfigError, InputError
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
 from shardflow.pipelines.search import SearchRequest, search
-from shardflow.storage import StorageConfig
+from shardflow.storage import Location, StorageConfig
 from shardflow.trec import read_queries
 from support import sample_records, write_shard, write_tiny_encoder
 
@@ -111,10 +111,10 @@ def test_an_index_needs_an_embed_stage_and_a_factory_faiss_can_parse() -> None:
 def test_queries_files_are_read_strictly(tmp_path: Path) -> None:
     good = tmp_path / "q.tsv"
     good.write_text("1\tfirst query\n\n2\tsecond\n")
-    assert read_queries(str(good), StorageConfig()) == [("1", "first query"), ("2", "second")]
+    assert read_queries(Location(str(good))) == [("1", "first query"), ("2", "second")]
     jsonl = tmp_path / "q.jsonl"
     jsonl.write_text('{"query_id": 7, "query": "seven"}\n{"_id": "x", "text": "ex"}\n')
-    assert read_queries(str(jsonl), StorageConfig()) == [("7", "seven"), ("x", "ex")]
+    assert read_queries(Location(str(jsonl))) == [("7", "seven"), ("x", "ex")]
     for name, content, message in [
         ("no_tab.tsv", "1 first\n", r"no_tab.tsv:1: expected `qid<TAB>text`"),
         ("twice.tsv", "1\ta\n1\tb\n", r"twice.tsv:2: query id '1' appears twice"),
@@ -124,6 +124,6 @@ def test_queries_files_are_read_strictly(tmp_path: Path) -> None:
     ]:
         (tmp_path / name).write_text(content)
         with pytest.raises(InputError, match=message):
-            read_queries(str(tmp_path / name), StorageConfig())
+            read_queries(Location(str(tmp_path / name)))
     with pytest.raises(InputError, match="not a shardflow index"):
         search(SearchRequest(str(tmp_path), str(good), str(tmp_path / "run")), StorageConfig(), progress=False)

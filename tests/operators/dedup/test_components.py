@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from shardflow.operators.dedup.components import EDGES_SCHEMA, connected_components, scatter_edges
-from shardflow.storage import StorageConfig
+from shardflow.storage import Location
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -34,7 +34,7 @@ def union_find_roots(node: np.ndarray, root: np.ndarray) -> dict[int, int]:
 
 
 def components_of(edge_files: list[str], partitions: int) -> dict[int, int]:
-    stars = connected_components(scatter_edges(edge_files, StorageConfig(), partitions), partitions)
+    stars = connected_components(scatter_edges([Location(f) for f in edge_files], partitions), partitions)
     found: dict[int, int] = {}
     for piece in range(partitions):
         for out in stars:

@@ -9,10 +9,13 @@ import pytest
 
 from shardflow.config import validate
 from shardflow.errors import ConfigError, OutputStateError
-from shardflow.operators.dedup.exact import dedup_key, ensure_duplicate_table, normalise
-from shardflow.operators.readers import ReaderConfig, list_shards
+from shardflow.operators.base import RunContext
+from shardflow.operators.dedup.exact import ExactDedup, ExactDedupConfig, dedup_key, normalise
+from shardflow.operators.readers import ReaderConfig, read_documents
+from shardflow.output.corpus import OutputLayout
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
-from shardflow.storage import StorageConfig
+from shardflow.shards import Shard, list_shards
+from shardflow.storage import Location
 from support import sample_records, write_shard
 
 
@@ -85,18 +88,24 @@ def test_one_document_per_group_across_shards_the_same_on_every_run(tmp_path: Pa
 def test_the_duplicate_table_is_reused_by_a_resumed_run_and_refused_if_inputs_changed(tmp_path: Path) -> None:
     write_inputs(tmp_path / "in")
     reader = ReaderConfig(paths=[str(tmp_path / "in")])
-    shards = list_shards(reader, StorageConfig())
-    table = tmp_path / "table"
-    index = tmp_path / "index"
-    ensure_duplicate_table(str(table), str(index), shards, reader, StorageConfig(), partitions=2)
+    shards = list_shards([Location(str(tmp_path / "in"))])
+    layout = OutputLayout(Location(str(tmp_path / "out")), "run")
+
+    def prepare(shards: list[Shard]) -> None:
+        stage = ExactDedup(ExactDedupConfig(partitions=2), RunContext(shards, layout, "attempt"), "stages.0")
+        stage.prepare(read_documents(shards, reader))
+
+    prepare(shards)
+    staging = tmp_path / "out" / "_staging" / "run"
+    table, index = staging / "exact_dedup", staging / "exact_index"
     files = sorted(table.glob("shard=*/*.parquet"))
     assert len({f.parent for f in files}) == 2  # the two shards that hold duplicates
     assert pq.read_table(index / "keys").num_rows == 35  # every document's key (not the empty one's)
     stamps = [f.stat().st_mtime_ns for f in files]
-    ensure_duplicate_table(str(table), str(index), shards, reader, StorageConfig(), partitions=2)
+    prepare(shards)
     assert [f.stat().st_mtime_ns for f in files] == stamps
     with pytest.raises(OutputStateError, match="inputs changed"):
-        ensure_duplicate_table(str(table), str(index), shards[:2], reader, StorageConfig(), partitions=2)
+        prepare(shards[:2])
 
 
 @pytest.mark.usefixtures("ray_local")

@@ -1,0 +1,227 @@
+"""A corpus output: parquet partitioned by language, staged, checked, committed; then ``manifest.json``.
+
+Layout of an output::
+
+    OUTPUT/manifest.json                 written last: an output is complete if and only if it exists
+    OUTPUT/corpus/lang=xxx_Scri/*.parquet    kept documents
+    OUTPUT/removed/lang=xxx_Scri/*.parquet   documents a stage dropped, with drop_reason
+    OUTPUT/quarantine/*.parquet          records that never became documents: source, reason, raw bytes
+    OUTPUT/<artifact>/                   what stages build beside the corpus (dedup indexes, the dense index)
+    OUTPUT/_staging/<fingerprint>/       a run in progress (the same tree, plus the ledger's books and the
+                                         stages' own steps)
+
+The staging folder is a ``ShardLedger``: a rerun after a crash keeps the shards it holds whole and redoes
+the rest; the commit checks every shard again, moves the files into place and writes the manifest. Nothing
+outside ``_staging`` exists before that.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from shardflow.config import StrictModel
+from shardflow.errors import OutputStateError
+from shardflow.output.ledger import LedgerSink, ShardLedger, file_name, grouped
+from shardflow.output.manifest import CORPUS, KINDS, QUARANTINE, REMOVED, artifact_names, build_manifest
+from shardflow.schema import (
+    BOOKKEEPING,
+    DROP_REASON,
+    LANG,
+    QUARANTINE_COLUMNS,
+    QUARANTINE_REASON,
+    RAW,
+    SECONDS_PREFIX,
+    SOURCE,
+    split_source,
+)
+from shardflow.shards import Shard
+from shardflow.storage import Location
+
+__all__ = ["CorpusSink", "OutputLayout", "RunState", "WriterConfig"]
+
+MANIFEST = "manifest.json"
+STAGING = "_staging"
+COMMIT_PLAN = "COMMIT.json"
+NO_LANG = "und_Zyyy"
+
+RunState = Literal["done", "fresh", "resume"]
+
+
+class WriterConfig(StrictModel):
+    """The ``output`` section."""
+
+    path: str = Field(description="Output directory, local or s3://.")
+    if_exists: Literal["resume", "overwrite", "error"] = Field(
+        "resume",
+        description="resume: finish an interrupted run of the same config (a finished one is left as is); "
+        "overwrite: replace whatever is there; error: refuse if anything is there.",
+    )
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """One output, for one config fingerprint: its paths and its lifecycle (prepare, resume, commit)."""
+
+    root: Location
+    fingerprint: str
+
+    @property
+    def staging(self) -> Location:
+        return self.root.join(STAGING, self.fingerprint)
+
+    @property
+    def ledger(self) -> ShardLedger:
+        return ShardLedger(self.staging, KINDS)
+
+    def manifest(self) -> dict[str, Any] | None:
+        return self.root.join(MANIFEST).read_json()
+
+    # ------------------------------------------------------------ before a run (driver)
+
+    def prepare(self, if_exists: str) -> RunState:
+        """Decide, from what the output holds, whether this run is done already, starts fresh or resumes."""
+        manifest = self.manifest()
+        staged = self.root.join(STAGING).children()
+        ours = [entry for entry in staged if entry.name == self.fingerprint]
+        if if_exists == "overwrite":
+            plans = [entry.join(COMMIT_PLAN).read_json() or {} for entry in staged]  # a commit cut short
+            older = {name for found in [manifest or {}, *plans] for name in artifact_names(found)}
+            for name in (MANIFEST, STAGING, *sorted(older), *KINDS):
+                self.root.join(name).remove()
+            return "fresh"
+        if manifest is not None:
+            if manifest.get("fingerprint") == self.fingerprint and if_exists == "resume":
+                return "done"
+            raise OutputStateError(
+                f"{self.root} already holds a finished corpus"
+                + ("" if manifest.get("fingerprint") == self.fingerprint else " made with a different config")
+                + "; choose another output.path or --set output.if_exists=overwrite to replace it"
+            )
+        if len(staged) > len(ours):
+            raise OutputStateError(
+                f"{self.root} holds an unfinished run of a different config (under _staging/); "
+                "choose another output.path or --set output.if_exists=overwrite to discard it"
+            )
+        if any(self.root.join(kind).exists() for kind in KINDS) and not ours:
+            raise OutputStateError(f"{self.root} holds corpus files but no manifest.json; refusing to mix runs")
+        if ours and if_exists == "error":
+            raise OutputStateError(f"{self.root} holds an unfinished run; output.if_exists=error forbids resuming it")
+        return "resume" if ours else "fresh"
+
+    def resume(self, shards: list[Shard]) -> list[Shard]:
+        """Keep what an earlier attempt finished; clear the rest; return the shards still to read (none when
+        the earlier attempt was committing: only the commit is left to finish)."""
+        if self.staging.join(COMMIT_PLAN).exists():
+            return []
+        return self.ledger.keep_finished(shards)
+
+    # ------------------------------------------------------------ commit (driver)
+
+    def commit(self, shards: list[Shard], stage_names: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+        """Check that every shard is whole, move staged files into place, write the manifest, clear staging.
+
+        The manifest is first saved as the commit plan inside staging, so a crash while moving files is
+        finished by the next run instead of leaving a corpus that is half moved. ``extra`` adds to the
+        manifest; its entries that list ``files`` (artifacts staged beside the corpus) move too.
+        """
+        manifest = self.staging.join(COMMIT_PLAN).read_json()
+        if manifest is None:
+            ledger = self.ledger
+            current = {shard.uri for shard in shards}
+            entries = {path: e for path, e in ledger.entries().items() if e["shard"] in current}
+            marked = ledger.marked()
+            unfinished = current - ledger.finished(shards, entries, marked)
+            if unfinished:
+                raise OutputStateError(
+                    f"{len(unfinished)} shard(s) were not completely written (e.g. {min(unfinished)}); "
+                    "run the same command again: finished shards are kept and the rest redone"
+                )
+            manifest = build_manifest(entries, shards, marked, stage_names, self.fingerprint) | extra
+            self.staging.join(COMMIT_PLAN).put_bytes(json.dumps(manifest).encode())
+        artifacts = [path for name in artifact_names(manifest) for path in manifest[name]["files"]]
+        for path in [entry["path"] for entry in manifest["files"]] + artifacts:
+            source = self.staging.join(path)
+            if source.exists():
+                source.move_to(self.root.join(path))
+        self.root.join(MANIFEST).put_bytes(json.dumps(manifest, indent=2).encode())
+        self.staging.remove()
+        parent = self.root.join(STAGING)
+        if parent.exists() and not parent.children():  # object stores have no empty folders to remove
+            parent.remove()
+        return manifest
+
+    def artifact_files(self, name: str) -> list[str]:
+        """The files of artifact folder ``name`` this run built, relative to the output root (they move there at
+        commit); step markers (``_DONE.json``) stay behind in staging."""
+        prefix = len(self.staging.uri.rstrip("/")) + 1
+        return [file.uri[prefix:] for file in self.staging.join(name).files() if not file.uri.endswith("/_DONE.json")]
+
+    def corpus_files(self) -> list[dict[str, Any]]:
+        """The corpus files written so far (path relative to staging, rows), in path order."""
+        entries = self.ledger.entries().values()
+        return sorted(
+            ({"path": e["path"], "rows": e["rows"]} for e in entries if e["kind"] == CORPUS), key=lambda e: e["path"]
+        )
+
+
+class CorpusSink(LedgerSink):
+    """Writes each block's rows to corpus/, removed/ or quarantine/ under staging, per shard and language."""
+
+    def get_name(self) -> str:
+        return "WriteCorpus"
+
+    def files(self, block: pa.Table) -> Iterable[tuple[str, pa.Table, dict[str, Any]]]:
+        uris, lines = split_source(block[SOURCE])
+        quarantined = pc.is_valid(block[QUARANTINE_REASON]).to_pylist()
+        dropped = pc.is_valid(block[DROP_REASON]).to_pylist()
+        langs = block[LANG].to_pylist() if LANG in block.column_names else [None] * block.num_rows
+        labels = [
+            (QUARANTINE if is_q else REMOVED if is_d else CORPUS, uri, lang or NO_LANG)
+            for uri, is_q, is_d, lang in zip(uris, quarantined, dropped, langs, strict=True)
+        ]
+        for (kind, uri, lang), first_line, rows in grouped(block, labels, lines):
+            name = file_name(uri, first_line)
+            path = f"{QUARANTINE}/{name}" if kind == QUARANTINE else f"{kind}/lang={lang}/{name}"
+            facts = {
+                "kind": kind,
+                "lang": lang,
+                "shard": uri,
+                "rows": rows.num_rows,
+                "reasons": _reason_counts(kind, rows),
+                "seconds": _seconds(rows),
+            }
+            yield path, _columns_for(kind, rows), facts
+
+
+def _seconds(rows: pa.Table) -> dict[str, float]:
+    """Each stage's share of the time spent on these rows, from the ``_seconds_<stage>`` columns."""
+    return {
+        column.removeprefix(SECONDS_PREFIX): pc.sum(rows[column]).as_py() or 0.0
+        for column in rows.column_names
+        if column.startswith(SECONDS_PREFIX)
+    }
+
+
+def _columns_for(kind: str, rows: pa.Table) -> pa.Table:
+    rows = rows.drop_columns([c for c in rows.column_names if c.startswith(SECONDS_PREFIX)])
+    if kind == QUARANTINE:
+        return rows.select(list(QUARANTINE_COLUMNS))
+    dropped = BOOKKEEPING if kind == CORPUS else (QUARANTINE_REASON, RAW)
+    return rows.drop_columns([name for name in dropped if name in rows.column_names])
+
+
+def _reason_counts(kind: str, rows: pa.Table) -> dict[str, int]:
+    if kind == CORPUS:
+        return {}
+    if kind == REMOVED:
+        return dict(Counter(rows[DROP_REASON].to_pylist()))
+    return dict(Counter(reason.split(":", 1)[0] for reason in rows[QUARANTINE_REASON].to_pylist()))

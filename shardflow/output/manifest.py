@@ -1,0 +1,125 @@
+"""The manifest of a corpus output: counts per stage, language and reason, inputs and files, and where the
+worker time went; ``read = kept + dropped + quarantined`` or it is not written."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+from shardflow.errors import OutputStateError
+from shardflow.shards import Shard
+
+__all__ = ["CORPUS", "KINDS", "QUARANTINE", "REMOVED", "artifact_names", "build_manifest"]
+
+CORPUS, REMOVED, QUARANTINE = "corpus", "removed", "quarantine"
+KINDS = (CORPUS, REMOVED, QUARANTINE)
+FORMAT = "shardflow-corpus/1"
+
+
+def build_manifest(
+    entries: dict[str, dict[str, Any]],
+    shards: list[Shard],
+    marked: dict[str, dict[str, Any]],
+    stage_names: list[str],
+    fingerprint: str,
+) -> dict[str, Any]:
+    """Counts per stage, language and reason, the inputs and the files; read = kept + dropped + quarantined."""
+    by_kind: Counter[str] = Counter()
+    quarantine_reasons: Counter[str] = Counter()
+    drop_reasons: Counter[str] = Counter()
+    languages: dict[str, Counter[str]] = defaultdict(Counter)
+    busy: Counter[str] = Counter()
+    for entry in entries.values():
+        busy.update(entry.get("seconds", {}))
+        by_kind[entry["kind"]] += entry["rows"]
+        if entry["kind"] == QUARANTINE:
+            quarantine_reasons.update(entry["reasons"])
+        else:
+            languages[entry["lang"]][entry["kind"]] += entry["rows"]
+            drop_reasons.update(entry["reasons"])
+            languages[entry["lang"]].update({f"{REMOVED}:{r}": n for r, n in entry["reasons"].items()})
+    read = sum(marked[shard.uri]["rows"] for shard in shards)
+    if read != by_kind[CORPUS] + by_kind[REMOVED] + by_kind[QUARANTINE]:
+        raise OutputStateError(f"counts do not reconcile: read {read} != written {dict(by_kind)}; rerun to redo")
+    stages = _stage_counts(read, by_kind[QUARANTINE], quarantine_reasons, drop_reasons, stage_names)
+    return {
+        "format": FORMAT,
+        "fingerprint": fingerprint,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "counts": {
+            "read": read,
+            "kept": by_kind[CORPUS],
+            "dropped": by_kind[REMOVED],
+            "quarantined": by_kind[QUARANTINE],
+        },
+        "stages": stages,
+        "timing": _timing(stages, busy, read),
+        "languages": {lang: _language_counts(counts) for lang, counts in sorted(languages.items())},
+        "inputs": [{"uri": s.uri, "size": s.size, "version": s.version, "rows": marked[s.uri]["rows"]} for s in shards],
+        "files": sorted(
+            ({k: e[k] for k in ("path", "kind", "lang", "rows")} for e in entries.values()), key=lambda e: e["path"]
+        ),
+    }
+
+
+def artifact_names(manifest: dict[str, Any]) -> list[str]:
+    """The folders built beside the corpus (dedup indexes, the dense index): the manifest's entries that list
+    ``files``."""
+    return [name for name, value in manifest.items() if isinstance(value, dict) and "files" in value]
+
+
+def _stage_counts(
+    read: int, quarantined: int, quarantine_reasons: Counter[str], drop_reasons: Counter[str], stage_names: list[str]
+) -> list[dict[str, Any]]:
+    stages = [
+        {
+            "name": "read",
+            "in": read,
+            "out": read - quarantined,
+            "dropped": 0,
+            "quarantined": quarantined,
+            "reasons": dict(quarantine_reasons),
+        }
+    ]
+    flowing = read - quarantined
+    for name in stage_names:
+        reasons = {r: n for r, n in drop_reasons.items() if r.split(":", 1)[0] == name}
+        dropped = sum(reasons.values())
+        stages.append(
+            {
+                "name": name,
+                "in": flowing,
+                "out": flowing - dropped,
+                "dropped": dropped,
+                "quarantined": 0,
+                "reasons": reasons,
+            }
+        )
+        flowing -= dropped
+    return stages
+
+
+def _timing(stages: list[dict[str, Any]], busy: Counter[str], read: int) -> dict[str, dict[str, float]]:
+    """Worker seconds each stage spent (summed over its tasks or actors) and documents per such second.
+
+    Stages overlap in a streaming run, so these add up to more than the wall time; they say where the
+    work went. A resumed run counts the finished shards' time from their first attempt.
+    """
+    docs = {stage["name"]: stage["in"] for stage in stages} | {"write": read}
+    return {
+        name: {
+            "busy_seconds": round(seconds, 3),
+            "docs": docs.get(name, 0),
+            "docs_per_busy_second": round(docs.get(name, 0) / seconds, 1) if seconds > 0 else 0.0,
+        }
+        for name, seconds in busy.items()
+    }
+
+
+def _language_counts(counts: Counter[str]) -> dict[str, Any]:
+    return {
+        "kept": counts[CORPUS],
+        "dropped": counts[REMOVED],
+        "drop_reasons": {k.split(":", 1)[1]: n for k, n in counts.items() if k.startswith(f"{REMOVED}:")},
+    }

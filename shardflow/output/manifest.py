@@ -106,12 +106,12 @@ def _timing(stages: list[dict[str, Any]], busy: Counter[str], read: int) -> dict
     Stages overlap in a streaming run, so these add up to more than the wall time; they say where the
     work went. A resumed run counts the finished shards' time from their first attempt.
     """
-    docs = {stage["name"]: stage["in"] for stage in stages} | {"write": read}
+    docs = {stage["name"]: stage["in"] for stage in stages} | {"write": read}  # the input's own stages: all read
     return {
         name: {
             "busy_seconds": round(seconds, 3),
-            "docs": docs.get(name, 0),
-            "docs_per_busy_second": round(docs.get(name, 0) / seconds, 1) if seconds > 0 else 0.0,
+            "docs": docs.get(name, read),
+            "docs_per_busy_second": round(docs.get(name, read) / seconds, 1) if seconds > 0 else 0.0,
         }
         for name, seconds in busy.items()
     }

@@ -119,6 +119,13 @@ class Location:
         found = fs.find(path) if fs.exists(path) else []
         return [self.at(to_uri(fs, name)) for name in sorted(found) if name.endswith(suffix)]
 
+    def relative_files(self) -> list[str]:
+        """Every file below this folder, as a path relative to it (``a/b.parquet``), sorted; none when there is
+        no folder. Relative to the path the store resolves, so a relative local folder works too."""
+        fs, path = self.filesystem()
+        root = path.rstrip("/") + "/"
+        return [name[len(root) :] for name in sorted(fs.find(path))] if fs.exists(path) else []
+
     def children(self) -> list[Location]:
         """The entries directly inside this folder, sorted; none when there is none."""
         fs, path = self.filesystem()

@@ -43,6 +43,7 @@ from shardflow.schema import (
     split_source,
 )
 from shardflow.shards import Shard
+from shardflow.steps import DONE
 from shardflow.storage import Location
 
 __all__ = ["CorpusSink", "OutputLayout", "RunState", "WriterConfig"]
@@ -162,8 +163,7 @@ class OutputLayout:
     def artifact_files(self, name: str) -> list[str]:
         """The files of artifact folder ``name`` this run built, relative to the output root (they move there at
         commit); step markers (``_DONE.json``) stay behind in staging."""
-        prefix = len(self.staging.uri.rstrip("/")) + 1
-        return [file.uri[prefix:] for file in self.staging.join(name).files() if not file.uri.endswith("/_DONE.json")]
+        return [f"{name}/{path}" for path in self.staging.join(name).relative_files() if not path.endswith(DONE)]
 
     def corpus_files(self) -> list[dict[str, Any]]:
         """The corpus files written so far (path relative to staging, rows), in path order."""

@@ -69,9 +69,9 @@ class ShardLedger:
         done = self.finished(shards, entries, marked)
         keep = {path: entry for path, entry in entries.items() if entry["shard"] in done}
         for folder in self.data:
-            for file in self.folder.join(folder).files():
-                if file.uri[len(self.folder.uri.rstrip("/")) + 1 :] not in keep:
-                    file.remove()
+            for path in self.folder.join(folder).relative_files():
+                if f"{folder}/{path}" not in keep:
+                    self.folder.join(folder, path).remove()
         for marker in self.markers.files(".json"):
             if marker.read_json()["uri"] not in done:
                 marker.remove()

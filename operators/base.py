@@ -28,7 +28,7 @@ import ray
 
 from shardflow.config import Resources
 from shardflow.output.corpus import OutputLayout
-from shardflow.schema import DROP_REASON, QUARANTINE_REASON, RAW, SECONDS_PREFIX, SOURCE, with_seconds
+from shardflow.schema import DROP_REASON, QUARANTINE_REASON, RAW, SECONDS_PREFIX, SOURCE, stage_error, with_seconds
 from shardflow.shards import Shard
 from shardflow.storage import Location, StorageConfig
 
@@ -69,7 +69,7 @@ class Operator(ABC):
         started = time.perf_counter()
         playing = in_play(batch)
         docs = batch.filter(playing) if not playing.all() else batch
-        found = self.annotate(docs) if docs.num_rows else self._empty_annotations()
+        found = self._annotate_safely(docs) if docs.num_rows else self._empty_annotations()
         positions = _positions(playing)
         for spec in self.added_fields:
             column = found.columns[spec.name]
@@ -84,6 +84,27 @@ class Operator(ABC):
         if found.quarantine_reasons:
             batch = self._quarantine(batch, docs, found.quarantine_reasons, positions)
         return with_seconds(batch, self.name, time.perf_counter() - started)
+
+    def _annotate_safely(self, docs: pa.Table) -> Annotations:
+        """``annotate(docs)``; if it raises, the documents one by one, and those that still make it raise are
+        quarantined as ``stage_error:<stage>:<Type>`` (one hostile record must not fail a run; a stage that fails
+        on everything fails it through ``max_error_fraction``)."""
+        try:
+            return self.annotate(docs)
+        except Exception:  # noqa: BLE001 - which documents are to blame is found below
+            pass
+        parts, errors = [], []
+        for row in range(docs.num_rows):
+            try:
+                parts.append(self.annotate(docs.slice(row, 1)))
+                errors.append(None)
+            except Exception as err:  # noqa: BLE001
+                parts.append(self._null_annotations())
+                errors.append(stage_error(self.name, err))
+        return _concatenated(parts, errors, self.added_fields)
+
+    def _null_annotations(self) -> Annotations:
+        return Annotations({spec.name: pa.nulls(1, spec.type) for spec in self.added_fields})
 
     def _prefixed(self, reasons: list[str | None]) -> pa.Array:
         return pa.array([None if r is None else f"{self.name}:{r}" for r in reasons], pa.string())
@@ -101,6 +122,19 @@ class Operator(ABC):
 
     def _empty_annotations(self) -> Annotations:
         return Annotations({spec.name: pa.array([], spec.type) for spec in self.added_fields})
+
+
+def _concatenated(parts: list[Annotations], errors: list[str | None], fields: list[pa.Field]) -> Annotations:
+    """One row's annotations each (``parts``), as one; a row's error becomes its quarantine reason."""
+    columns = {spec.name: pa.concat_arrays([_array(part.columns[spec.name]) for part in parts]) for spec in fields}
+    drops = [reason for part in parts for reason in (part.drop_reasons or [None])]
+    quarantined = [next(iter(part.quarantine_reasons), None) for part in parts]
+    quarantines = [error or found for error, found in zip(errors, quarantined, strict=True)]
+    return Annotations(columns, drop_reasons=drops, quarantine_reasons=quarantines)
+
+
+def _array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
 def _bookkeeping(column: str) -> bool:

@@ -12,6 +12,8 @@ from collections import Counter
 from functools import cache, lru_cache
 from importlib.resources import files
 
+from shardflow.schema import safe_label
+
 LABEL_PREFIX = "__label__"
 SCRIPT_SAMPLE_CHARS = 120  # letters enough to tell a script; read only for multi-script labels
 
@@ -90,7 +92,12 @@ def dominant_script(text: str) -> str | None:
 
 
 def normalise_labels(labels: list[str], text: str) -> list[str]:
-    """Normalise a model's labels for one text; the text's script is read at most once, and only if needed."""
+    """Normalise a model's labels for one text; the text's script is read at most once, and only if needed. A
+    label that could not stand in a path is escaped (``safe_label``)."""
+    return [safe_label(code) for code in _normalised(labels, text)]
+
+
+def _normalised(labels: list[str], text: str) -> list[str]:
     script: str | None = None
     script_read = False
     codes = []

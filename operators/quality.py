@@ -37,7 +37,7 @@ from pydantic import Field
 from shardflow.config import Resources, StrictModel
 from shardflow.errors import ConfigError
 from shardflow.operators.base import Annotations, Operator
-from shardflow.schema import LANG
+from shardflow.schema import LANG, safe_label
 from shardflow.storage import StorageConfig
 
 __all__ = ["QualityConfig", "QualityFilter", "Thresholds", "filters_for", "load_thresholds", "word_tokenizer"]
@@ -141,9 +141,10 @@ class QualityFilter(Operator):
 
 @cache
 def load_thresholds(lang: str, override: Path | None) -> Thresholds:
-    """The user's file for ``lang``, else ours, else ``default.yaml``."""
+    """The user's file for ``lang``, else ours, else ``default.yaml`` (also for a label that could not name a
+    file: ``lang`` comes from a model)."""
     bundled = files("shardflow.operators").joinpath("quality_thresholds")
-    for folder in ([override] if override else []) + [bundled]:
+    for folder in ([override] if override else []) + [bundled] if safe_label(lang) == lang else []:
         candidate = folder.joinpath(f"{lang}.yaml")
         if candidate.is_file():
             return Thresholds.model_validate(yaml.safe_load(candidate.read_text(encoding="utf-8")) or {})

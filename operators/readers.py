@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
+import re
 import time
 import zlib
 from collections.abc import Iterable, Iterator
@@ -26,7 +28,7 @@ import zstandard
 from pydantic import Field
 
 from shardflow.config import StrictModel
-from shardflow.schema import READ_SCHEMA, with_seconds
+from shardflow.schema import READ_SCHEMA, stage_error, with_seconds
 from shardflow.shards import Shard, read_shards
 from shardflow.storage import Location
 
@@ -36,6 +38,10 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK_BYTES = 1 << 20
 RAW_KEEP_BYTES = 1 << 20  # of a line too long to parse, the quarantine row keeps this much
+# Compressed bytes per zstd call: a zstd block of at least 4 bytes decodes to at most 128 KiB, so a call yields at
+# most ~4 MiB whatever the compression ratio (8 KB of zstd can hold 256 MiB of one repeated byte).
+ZSTD_FEED = 128
+BIG_NUMBER = re.compile(rb"[:\[,]\s*-?(?:\d{19,}|[\d.]+[eE]\+?\d{3,})")  # a number orjson would round or reject
 
 
 class ReaderConfig(StrictModel):
@@ -43,7 +49,10 @@ class ReaderConfig(StrictModel):
 
     paths: list[str] = Field(min_length=1, description="Files, directories, globs; local or s3://.")
     format: Literal["auto", "hplt", "jsonl", "parquet"] = "auto"
-    batch_rows: int = Field(2000, ge=1, description="Rows per block a read task emits.")
+    batch_rows: int = Field(2000, ge=1, description="Rows per block a read task emits (at most).")
+    batch_bytes: int = Field(
+        64 << 20, ge=1, description="Bytes of text and raw records per block (about): big documents, small blocks."
+    )
     task_bytes: int = Field(
         64 << 20, ge=1, description="Input bytes per read task: small shards are read together, big ones alone."
     )
@@ -73,18 +82,18 @@ def read_documents(shards: list[Shard], config: ReaderConfig, markers: Location 
 
 
 def read_shard(shard: Shard, config: ReaderConfig) -> Iterator[pa.Table]:
-    """Stream one shard as tables of ``config.batch_rows`` rows (at least one table, maybe empty)."""
+    """Stream one shard as tables of at most ``config.batch_rows`` rows and about ``config.batch_bytes`` bytes
+    (at least one table, maybe empty): a read task holds one block, whatever the documents' size."""
     rows: list[dict[str, Any]] = []
-    total = 0
+    size, emitted = 0, False
     started = time.perf_counter()
     for row in shard_rows(shard, config):
         rows.append(row)
-        if len(rows) >= config.batch_rows:
-            total += len(rows)
+        size += len(row.get("text") or "") + len(row.get("raw") or b"") + len(row.get("meta") or "")
+        if len(rows) >= config.batch_rows or size >= config.batch_bytes:
             yield with_seconds(pa.Table.from_pylist(rows, schema=READ_SCHEMA), "read", time.perf_counter() - started)
-            rows, started = [], time.perf_counter()
-    total += len(rows)
-    if rows or not total:
+            rows, size, emitted, started = [], 0, True, time.perf_counter()
+    if rows or not emitted:
         yield with_seconds(pa.Table.from_pylist(rows, schema=READ_SCHEMA), "read", time.perf_counter() - started)
 
 
@@ -158,24 +167,34 @@ def _decompressed_chunks(handle: BinaryIO) -> Iterator[bytes]:
 
 
 def _zstd_chunks(head: bytes, handle: BinaryIO) -> Iterator[bytes]:
-    """zstd frames one after another; a frame that is cut off raises ``StreamError`` (zstandard would not)."""
+    """zstd frames one after another, in chunks of about ``CHUNK_BYTES``; memory stays bounded whatever the
+    ratio (input goes in ``ZSTD_FEED`` bytes at a time). A frame that is cut off raises ``StreamError``
+    (zstandard would not)."""
     codec = zstandard.ZstdDecompressor()
     frame = codec.decompressobj()
     fed = False
+    out: list[bytes] = []
+    size = 0
     data = head
     while data:
-        while data:
-            try:
-                out = frame.decompress(data)
-            except zstandard.ZstdError as err:
-                raise StreamError(f"corrupt_stream: zstd: {err}") from None
-            fed = True
-            if out:
-                yield out
-            data = b""
-            if frame.eof:  # a frame ended: the rest of the input starts the next one
-                data, frame, fed = frame.unused_data, codec.decompressobj(), False
+        for start in range(0, len(data), ZSTD_FEED):
+            piece = data[start : start + ZSTD_FEED]
+            while piece:
+                try:
+                    produced = frame.decompress(piece)
+                except zstandard.ZstdError as err:
+                    yield b"".join(out)
+                    raise StreamError(f"corrupt_stream: zstd: {err}") from None
+                fed, piece = True, b""
+                out.append(produced)
+                size += len(produced)
+                if frame.eof:  # a frame ended: the rest of the input starts the next one
+                    piece, frame, fed = frame.unused_data, codec.decompressobj(), False
+            if size >= CHUNK_BYTES:
+                yield b"".join(out)
+                out, size = [], 0
         data = handle.read(CHUNK_BYTES)
+    yield b"".join(out)
     if fed and not frame.eof:
         raise StreamError("truncated_stream: zstd frame ends before its end mark")
 
@@ -245,24 +264,51 @@ def _finish_line(
 
 
 def _parse_json(line: bytes) -> tuple[Any, str | None]:
-    """The parsed value, or ``None`` and the reason it is not a valid JSON record."""
+    """The parsed value, or ``None`` and the reason it is not a valid JSON record. Numbers that a double cannot
+    hold (integers of 19 digits or more, exponents past 308) are kept exactly, as strings."""
+    if BIG_NUMBER.search(line):
+        return _parse_exactly(line)
     try:
         return orjson.loads(line), None
     except orjson.JSONDecodeError as err:
         return None, _diagnose(line, err)
 
 
-def _diagnose(line: bytes, err: Exception) -> str:
-    """Tell invalid UTF-8 from invalid JSON from valid JSON that escapes a lone surrogate."""
+def _parse_exactly(line: bytes) -> tuple[Any, str | None]:
+    """The slower parser that keeps every number as written when it cannot be one exactly."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as bad:
-        return f"invalid_utf8: {bad.reason} at byte {bad.start}"
+        return None, f"invalid_utf8: {bad.reason} at byte {bad.start}"
     try:
-        json.loads(text)
+        return json.loads(text, parse_int=_exact_int, parse_float=_exact_float, parse_constant=_not_a_number), None
+    except RecursionError:
+        return None, "too_deep: JSON nested too deeply to read"
     except ValueError as bad:
-        return f"invalid_json: {bad}"
-    return f"invalid_unicode: {err}"
+        return None, f"invalid_json: {bad}"
+
+
+def _exact_int(digits: str) -> int | str:
+    value = int(digits)
+    return value if -(1 << 63) <= value < 1 << 64 else digits
+
+
+def _exact_float(digits: str) -> float | str:
+    value = float(digits)
+    return value if math.isfinite(value) else digits
+
+
+def _not_a_number(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _diagnose(line: bytes, err: Exception) -> str:
+    """Tell invalid UTF-8 from invalid JSON from JSON nested too deeply from valid JSON that escapes a lone
+    surrogate."""
+    if "depth limit" in str(err):
+        return "too_deep: JSON nested deeper than 1024 levels"
+    _, problem = _parse_exactly(line)
+    return problem or f"invalid_unicode: {err}"
 
 
 # ---------------------------------------------------------------- record -> row
@@ -280,9 +326,19 @@ def _record_row(obj: Any, uri: str, line_no: int, config: ReaderConfig, raw: byt
     try:
         row = map_record(obj, config.format, config.max_doc_bytes)
     except RecordError as err:
-        return _quarantine_row(uri, line_no, str(err), raw if raw is not None else orjson.dumps(obj, default=str))
+        return _quarantine_row(uri, line_no, str(err), raw if raw is not None else _record_bytes(obj))
+    except Exception as err:  # noqa: BLE001 - one record must never fail a run: it is quarantined with the reason
+        return _quarantine_row(uri, line_no, stage_error("read", err), raw if raw is not None else _record_bytes(obj))
     row["source"] = f"{uri}:{line_no}"
     return row
+
+
+def _record_bytes(obj: Any) -> bytes:
+    """A parquet record as bytes for its quarantine row (its repr, where JSON cannot hold it)."""
+    try:
+        return orjson.dumps(obj, default=str)
+    except TypeError:
+        return repr(obj).encode("utf-8", "backslashreplace")[:RAW_KEEP_BYTES]
 
 
 class RecordError(ValueError):
@@ -339,7 +395,7 @@ def map_record(obj: dict[str, Any], fmt: str, max_doc_bytes: int) -> dict[str, A
         row["doc_id"] = str(raw_id)
     else:
         raise RecordError(f"wrong_type: 'id' is a {type(raw_id).__name__}, expected a string")
-    row["meta"] = orjson.dumps(rest, default=str).decode() if rest else None  # parquet may hold bytes
+    row["meta"] = _meta(rest) if rest else None
     return row
 
 
@@ -383,6 +439,15 @@ def _float_list(value: Any, name: str) -> list[float] | None:
     if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         return [float(v) for v in value]
     raise RecordError(f"wrong_type: '{name}' must be a number or a list of numbers")
+
+
+def _meta(rest: dict[str, Any]) -> str:
+    """The fields the document table has no column for, as JSON (parquet may hold bytes: as text)."""
+    try:
+        return orjson.dumps(rest, default=str).decode()
+    except TypeError as err:  # nested deeper than orjson writes (254 levels), or a lone surrogate in a string
+        reason = "too_deep" if "ecursion" in str(err) else "invalid_unicode"
+        raise RecordError(f"{reason}: a field cannot be kept as JSON ({err})") from None
 
 
 def _utf8_size(text: str) -> int:

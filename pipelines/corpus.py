@@ -74,6 +74,13 @@ class CorpusConfig(StrictModel):
     )
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
+    max_error_fraction: float = Field(
+        0.001,
+        ge=0,
+        le=1,
+        description="Records that make a stage raise are quarantined (stage_error:<stage>); a run in which more "
+        "than this share of the records did is not committed (its cause is then more likely a bug than the data).",
+    )
 
     @field_validator("stages")
     @classmethod
@@ -99,7 +106,9 @@ class CorpusConfig(StrictModel):
 
     def fingerprint(self) -> str:
         """A hash of what determines the output."""
-        identity = self.model_dump(mode="json", exclude={"ray": True, "storage": True, "output": {"if_exists"}})
+        identity = self.model_dump(
+            mode="json", exclude={"ray": True, "storage": True, "max_error_fraction": True, "output": {"if_exists"}}
+        )
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
     def redacted(self) -> dict[str, Any]:
@@ -157,7 +166,7 @@ def run_corpus(config: CorpusConfig) -> RunResult:
         **{name: facts for stage in global_stages.values() for name, facts in stage.facts().items()},
         **_index_facts(config, layout),
     }
-    manifest = layout.commit(shards, [stage.op for stage in config.stages], extra)
+    manifest = layout.commit(shards, [stage.op for stage in config.stages], extra, config.max_error_fraction)
     return RunResult(manifest, already_done=False, seconds=seconds)
 
 

@@ -263,6 +263,7 @@ def _segment_config(config: RefreshConfig, plan: dict[str, Any], parent: dict[st
         stages=stages,
         storage=config.storage,
         ray=config.ray,
+        max_error_fraction=config.max_error_fraction,
     )
 
 

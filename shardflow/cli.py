@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shardflow import __version__
@@ -161,9 +162,9 @@ def _run_command(args: argparse.Namespace) -> int:
     console = Console(stderr=True, soft_wrap=True)
     result = run_corpus(config)
     if result.already_done:
-        console.print(f"[yellow]{config.output.path} is already complete for this config; nothing to do.[/]")
+        console.print(f"[yellow]{escape(config.output.path)} is already complete for this config; nothing to do.[/]")
     _print_summary(console, result.manifest, config.output.path)
-    console.print(f"report: {write_report(Location(config.output.path, config.storage))[0]}")
+    console.print(f"report: {escape(write_report(Location(config.output.path, config.storage))[0])}")
     return 0
 
 
@@ -280,13 +281,16 @@ def _storage_of(config_path: str | None) -> StorageConfig:
 
 
 def _print_summary(console: Console, manifest: dict[str, Any], output: str) -> None:
-    """Stages, languages and where the output is: what a person checks after a run."""
+    """Stages, languages and where the output is: what a person checks after a run. Every name is escaped:
+    labels come from models and paths from users, and Rich would read ``[/x]`` in them as markup."""
+    output = escape(output)
     stages = Table(title="Stages", title_justify="left")
     for column in ("stage", "in", "out", "dropped", "quarantined", "reasons"):
         stages.add_column(column, justify="left" if column in ("stage", "reasons") else "right")
     for stage in manifest["stages"]:
         reasons = _top_reasons(stage["reasons"])
-        stages.add_row(stage["name"], *(f"{stage[k]:,}" for k in ("in", "out", "dropped", "quarantined")), reasons)
+        counts = (f"{stage[k]:,}" for k in ("in", "out", "dropped", "quarantined"))
+        stages.add_row(escape(stage["name"]), *counts, escape(reasons))
     console.print(stages)
 
     languages = Table(title=f"Languages (top {TOP_LANGUAGES} by kept documents)", title_justify="left")
@@ -294,13 +298,13 @@ def _print_summary(console: Console, manifest: dict[str, Any], output: str) -> N
         languages.add_column(column, justify="left" if column == "lang" else "right")
     ranked = sorted(manifest["languages"].items(), key=lambda item: -item[1]["kept"])
     for lang, counts in ranked[:TOP_LANGUAGES]:
-        languages.add_row(lang, f"{counts['kept']:,}", f"{counts['dropped']:,}")
+        languages.add_row(escape(lang), f"{counts['kept']:,}", f"{counts['dropped']:,}")
     console.print(languages)
 
     if "index" in manifest:
         index = manifest["index"]
         console.print(
-            f"index: {index.get('factory', 'none')}, {index['vectors']:,} vectors in {output}/index "
+            f"index: {escape(str(index.get('factory', 'none')))}, {index['vectors']:,} vectors in {output}/index "
             f"(shardflow search {output} --queries FILE --out RUN)"
         )
     counts = manifest["counts"]

@@ -6,6 +6,7 @@ The config models themselves live next to the code they configure (each operator
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shardflow.errors import ConfigError
 
 Model = TypeVar("Model", bound=BaseModel)
+# Keys whose values are never echoed back (in an error) or sent on (in a submitted job).
+CREDENTIAL = re.compile(r"(^|_)(key|secret|token|password|passwd|credentials?)$", re.IGNORECASE)
 
 
 class StrictModel(BaseModel):
@@ -36,6 +39,11 @@ class Resources(StrictModel):
 
 def load_config(path: str | Path, model: type[Model], overrides: list[str] | None = None) -> Model:
     """Read YAML at ``path``, apply ``key.sub=value`` overrides, validate against ``model``."""
+    return validate(read_config(path, overrides), model)
+
+
+def read_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The YAML at ``path`` with ``key.sub=value`` overrides applied, not yet validated."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -49,7 +57,30 @@ def load_config(path: str | Path, model: type[Model], overrides: list[str] | Non
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
     for override in overrides or []:
         apply_override(raw, override)
-    return validate(raw, model)
+    return raw
+
+
+def read_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``key.sub=value`` overrides alone, as the sections they set."""
+    raw: dict[str, Any] = {}
+    for override in overrides:
+        apply_override(raw, override)
+    return raw
+
+
+def credentials_in(raw: Any, where: str = "") -> list[str]:
+    """The keys of ``raw`` (at any depth) that hold a credential: a non-empty value under a name like ``key``,
+    ``secret``, ``token``, ``password``."""
+    if isinstance(raw, list):
+        return [found for i, item in enumerate(raw) for found in credentials_in(item, f"{where}{i}.")]
+    if not isinstance(raw, dict):
+        return []
+    found = []
+    for key, value in raw.items():
+        if CREDENTIAL.search(str(key)) and value not in (None, "", {}, []) and not isinstance(value, (dict, list)):
+            found.append(f"{where}{key}")
+        found += credentials_in(value, f"{where}{key}.")
+    return found
 
 
 def validate(raw: dict[str, Any], model: type[Model]) -> Model:
@@ -73,7 +104,8 @@ def _format_error(error: dict[str, Any], raw: dict[str, Any]) -> str:
     if error["type"] == "missing":
         return f"config error: {key}: required key is missing"
     got = error.get("input")
-    shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+    secret = CREDENTIAL.search(key.rsplit(".", 1)[-1]) is not None
+    shown = "" if isinstance(got, (dict, list)) or secret else f" (got {got!r})"
     return f"config error: {key}: {error['msg']}{shown}"
 
 

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from shardflow.errors import InputError
+from shardflow.schema import STAGE_ERROR
 from shardflow.storage import Location
 
 TOP_LANGUAGES = 20
@@ -42,7 +43,12 @@ def _report_numbers(manifest: dict[str, Any]) -> dict[str, Any]:
         "counts": manifest["counts"],
         "stages": manifest["stages"],
         "timing": manifest.get("timing", {}),
-        "quarantine_reasons": manifest["stages"][0]["reasons"],
+        "quarantine_reasons": {  # the read's, and the records that made a later stage raise
+            reason: n
+            for stage in manifest["stages"]
+            for reason, n in stage["reasons"].items()
+            if stage["name"] == "read" or reason.startswith(f"{STAGE_ERROR}:")
+        },
         "dedup_ran": any(name in DEDUP_STAGES for name in stage_names),
         "languages": languages,
         "created": manifest["created"],

@@ -7,6 +7,8 @@ a row is *quarantined* (``quarantine_reason`` set by the reader: it never became
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,6 +50,27 @@ LANGID_FIELDS = [
 # Columns that exist only while rows are in flight; the writer keeps each where it explains the row.
 BOOKKEEPING = (DROP_REASON, QUARANTINE_REASON, RAW)
 QUARANTINE_COLUMNS = (SOURCE, QUARANTINE_REASON, RAW)
+
+
+STAGE_ERROR = "stage_error"
+SAFE_LABEL = re.compile(r"[A-Za-z0-9]+(?:[_-][A-Za-z0-9]+)*")
+MAX_LABEL = 32
+
+
+def safe_label(label: str) -> str:
+    """A language label as it may stand in a path (``lang=<label>/``, ``<label>.yaml``): ``xxx_Scri`` and the like
+    as they are; anything else (a model's ``../../tmp``, ``[/x]``, empty, very long) as ``esc_`` and its bytes
+    in hex, so that no model can name a file outside the output."""
+    if SAFE_LABEL.fullmatch(label) and len(label) <= MAX_LABEL:
+        return label
+    return "esc_" + label.encode("utf-8", "surrogatepass").hex()[: MAX_LABEL * 2]
+
+
+def stage_error(stage: str, err: BaseException) -> str:
+    """The quarantine reason of a record that made ``stage`` raise: ``stage_error:<stage>:<Type>: message``. One
+    such record is kept out of the corpus instead of failing the run (``max_error_fraction`` bounds them)."""
+    message = " ".join(str(err).split())[:300]
+    return f"{STAGE_ERROR}:{stage}:{type(err).__name__}: {message}"
 
 
 def with_seconds(batch: pa.Table, stage: str, seconds: float) -> pa.Table:

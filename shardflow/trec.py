@@ -50,7 +50,14 @@ def _tsv_query(line: str, where: str) -> tuple[str, str]:
     qid, tab, text = line.partition("\t")
     if not tab or not qid.strip() or not text.strip():
         raise InputError(f"{where}: expected `qid<TAB>text`, got {line[:80]!r}")
-    return qid.strip(), text.strip()
+    return _checked_qid(qid.strip(), where), text.strip()
+
+
+def _checked_qid(qid: str, where: str) -> str:
+    """A query id as a run file can hold it: one field, no white space."""
+    if not qid or any(char.isspace() for char in qid):
+        raise InputError(f"{where}: the query id {qid[:80]!r} holds white space; a TREC run line could not hold it")
+    return qid
 
 
 def _json_query(line: str, where: str) -> tuple[str, str]:
@@ -62,7 +69,7 @@ def _json_query(line: str, where: str) -> tuple[str, str]:
     text = next((record[key] for key in TEXT_KEYS if isinstance(record, dict) and key in record), None)
     if qid is None or not isinstance(text, str) or not text.strip():
         raise InputError(f"{where}: expected an object with one of {QID_KEYS} and a non-empty one of {TEXT_KEYS}")
-    return str(qid), text.strip()
+    return _checked_qid(str(qid), where), text.strip()
 
 
 def run_lines(qid: str, docids: Iterable[str], scores: Iterable[float], tag: str) -> list[str]:

@@ -103,3 +103,11 @@ def test_credentials_are_masked_in_what_is_written(tmp_path: Path) -> None:
     config = load(tmp_path, MINIMAL, ["storage.key=AKIASECRET", "storage.secret=hunter2"])
     assert "AKIASECRET" not in str(config.redacted()) and "hunter2" not in repr(config)
     assert config.storage.options_for("s3")["secret"] == "hunter2"
+
+
+def test_an_invalid_credential_is_never_echoed_back(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load(tmp_path, MINIMAL, ["storage.secret=123456", "stages.0.min_score=high"])
+    message = str(refused.value)
+    assert "storage.secret" in message and "123456" not in message  # named, not shown
+    assert "'high'" in message  # other values are still shown

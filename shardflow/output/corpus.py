@@ -30,7 +30,7 @@ from pydantic import Field
 from shardflow.config import StrictModel
 from shardflow.errors import OutputStateError
 from shardflow.output.ledger import LedgerSink, ShardLedger, file_name, grouped
-from shardflow.output.manifest import CORPUS, KINDS, QUARANTINE, REMOVED, artifact_names, build_manifest
+from shardflow.output.manifest import CORPUS, KINDS, QUARANTINE, REMOVED, artifact_names, build_manifest, stage_errors
 from shardflow.schema import (
     BOOKKEEPING,
     DROP_REASON,
@@ -40,6 +40,8 @@ from shardflow.schema import (
     RAW,
     SECONDS_PREFIX,
     SOURCE,
+    STAGE_ERROR,
+    safe_label,
     split_source,
 )
 from shardflow.shards import Shard
@@ -127,8 +129,11 @@ class OutputLayout:
 
     # ------------------------------------------------------------ commit (driver)
 
-    def commit(self, shards: list[Shard], stage_names: list[str], extra: dict[str, Any]) -> dict[str, Any]:
-        """Check that every shard is whole, move staged files into place, write the manifest, clear staging.
+    def commit(
+        self, shards: list[Shard], stage_names: list[str], extra: dict[str, Any], max_error_fraction: float = 1.0
+    ) -> dict[str, Any]:
+        """Check that every shard is whole and that no more than ``max_error_fraction`` of the records made a
+        stage raise, move staged files into place, write the manifest, clear staging.
 
         The manifest is first saved as the commit plan inside staging, so a crash while moving files is
         finished by the next run instead of leaving a corpus that is half moved. ``extra`` adds to the
@@ -147,6 +152,7 @@ class OutputLayout:
                     "run the same command again: finished shards are kept and the rest redone"
                 )
             manifest = build_manifest(entries, shards, marked, stage_names, self.fingerprint) | extra
+            self._check_errors(manifest, entries, max_error_fraction)
             self.staging.join(COMMIT_PLAN).put_bytes(json.dumps(manifest).encode())
         artifacts = [path for name in artifact_names(manifest) for path in manifest[name]["files"]]
         for path in [entry["path"] for entry in manifest["files"]] + artifacts:
@@ -159,6 +165,30 @@ class OutputLayout:
         if parent.exists() and not parent.children():  # object stores have no empty folders to remove
             parent.remove()
         return manifest
+
+    def _check_errors(self, manifest: dict[str, Any], entries: dict[str, Any], max_error_fraction: float) -> None:
+        """Refuse to commit a run in which more records made a stage raise than the budget allows: the cause is
+        then more likely a bug or a broken node than hostile records. The message names the first few."""
+        failed = sum(stage_errors(entry["reasons"]) for entry in entries.values() if entry["kind"] == QUARANTINE)
+        read = manifest["counts"]["read"]
+        if failed <= max_error_fraction * read:
+            return
+        examples = []
+        for entry in sorted(entries.values(), key=lambda e: e["path"]):
+            if entry["kind"] == QUARANTINE and stage_errors(entry["reasons"]):
+                rows = self.staging.join(entry["path"]).read_table([SOURCE, QUARANTINE_REASON]).to_pylist()
+                examples += [
+                    f"{row[SOURCE]}: {row[QUARANTINE_REASON]}"
+                    for row in rows
+                    if row[QUARANTINE_REASON].startswith(STAGE_ERROR)
+                ]
+            if len(examples) >= 3:
+                break
+        raise OutputStateError(
+            f"{failed:,} of {read:,} records made a stage raise, more than max_error_fraction {max_error_fraction:g} "
+            f"allows; the first: {'; '.join(examples[:3])}. They are in the staged quarantine; fix the cause, or raise "
+            "max_error_fraction and run again (finished shards are kept)"
+        )
 
     def artifact_files(self, name: str) -> list[str]:
         """The files of artifact folder ``name`` this run built, relative to the output root (they move there at
@@ -185,7 +215,7 @@ class CorpusSink(LedgerSink):
         dropped = pc.is_valid(block[DROP_REASON]).to_pylist()
         langs = block[LANG].to_pylist() if LANG in block.column_names else [None] * block.num_rows
         labels = [
-            (QUARANTINE if is_q else REMOVED if is_d else CORPUS, uri, lang or NO_LANG)
+            (QUARANTINE if is_q else REMOVED if is_d else CORPUS, uri, safe_label(lang) if lang else NO_LANG)
             for uri, is_q, is_d, lang in zip(uris, quarantined, dropped, langs, strict=True)
         ]
         for (kind, uri, lang), first_line, rows in grouped(block, labels, lines):
@@ -224,4 +254,10 @@ def _reason_counts(kind: str, rows: pa.Table) -> dict[str, int]:
         return {}
     if kind == REMOVED:
         return dict(Counter(rows[DROP_REASON].to_pylist()))
-    return dict(Counter(reason.split(":", 1)[0] for reason in rows[QUARANTINE_REASON].to_pylist()))
+    return dict(Counter(_reason_kind(reason) for reason in rows[QUARANTINE_REASON].to_pylist()))
+
+
+def _reason_kind(reason: str) -> str:
+    """A quarantine reason without its details: ``invalid_json``, or ``stage_error:<stage>``."""
+    parts = reason.split(":", 2)
+    return ":".join(parts[:2]) if parts[0] == STAGE_ERROR else parts[0]

@@ -8,9 +8,10 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from shardflow.errors import OutputStateError
+from shardflow.schema import STAGE_ERROR
 from shardflow.shards import Shard
 
-__all__ = ["CORPUS", "KINDS", "QUARANTINE", "REMOVED", "artifact_names", "build_manifest"]
+__all__ = ["CORPUS", "KINDS", "QUARANTINE", "REMOVED", "artifact_names", "build_manifest", "stage_errors"]
 
 CORPUS, REMOVED, QUARANTINE = "corpus", "removed", "quarantine"
 KINDS = (CORPUS, REMOVED, QUARANTINE)
@@ -42,7 +43,7 @@ def build_manifest(
     read = sum(marked[shard.uri]["rows"] for shard in shards)
     if read != by_kind[CORPUS] + by_kind[REMOVED] + by_kind[QUARANTINE]:
         raise OutputStateError(f"counts do not reconcile: read {read} != written {dict(by_kind)}; rerun to redo")
-    stages = _stage_counts(read, by_kind[QUARANTINE], quarantine_reasons, drop_reasons, stage_names)
+    stages = _stage_counts(read, quarantine_reasons, drop_reasons, stage_names)
     return {
         "format": FORMAT,
         "fingerprint": fingerprint,
@@ -69,34 +70,47 @@ def artifact_names(manifest: dict[str, Any]) -> list[str]:
     return [name for name, value in manifest.items() if isinstance(value, dict) and "files" in value]
 
 
+def stage_errors(quarantine_reasons: dict[str, int]) -> int:
+    """How many records made a stage raise (``stage_error:<stage>`` quarantine reasons)."""
+    return sum(n for reason, n in quarantine_reasons.items() if reason.startswith(f"{STAGE_ERROR}:"))
+
+
 def _stage_counts(
-    read: int, quarantined: int, quarantine_reasons: Counter[str], drop_reasons: Counter[str], stage_names: list[str]
+    read: int, quarantine_reasons: Counter[str], drop_reasons: Counter[str], stage_names: list[str]
 ) -> list[dict[str, Any]]:
+    """In, out, dropped and quarantined per stage: a record that made a configured stage raise counts at that
+    stage (``stage_error:<stage>``); every other quarantine at the read."""
+    quarantined_at: dict[str, dict[str, int]] = defaultdict(dict)
+    for reason, n in quarantine_reasons.items():
+        stage = reason.split(":")[1] if reason.startswith(f"{STAGE_ERROR}:") else "read"
+        quarantined_at[stage if stage in stage_names else "read"][reason] = n
+    at_read = sum(quarantined_at["read"].values())
     stages = [
         {
             "name": "read",
             "in": read,
-            "out": read - quarantined,
+            "out": read - at_read,
             "dropped": 0,
-            "quarantined": quarantined,
-            "reasons": dict(quarantine_reasons),
+            "quarantined": at_read,
+            "reasons": quarantined_at["read"],
         }
     ]
-    flowing = read - quarantined
+    flowing = read - at_read
     for name in stage_names:
-        reasons = {r: n for r, n in drop_reasons.items() if r.split(":", 1)[0] == name}
-        dropped = sum(reasons.values())
+        reasons = {r: n for r, n in drop_reasons.items() if r.split(":", 1)[0] == name} | quarantined_at[name]
+        dropped = sum(n for r, n in reasons.items() if not r.startswith(STAGE_ERROR))
+        quarantined = sum(quarantined_at[name].values())
         stages.append(
             {
                 "name": name,
                 "in": flowing,
-                "out": flowing - dropped,
+                "out": flowing - dropped - quarantined,
                 "dropped": dropped,
-                "quarantined": 0,
+                "quarantined": quarantined,
                 "reasons": reasons,
             }
         )
-        flowing -= dropped
+        flowing -= dropped + quarantined
     return stages
 
 

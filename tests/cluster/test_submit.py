@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from shardflow.cluster.submit import entrypoint, package_folder, source_excludes
+from shardflow.cluster.submit import entrypoint, job_files, package_folder, refuse_credentials
+from shardflow.config import credentials_in, read_config
 from shardflow.errors import ConfigError
 from support import REPO, LocalCluster
 
@@ -121,10 +122,28 @@ def test_the_job_carries_the_package_and_no_secrets(tmp_path: Path) -> None:
     ):
         assert (snapshot / module).is_file(), module
     assert list((snapshot / "operators" / "quality_thresholds").glob("*.yaml"))  # data files travel too
-    assert sorted(source_excludes(REPO)) == ["/cluster", "/operators", "/pipelines", "/shardflow"]
-    line = entrypoint("run", REPO / "configs" / "sample.yaml", REPO, ["output.path=/tmp/x y"])
+    sample = REPO / "configs" / "sample.yaml"
+    raw = read_config(sample, ["output.path=configs"])  # an output is never uploaded, even one that exists
+    assert job_files(sample, raw, REPO) == [Path("configs/sample/hplt-v2"), Path("configs/sample.yaml")]
+    line = entrypoint("run", sample, REPO, ["output.path=/tmp/x y"])
     assert line == "python -m shardflow.cli run configs/sample.yaml --set 'output.path=/tmp/x y' --set ray.address=auto"
-    with pytest.raises(ConfigError, match="credentials are not sent with a job"):
-        entrypoint("run", REPO / "configs" / "sample.yaml", REPO, ["storage.secret=abc"])
+    for override in ("storage.secret=abc", "storage={key: AKIA, secret: abc}", "stages.0.api_token=t"):
+        with pytest.raises(ConfigError, match="credentials are not sent with a job"):
+            entrypoint("run", sample, REPO, [override])
     with pytest.raises(ConfigError, match="outside the working directory"):
         entrypoint("run", Path("/etc/hosts"), REPO, [])
+
+
+def test_credentials_in_the_config_file_or_beside_the_inputs_never_travel(tmp_path: Path) -> None:
+    (tmp_path / "data" / ".aws").mkdir(parents=True)
+    (tmp_path / "data" / ".aws" / "credentials").write_text("[default]\n")
+    (tmp_path / "job.yaml").write_text("input: {paths: [data/]}\noutput: {path: out}\nstorage: {secret: abc}\n")
+    raw = read_config(tmp_path / "job.yaml")
+    with pytest.raises(ConfigError, match="storage.secret holds a credential"):
+        refuse_credentials(raw, "job.yaml")
+    refuse_credentials(read_config(tmp_path / "job.yaml", ["storage.secret=null"]), "job.yaml")  # a null is fine
+    assert credentials_in({"stages": [{"op": "embed", "token_budget": 512, "passage_tokens": 8}]}) == []
+    with pytest.raises(ConfigError, match=".aws would be uploaded"):
+        job_files(tmp_path / "job.yaml", raw, tmp_path)
+    with pytest.raises(ConfigError, match="is a home folder"):
+        job_files(tmp_path / "job.yaml", raw, Path.home())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -95,6 +96,17 @@ def test_keep_list_and_minimum_scores_drop_with_reasons(tmp_path: Path) -> None:
     config = LangIdConfig(model=str(model), keep=["fin_Latn"], min_score=0.5, min_score_per_lang={"fin_Latn": 0.9})
     out = LanguageId(config, STORAGE)(batch(["hyvää hyvää", "moi", "hello"]))
     assert out["drop_reason"].to_pylist() == [None, "langid:below_min_score", "langid:not_in_keep_list"]
+
+
+def test_hostile_labels_of_a_model_never_name_a_path(tmp_path: Path) -> None:
+    labels = ["__label__../../../../tmp/pwn", "__label__[/x]", "__label__a" + "b" * 100, "__label__fin_Latn"]
+    words = {"hyökkäys": [5, 0, 0, 0], "markup": [0, 5, 0, 0], "pitkä": [0, 0, 5, 0], "hyvä": [0, 0, 0, 5]}
+    model = write_fasttext_model(tmp_path / "hostile.bin", labels, words)
+    out = LanguageId(LangIdConfig(model=str(model), top_k=1), STORAGE)(batch(["hyökkäys", "markup", "pitkä", "hyvä"]))
+    langs = out["lang"].to_pylist()
+    assert langs[3] == "fin_Latn" and all(re.fullmatch(r"[A-Za-z0-9_]{1,72}", lang) for lang in langs)
+    assert langs[0].startswith("esc_" + b"../../../../tmp/pwn".hex())  # escaped, not lost
+    assert len(set(langs)) == 4
 
 
 def test_rows_out_of_play_are_passed_through_untouched(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import orjson
@@ -12,6 +13,7 @@ import pytest
 import zstandard
 
 from shardflow.errors import InputError
+from shardflow.operators import readers
 from shardflow.operators.readers import ReaderConfig, read_documents, read_shard, shard_rows
 from shardflow.schema import READ_SCHEMA
 from shardflow.shards import Shard, bundles, list_shards
@@ -295,3 +297,61 @@ def test_s3_credentials_and_endpoint_from_the_aws_environment(
     (found,) = listed(f"s3://{bucket}/env/*.jsonl", storage=StorageConfig())  # settings from the environment only
     (row,) = shard_rows(found, ReaderConfig(paths=["x"]))
     assert row["text"] == "from the environment" and row["source"] == f"s3://{bucket}/env/a.jsonl:1"
+
+
+def test_a_zstd_bomb_is_read_in_memory_bounded_by_the_limit_not_by_the_ratio(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.jsonl.zst"
+    with path.open("wb") as out:
+        with zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False) as writer:
+            for _ in range(256):  # 256 MiB of one line, in a few KB
+                writer.write(b"a" * (1 << 20))
+        out.write(zstandard.ZstdCompressor().compress(b'\n{"id": "ok", "text": "fine"}\n'))
+    assert path.stat().st_size < 64 << 10
+    tracemalloc.start()
+    rows = rows_of(path, max_doc_bytes=1000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert [row["quarantine_reason"] is None for row in rows] == [False, True] and rows[1]["doc_id"] == "ok"
+    assert rows[0]["quarantine_reason"] == f"too_large: line of {256 << 20} bytes" and len(rows[0]["raw"]) <= 1 << 20
+    assert peak < 32 << 20, f"{peak / 2**20:.0f} MiB"
+
+
+def test_deep_json_and_numbers_a_double_cannot_hold(tmp_path: Path) -> None:
+    lines = [
+        '{"text": "t", "x": ' + "[" * 300 + "]" * 300 + "}",  # orjson reads it, cannot write it back
+        '{"text": "t", "x": ' + "[" * 5000 + "]" * 5000 + "}",  # past orjson's and Python's depth
+        '{"text": "t", "n": NaN}',
+        '{"text": "t", "n": 1e400, "big": 123456789012345678901234567890, "low": -9223372036854775809, "k": 12}',
+        '{"text": "call: 12345678901234567890123, ok", "k": 1}',  # long digits inside a string: read exactly
+    ]
+    path = tmp_path / "odd.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    deep, deeper, nan, big, string = rows_of(path)
+    assert deep["quarantine_reason"].startswith("too_deep") and deep["raw"] == lines[0].encode()
+    assert deeper["quarantine_reason"].startswith("too_deep") and deeper["raw"] == lines[1].encode()
+    assert nan["quarantine_reason"] == "invalid_json: NaN is not a JSON number"
+    assert big["quarantine_reason"] is None
+    assert meta(big) == {"n": "1e400", "big": "123456789012345678901234567890", "low": "-9223372036854775809", "k": 12}
+    assert string["quarantine_reason"] is None and string["text"] == "call: 12345678901234567890123, ok"
+    assert meta(string) == {"k": 1}
+
+
+def test_blocks_are_cut_by_bytes_as_well_as_by_rows(tmp_path: Path) -> None:
+    path = write_shard(tmp_path / "big.jsonl", [{"id": str(i), "text": "x" * 600} for i in range(10)])
+    tables = list(read_shard(shard(path, 1), ReaderConfig(paths=[str(path)], batch_bytes=1000)))
+    assert [table.num_rows for table in tables] == [2, 2, 2, 2, 2]
+
+
+def test_an_unexpected_error_on_one_record_quarantines_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = readers.map_record
+
+    def failing(obj: dict, fmt: str, max_doc_bytes: int) -> dict:
+        if obj.get("id") == "bad":
+            raise RuntimeError("a bug\nover two lines")
+        return real(obj, fmt, max_doc_bytes)
+
+    monkeypatch.setattr(readers, "map_record", failing)
+    path = write_shard(tmp_path / "s.jsonl", [{"id": "good", "text": TEXT}, {"id": "bad", "text": TEXT}])
+    good, bad = rows_of(path)
+    assert good["quarantine_reason"] is None
+    assert bad["quarantine_reason"] == "stage_error:read:RuntimeError: a bug over two lines" and bad["raw"]

@@ -121,6 +121,8 @@ def test_queries_files_are_read_strictly(tmp_path: Path) -> None:
         ("bad.jsonl", '{"qid": 1, "text": "a"}\n{"qid": 2\n', r"bad.jsonl:2: invalid JSON"),
         ("empty.jsonl", '{"qid": 1, "text": " "}\n', r"empty.jsonl:1: expected an object"),
         ("none.tsv", "\n", r"none.tsv: no queries"),
+        ("spaced.tsv", "1\tok\nq 2\tspaced id\n", r"spaced.tsv:2: the query id 'q 2' holds white space"),
+        ("spaced.jsonl", '{"qid": "a\\tb", "text": "x"}\n', r"spaced.jsonl:1: the query id 'a\\tb' holds white"),
     ]:
         (tmp_path / name).write_text(content)
         with pytest.raises(InputError, match=message):

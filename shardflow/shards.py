@@ -24,11 +24,13 @@ from ray.data.block import BlockMetadata
 from shardflow.errors import InputError
 from shardflow.storage import Location, to_uri
 
-__all__ = ["SHARD_SUFFIXES", "Shard", "bundles", "list_shards", "read_shards", "shard_key"]
+__all__ = ["SHARD_SUFFIXES", "Shard", "bundles", "check_unchanged", "list_shards", "read_shards", "shard_key"]
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COMPRESSED_SUFFIXES = ("", ".zst", ".zstd", ".gz")
 SHARD_SUFFIXES = tuple(s + c for s in JSONL_SUFFIXES for c in COMPRESSED_SUFFIXES) + (".parquet",)
+
+START_OVER = "run again with --set output.if_exists=overwrite to start over on the inputs as they are now"
 
 ShardRows = Callable[["Shard"], Iterator[pa.Table]]
 
@@ -103,6 +105,26 @@ def _shard(pattern: Location, fs: Any, path: str, info: dict[str, Any]) -> Shard
     )
 
 
+def check_unchanged(shard: Shard) -> None:
+    """Raise ``InputError`` if the file is no longer what was listed (size and etag or mtime).
+
+    Every pass of a run reads the shards it listed: dedup decisions made on one version of a shard and
+    applied by line number to another would drop the wrong lines, so a shard that changed or vanished
+    since the run listed it fails the run, and its staged passes are no longer valid (a rerun says so).
+    """
+    fs, path = shard.location.filesystem()
+    fs.invalidate_cache(path)  # s3fs answers ``info`` from its listing cache otherwise
+    try:
+        now = _shard(shard.location, fs, path, fs.info(path))
+    except FileNotFoundError:
+        raise InputError(f"{shard.uri} was deleted after this run listed it; {START_OVER}") from None
+    if (now.size, now.version) != (shard.size, shard.version):
+        raise InputError(
+            f"{shard.uri} changed after this run listed it (size {shard.size} -> {now.size}, version "
+            f"{shard.version} -> {now.version}); a run never mixes two versions of a shard: {START_OVER}"
+        )
+
+
 # ---------------------------------------------------------------- reading (Ray read tasks)
 
 
@@ -164,9 +186,11 @@ def read_shards(
 def _read_bundle(bundle: list[Shard], rows: ShardRows, markers: Location | None) -> Iterator[pa.Table]:
     for shard in bundle:
         total = 0
+        check_unchanged(shard)
         for table in rows(shard):
             total += table.num_rows
             yield table
+        check_unchanged(shard)  # a shard replaced while it was read fails here, before its marker
         if markers is not None:
             marker = {"uri": shard.uri, "size": shard.size, "version": shard.version, "rows": total}
             markers.join(f"{shard.key}.json").put_bytes(orjson.dumps(marker))

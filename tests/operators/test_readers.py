@@ -227,7 +227,7 @@ def test_read_shard_streams_batches_and_the_read_task_leaves_a_marker(tmp_path: 
     config = ReaderConfig(paths=[str(path)], batch_rows=1000)
     tables = list(read_shard(shard(path, 1), config))
     assert [t.num_rows for t in tables] == [1000, 1000, 500] and tables[0].schema == READ_SCHEMA
-    read = read_documents([shard(path, 1)], config, Location(str(tmp_path / "markers")))
+    read = read_documents(listed(str(path)), config, Location(str(tmp_path / "markers")))
     assert sum(batch.num_rows for batch in read.iter_batches(batch_format="pyarrow")) == 2500
     (marker,) = (tmp_path / "markers").iterdir()
     assert orjson.loads(marker.read_bytes())["rows"] == 2500

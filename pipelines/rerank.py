@@ -8,10 +8,16 @@ Steps, each restartable:
 2. **scores**: a fixed pool of scorer actors (one per GPU, ``num_gpus: 1``; CPU actors where there is none)
    takes the chunks that have no result yet; each chunk's result is written whole (atomically), so a job
    killed midway, run again, scores only the chunks still missing, with the same batches, hence the same
-   scores.
+   scores. Results live in a folder named by the fingerprint of everything they depend on (pairs inputs,
+   scorer, queries), so results of two configurations never meet in one run file; staged work of other
+   settings is refused (``restart`` discards it).
 3. **runs**: per input run, the chunks are read in order and written as ``<run>.run``: per query, scored
    pairs by score, then any unscorable ones (docid not in the corpus, query without text) in their input
    order. With qrels, ``<run>.metrics.json`` holds nDCG@10, RR@10 and R@100 before and after.
+
+The job holds the output's lease (``OUTPUT/_rerank.lease``) throughout: a second job into the same output
+refuses, and a scorer publishes a chunk only while the lease names its job's attempt, which fences out the
+workers of a killed job that outlive it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import posixpath
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -36,9 +43,10 @@ from shardflow.arrays import run_starts
 from shardflow.cluster.pools import actors_that_fit, on_cluster
 from shardflow.cluster.runtime import RayConfig, job_retries, ray_session
 from shardflow.config import Resources, StrictModel
-from shardflow.errors import ConfigError, InputError
+from shardflow.errors import ConfigError, InputError, OutputStateError
+from shardflow.lease import Lease, lease
 from shardflow.operators.rerank import EmbeddingScorerConfig, Pairs, ScorerConfig, load_scorer
-from shardflow.steps import finished, mark_finished, step_facts
+from shardflow.steps import DONE, finished, mark_finished, step_facts
 from shardflow.storage import Location, StorageConfig
 from shardflow.trec import read_queries, run_lines
 
@@ -47,6 +55,9 @@ __all__ = ["CorpusSource", "RerankConfig", "rerank", "run_name"]
 MEASURES = ("nDCG@10", "RR@10", "R@100")
 RUN_SUFFIXES = (".gz", ".run", ".txt", ".trec", ".tsv")
 ACTOR_RESTARTS = 3  # restarts of a scorer actor before the job fails (its calls wait for the restart)
+LEASE_FILE = "_rerank.lease"
+SCORED_WITH = "_SCORED_WITH.json"  # in a scores folder: the inputs its results were computed from
+PAIRS_INPUTS = ("runs", "corpus", "top_k", "chunks")
 
 
 class CorpusSource(StrictModel):
@@ -96,33 +107,82 @@ def run_name(uri: str) -> str:
     return name
 
 
-def rerank(config: RerankConfig, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the job; returns the summary also written to ``OUTPUT/summary.json``."""
+def rerank(config: RerankConfig, progress: bool = True, restart: bool = False) -> dict[str, Any]:
+    """Run (or resume) the job; returns the summary also written to ``OUTPUT/summary.json``. ``restart``
+    discards the job's staged work first: the way on after a change of the pairs' inputs, scorer or queries."""
     started = time.monotonic()
     for uri in [*config.runs, config.queries, *([config.qrels] if config.qrels else [])]:
         if not config.at(uri).exists():
             raise InputError(f"input path does not exist: {uri}")
-    queries = dict(read_queries(config.at(config.queries)))
     output = config.at(config.output.path)
+    with lease(output.join(LEASE_FILE), f"a rerank into {config.output.path}") as held:
+        if restart:
+            output.join("_staging").remove()
+        summary = _attempt(config, output, held, progress)
+        summary["seconds"] = round(time.monotonic() - started, 3)
+        output.join("summary.json").put_bytes(json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def _attempt(config: RerankConfig, output: Location, held: Lease, progress: bool) -> dict[str, Any]:
+    """The job's steps under its lease: staged work of other inputs refused, then pairs, scores and runs."""
+    queries = dict(read_queries(config.at(config.queries)))
     staging = output.join("_staging")
+    inputs = _job_inputs(config, queries)
+    _refuse_other_inputs(staging, inputs)
+    scores = staging.join("scores", xxhash.xxh64_hexdigest(json.dumps(inputs, sort_keys=True).encode()))
+    scores.join(SCORED_WITH).put_bytes(json.dumps(inputs, indent=2).encode())
     with ray_session(config.ray.address, config.ray.num_cpus):
         ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress and progress
         before = job_retries()
         pairs = _ensure_pairs(config, staging.join("pairs"))
-        scored = _score_chunks(config, queries, staging.join("pairs"), staging.join("scores"), progress)
+        attempt = Attempt(held.where, held.holder["id"])  # what the scorers check before they publish
+        scored = _score_chunks(config, queries, staging.join("pairs"), scores, attempt, progress)
         retries = job_retries().since(before).as_dict()
-    runs = {run_name(uri): _write_run(config, uri, staging.join("scores")) for uri in config.runs}
-    summary = {"pairs": pairs, "scored_this_attempt": scored, "retries": retries, "runs": runs}
-    summary["seconds"] = round(time.monotonic() - started, 3)
-    output.join("summary.json").put_bytes(json.dumps(summary, indent=2).encode())
-    return summary
+    held.check()
+    runs = {run_name(uri): _write_run(config, uri, scores) for uri in config.runs}
+    return {"pairs": pairs, "scored_this_attempt": scored, "retries": retries, "runs": runs}
+
+
+def _job_inputs(config: RerankConfig, queries: dict[str, str]) -> dict[str, Any]:
+    """Everything a chunk's scores depend on: the pairs step's inputs, the scorer and the queries' texts (by
+    content, not path)."""
+    inputs = config.model_dump(mode="json", include={*PAIRS_INPUTS, "scorer"})
+    inputs["queries_xxh64"] = xxhash.xxh64_hexdigest(json.dumps(sorted(queries.items())).encode())
+    return inputs
+
+
+def _refuse_other_inputs(staging: Location, inputs: dict[str, Any]) -> None:
+    """Refuse to resume staged work (pairs, scores) computed from other inputs: resuming would mix two models,
+    or two sets of queries, in one run file. The message names what changed."""
+    recorded = [marker.read_json() for marker in staging.join("scores").files(SCORED_WITH)]
+    pairs = staging.join("pairs", DONE).read_json()
+    for old in [*recorded, *([pairs["inputs"]] if pairs else [])]:
+        changes = _changes(old, {key: inputs.get(key) for key in old})
+        if changes:
+            raise ConfigError(
+                f"config error: {staging} holds work of other settings ({'; '.join(changes)}); rerun with "
+                "--restart to discard it and start over, or restore the settings to resume it"
+            )
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for each setting that differs, nested keys dotted (``scorer.max_length: 64 -> 8``)."""
+    found = []
+    for key in sorted(old.keys() | new.keys()):
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            found += _changes(before, after, f"{prefix}{key}.")
+        elif before != after:
+            found.append(f"{prefix}{key}: {json.dumps(before)} -> {json.dumps(after)}")
+    return found
 
 
 # ---------------------------------------------------------------- step 1: pairs
 
 
 def _ensure_pairs(config: RerankConfig, folder: Location) -> dict[str, Any]:
-    inputs = config.model_dump(mode="json", include={"runs", "corpus", "top_k", "chunks"})
+    inputs = config.model_dump(mode="json", include=set(PAIRS_INPUTS))
     if not finished(folder, inputs):
         filesystem, local = folder.arrow_filesystem()
         pairs = _read_runs(config).join(
@@ -269,9 +329,36 @@ def _result_file(scores: Location, chunk: int) -> Location:
     return scores.join(f"chunk-{chunk:05d}.parquet")
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One run of the job: the output's lease file and the holder id this run took it with."""
+
+    lease: Location
+    id: str
+
+    def current(self) -> bool:
+        """Whether this run still holds the output: not killed and replaced, not finished."""
+        return (self.lease.read_json() or {}).get("id") == self.id
+
+
+def _publish(result: pa.Table, out: Location, attempt: Attempt) -> bool:
+    """Write a chunk's result beside ``out`` and rename it into place only if ``attempt`` still holds the
+    output's lease, else discard it: a worker that outlives its killed job must not write into the job that
+    replaced it. (Check and rename are two steps: a worker that checked just before the new job took the lease
+    can still publish, into the same fingerprint's folder, hence the scores the new job would write.)"""
+    staged = out.at(f"{out.uri}.{attempt.id}.tmp")
+    staged.write_table(result)
+    if not attempt.current():
+        staged.remove()
+        return False
+    staged.move_to(out)
+    return True
+
+
 @ray.remote
 class ChunkScorer:
-    """One model per actor; scores whole chunks and writes each chunk's result at once."""
+    """One model per actor; scores whole chunks and publishes each chunk's result at once, while its job's
+    attempt holds the output."""
 
     def __init__(self, scorer: ScorerConfig, queries: dict[str, str]) -> None:
         self.scorer = load_scorer(scorer)
@@ -287,7 +374,9 @@ class ChunkScorer:
             "pid": os.getpid(),
         }
 
-    def score(self, folder: Location, out: Location) -> int:
+    def score(self, folder: Location, out: Location, attempt: Attempt) -> bool:
+        """Score the chunk in ``folder`` and publish it at ``out`` if ``attempt`` is still current; whether it
+        was published."""
         table = _first_of_each_pair(pa.concat_tables([file.read_table() for file in folder.files(".parquet")]))
         texts = table["text"].to_pylist()
         query_texts = [self.queries.get(qid) for qid in table["qid"].to_pylist()]
@@ -300,8 +389,7 @@ class ChunkScorer:
             pairs = Pairs([query_texts[i] for i in rows], [texts[i] for i in rows], lists)
             scores[rows] = self.scorer.score(pairs)
         result = table.select(["run", "qid", "docid", "rank"]).append_column("rerank_score", pa.array(scores))
-        out.write_table(result)
-        return table.num_rows
+        return _publish(result, out, attempt)
 
 
 def _first_of_each_pair(table: pa.Table) -> pa.Table:
@@ -317,12 +405,17 @@ def _first_of_each_pair(table: pa.Table) -> pa.Table:
 
 
 def _score_chunks(
-    config: RerankConfig, queries: dict[str, str], pairs: Location, scores: Location, progress: bool
+    config: RerankConfig,
+    queries: dict[str, str],
+    pairs: Location,
+    scores: Location,
+    attempt: Attempt,
+    progress: bool,
 ) -> dict[str, Any]:
     """Score every chunk without a result yet on a fixed pool of scorer actors; returns how many it scored
-    and where the actors ran."""
-    todo = [(chunk, folder) for chunk, folder in sorted(_chunk_folders(pairs).items())]
-    todo = [(chunk, folder) for chunk, folder in todo if not _result_file(scores, chunk).exists()]
+    and where the actors ran. Stops when a result could not be published: another job took the output."""
+    todo = [(folder, _result_file(scores, chunk)) for chunk, folder in sorted(_chunk_folders(pairs).items())]
+    todo = [(folder, result) for folder, result in todo if not result.exists()]
     if not todo:
         return {"chunks": 0, "actors": []}
     resources = on_cluster("resources", config.resources, ray.cluster_resources().get("GPU", 0.0))
@@ -349,7 +442,11 @@ def _score_chunks(
     pool = ray.util.ActorPool(actors)
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"scoring {len(todo)} chunks on {size} actor(s)", total=len(todo))
-        for _ in pool.map_unordered(lambda a, item: a.score.remote(item[1], _result_file(scores, item[0])), todo):
+        for published in pool.map_unordered(lambda a, job: a.score.remote(*job, attempt), todo):
+            if not published:
+                raise OutputStateError(
+                    f"a rerank into {config.output.path}: stopped, another job took the lease {attempt.lease}"
+                )
             bar.advance(task)
     return {"chunks": len(todo), "actors": placements}
 

@@ -3,7 +3,7 @@
     shardflow run CONFIG [--set a.b=value ...] [--address ADDR]
     shardflow search INDEX --queries FILE --out RUN [--k 100]
     shardflow refresh CONFIG [--set a.b=value ...] [--rebuild] [--drop-missing] [--address ADDR]
-    shardflow rerank CONFIG [--set a.b=value ...] [--top-k N] [--address ADDR]
+    shardflow rerank CONFIG [--set a.b=value ...] [--top-k N] [--address ADDR] [--restart]
     shardflow submit --address http://HEAD:8265 run|refresh|rerank CONFIG [--set ...] [--follow]
     shardflow jobs list|status|logs|stop [JOB] --address http://HEAD:8265
     shardflow report OUTPUT
@@ -93,6 +93,12 @@ def parser() -> argparse.ArgumentParser:
     _add_overrides(rerank)
     rerank.add_argument("--top-k", type=_positive, help="candidates per query to rerank (overrides top_k)")
     rerank.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
+    rerank.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the output's staged pairs and scores and start over (needed after changing the scorer, "
+        "the queries or what the pairs are made of)",
+    )
     rerank.set_defaults(handler=_rerank_command)
     submit = commands.add_parser(
         "submit",
@@ -242,7 +248,7 @@ def _rerank_command(args: argparse.Namespace) -> int:
     overrides = args.overrides + ([f"ray.address={args.address}"] if args.address else [])
     overrides += [f"top_k={args.top_k}"] if args.top_k else []
     config = load_config(args.config, RerankConfig, overrides)
-    summary = rerank(config)
+    summary = rerank(config, restart=args.restart)
     pairs = summary["pairs"]
     print(
         f"{pairs['pairs']:,} pairs ({pairs['missing_docids']:,} with a docid the corpus lacks), "

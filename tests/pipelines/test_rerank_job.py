@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,8 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from shardflow.config import validate
+from shardflow.errors import ConfigError, OutputStateError
+from shardflow.lease import lease
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
-from shardflow.pipelines.rerank import RerankConfig, rerank
+from shardflow.pipelines.rerank import LEASE_FILE, Attempt, RerankConfig, _publish, rerank
 from shardflow.storage import Location
 from support import REPO, kill_worker_when, write_rerank_task, write_shard, write_tiny_encoder
 
@@ -61,7 +64,7 @@ def test_a_rerun_scores_only_the_missing_chunks_and_writes_the_identical_run(tmp
         "ray": {"progress": False},
     }
     first = rerank(validate(raw, RerankConfig), progress=False)
-    scores = sorted((tmp_path / "out" / "_staging" / "scores").glob("chunk-*.parquet"))
+    scores = sorted((tmp_path / "out" / "_staging" / "scores").glob("*/chunk-*.parquet"))
     assert first["scored_this_attempt"]["chunks"] == len(scores) >= 4 and first["pairs"]["pairs"] == 12 * 20
     run = tmp_path / "out" / "shuffled.run"
     reference = run.read_bytes()
@@ -122,22 +125,25 @@ def test_a_job_killed_after_some_chunks_resumes_to_the_uninterrupted_output(
     )
     scores = tmp_path / "killed" / "_staging" / "scores"
     deadline = time.monotonic() + 240
-    while len(list(scores.glob("chunk-*.parquet"))) < 2 and job.poll() is None and time.monotonic() < deadline:
+    while len(list(scores.glob("*/chunk-*.parquet"))) < 2 and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
-    written = len(list(scores.glob("chunk-*.parquet")))
+    written = len(list(scores.glob("*/chunk-*.parquet")))
     assert 2 <= written < 8 and not (tmp_path / "killed" / "shuffled.run").exists()
 
     resumed = rerank(validate({**settings, "output": {"path": str(tmp_path / "killed")}}, RerankConfig), False)
     fresh = rerank_reference["summary"]
-    assert resumed["scored_this_attempt"]["chunks"] + written == fresh["scored_this_attempt"]["chunks"]
+    # a worker of the killed job may still publish before the resumed job takes the lease, never after: the
+    # resumed job scores at most the chunks missing when they were counted, and writes the uninterrupted run
+    assert resumed["scored_this_attempt"]["chunks"] <= fresh["scored_this_attempt"]["chunks"] - written
     assert (tmp_path / "killed" / "shuffled.run").read_bytes() == reference
+    assert not (tmp_path / "killed" / LEASE_FILE).exists()  # the dead job's lease taken over, then released
     assert resumed["runs"]["shuffled"]["metrics"] == fresh["runs"]["shuffled"]["metrics"]
 
     # in one more run, a worker of the join (a CPU task) killed, then a scorer actor: both redone, nothing lost
     results = tmp_path / "actor" / "_staging" / "scores"
-    two_done = lambda: len(list(results.glob("chunk-*.parquet"))) >= 2  # noqa: E731
+    two_done = lambda: len(list(results.glob("*/chunk-*.parquet"))) >= 2  # noqa: E731
     kills = lambda: [kill_worker_when("ray::JoinShuffleReduce"), kill_worker_when("ray::ChunkScorer", two_done)]  # noqa: E731
     with ThreadPoolExecutor(1) as pool:
         killed = pool.submit(kills)
@@ -146,6 +152,53 @@ def test_a_job_killed_after_some_chunks_resumes_to_the_uninterrupted_output(
     assert survived["retries"]["actor_restarts"] == {"ChunkScorer": 1}
     assert [name for name in survived["retries"]["reruns"] if name.startswith("JoinShuffleReduce")], survived["retries"]
     assert (tmp_path / "actor" / "shuffled.run").read_bytes() == reference
+
+
+def test_a_second_rerank_into_the_same_output_refuses_naming_the_first(tmp_path: Path) -> None:
+    inputs = write_rerank_task(tmp_path / "in", articles=2)
+    raw = {**inputs, "output": {"path": str(tmp_path / "out")}, "ray": {"progress": False}}
+    holder = rf"already running \(host {socket.gethostname()}, pid {os.getpid()},"
+    with lease(Location(str(tmp_path / "out" / LEASE_FILE)), "the first rerank"):
+        with pytest.raises(OutputStateError, match=holder):
+            rerank(validate(raw, RerankConfig), progress=False)
+    assert not (tmp_path / "out" / "_staging").exists()
+
+
+def test_a_straggler_of_a_replaced_attempt_cannot_publish_a_chunk(tmp_path: Path) -> None:
+    result = pa.table({"qid": ["a1"], "rerank_score": [0.5]})
+    out = Location(str(tmp_path / "scores" / "chunk-00000.parquet"))
+    with lease(Location(str(tmp_path / LEASE_FILE)), "the resumed rerank") as held:
+        assert not _publish(result, out, Attempt(held.where, "the-killed-attempt"))
+        assert not (tmp_path / "scores").exists() or not list((tmp_path / "scores").iterdir())
+        assert _publish(result, out, Attempt(held.where, held.holder["id"]))
+    assert out.read_table().equals(result) and [f.name for f in (tmp_path / "scores").iterdir()] == [out.name]
+    assert not _publish(result, out, Attempt(held.where, held.holder["id"]))  # its job has ended
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_changed_scorer_or_queries_refuses_to_resume_and_restart_starts_over(tmp_path: Path) -> None:
+    inputs = write_rerank_task(tmp_path / "in", articles=3)
+    texts = [json.loads(line)["text"] for line in Path(inputs["corpus"]["path"]).read_text().splitlines()]
+    scorer = {"kind": "cross_encoder", "model": str(write_tiny_encoder(tmp_path / "ce", "bert-1", texts))}
+    raw = {**inputs, "chunks": 2, "scorer": {**scorer, "max_length": 64}, "ray": {"progress": False}}
+    out, run = {"path": str(tmp_path / "out")}, tmp_path / "out" / "shuffled.run"
+    rerank(validate({**raw, "output": out}, RerankConfig), progress=False)
+    before = run.read_bytes()
+
+    shorter = {**raw, "scorer": {**scorer, "max_length": 8}}
+    with pytest.raises(ConfigError, match=r"scorer\.max_length: 64 -> 8\); rerun with --restart"):
+        rerank(validate({**shorter, "output": out}, RerankConfig), progress=False)
+    queries = tmp_path / "in" / "other-queries.jsonl"
+    queries.write_text(Path(inputs["queries"]).read_text().replace("All human beings", "All people"))
+    with pytest.raises(ConfigError, match=r"\(queries_xxh64: \"\w+\" -> \"\w+\"\); rerun with --restart"):
+        rerank(validate({**raw, "queries": str(queries), "output": out}, RerankConfig), progress=False)
+    assert run.read_bytes() == before
+
+    restarted = rerank(validate({**shorter, "output": out}, RerankConfig), progress=False, restart=True)
+    rerank(validate({**shorter, "output": {"path": str(tmp_path / "fresh")}}, RerankConfig), progress=False)
+    assert restarted["scored_this_attempt"]["chunks"] == 2
+    assert run.read_bytes() == (tmp_path / "fresh" / "shuffled.run").read_bytes() != before
+    assert len(list((tmp_path / "out" / "_staging" / "scores").iterdir())) == 1
 
 
 def corpus_as(form: str, docs: list[dict], folder: Path) -> dict:

@@ -32,6 +32,7 @@ from shardflow.cluster.pools import Pool, plan_pools
 from shardflow.cluster.runtime import RayConfig, job_retries, ray_session
 from shardflow.config import StrictModel
 from shardflow.errors import OutputStateError
+from shardflow.lease import Lease, lease
 from shardflow.operators.base import GlobalStage, OperatorSpec, RunContext, run_in_task
 from shardflow.operators.index import IndexConfig, build_index, write_index_card
 from shardflow.operators.readers import ReaderConfig, read_documents
@@ -44,6 +45,7 @@ from shardflow.storage import Location, StorageConfig
 
 __all__ = ["CorpusConfig", "RunResult", "apply_stages", "run_corpus"]
 
+RUN_LEASE = "_run.lease"  # one run at a time per output
 DENSE_INDEX = "index"  # the FAISS index over the corpus's embeddings, built beside it
 DOCUMENTS = "documents"  # staging folder of the documents a pass materialised
 VERSIONED_PACKAGES = (
@@ -127,8 +129,15 @@ def run_corpus(config: CorpusConfig) -> RunResult:
     """Run (or resume, or recognise as done) the corpus job.
 
     Everything that can fail on the user's input (output state, model files, input paths, dedup indexes) is
-    checked before Ray starts; Ray is joined or started (``config.ray``) only for the data to flow.
+    checked before Ray starts; Ray is joined or started (``config.ray``) only for the data to flow. The run
+    holds the output's lease throughout: a second run on the same output refuses, naming this one.
     """
+    where = Location(config.output.path, config.storage).join(RUN_LEASE)
+    with lease(where, f"a run into {config.output.path}") as held:
+        return _run_holding(config, held)
+
+
+def _run_holding(config: CorpusConfig, held: Lease) -> RunResult:
     started = time.monotonic()
     layout = OutputLayout(Location(config.output.path, config.storage), config.fingerprint())
     if layout.prepare(config.output.if_exists) == "done":
@@ -166,6 +175,7 @@ def run_corpus(config: CorpusConfig) -> RunResult:
         **{name: facts for stage in global_stages.values() for name, facts in stage.facts().items()},
         **_index_facts(config, layout),
     }
+    held.check()  # nothing is published by a run that lost its output to another
     manifest = layout.commit(shards, [stage.op for stage in config.stages], extra, config.max_error_fraction)
     return RunResult(manifest, already_done=False, seconds=seconds)
 

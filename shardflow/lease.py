@@ -5,8 +5,9 @@ id) and when it expires; the holder renews it from a background thread while it 
 still holds it (``Lease.check``) before each step that publishes. Another writer refuses to start while a
 live lease exists, and takes over one that expired (its holder was killed, lost its node, or could not
 renew) or whose holder is a process on this host that no longer runs (the usual rerun after a crash).
-Object stores offer no portable create-if-absent here, so taking a lease writes it and reads it back after
-a pause: two writers that start within that pause are not excluded; a schedule's overlap (hours) is.
+Taking, renewing and flipping are conditional writes where the store has them (S3 ``If-None-Match: *`` /
+``If-Match: <etag>``; a local disk: a hard link / a compare-and-rename under ``flock``), so of two writers
+racing exactly one wins; a store without them falls back to write, pause and read back, with a warning.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from typing import Any
 import orjson
 
 from shardflow.errors import OutputStateError
-from shardflow.storage import Location
+from shardflow.storage import ConditionalWritesUnsupported, Location
 
 LEASE_SECONDS = 600.0  # a holder that stops renewing is presumed dead after this
 RENEW_SECONDS = 60.0
-SETTLE_SECONDS = 1.0  # between writing the lease and reading it back
+SETTLE_SECONDS = 1.0  # without conditional writes: between writing the lease and reading it back
 log = logging.getLogger(__name__)
 
 
@@ -38,25 +39,44 @@ class Lease:
     def __init__(self, where: Location, what: str, seconds: float) -> None:
         self.where, self.what, self.seconds = where, what, seconds
         self.holder = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "what": what}
+        self.holder["since"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.expires = 0.0
+        self.version: str | None = None  # of the lease as this holder last wrote it; None: no conditional writes
         self.lost: str | None = None
 
+    def record(self) -> dict[str, Any]:
+        """The lease as written: the holder and a new expiry."""
+        return self.holder | {"expires": time.time() + self.seconds}
+
     def check(self) -> None:
-        """Raise if the lease lapsed or another writer holds it: publishing now could interleave with it."""
+        """Raise if the lease lapsed or another writer holds it now (read from the store, so that a holder
+        that lost it learns before its next write, not at its next renewal)."""
         if self.lost is None and self.expires < time.time():
             self.lost = "it expired before it could be renewed"
+        if self.lost is None:
+            held = self.where.read_json()
+            if (held or {}).get("id") != self.holder["id"]:
+                self.lost = _taken_by(held)
         if self.lost is not None:
             raise OutputStateError(f"{self.what}: stopped, the lease {self.where} was lost ({self.lost}); run it again")
 
     def renew(self) -> None:
-        """Extend the lease, unless another writer has taken it meanwhile."""
-        held = self.where.read_json()
-        if held is not None and held.get("id") != self.holder["id"] and self.expires:
-            self.lost = f"taken by host {held.get('host')}, pid {held.get('pid')}"
-            return
-        expires = time.time() + self.seconds
-        self.where.put_bytes(orjson.dumps(self.holder | {"expires": expires}))
-        self.expires = expires
+        """Extend the lease, unless another writer has taken it meanwhile (where the store has conditional
+        writes, the renewal is one write that only succeeds on the lease as this holder left it)."""
+        record = self.record()
+        if self.version is not None:
+            version = self.where.replace_json(record, self.version)
+            if version is None:
+                self.lost = _taken_by(self.where.read_json())
+                return
+            self.version = version
+        else:
+            held = self.where.read_json()
+            if held is not None and held.get("id") != self.holder["id"] and self.expires:
+                self.lost = _taken_by(held)
+                return
+            self.where.put_bytes(orjson.dumps(record))
+        self.expires = record["expires"]
 
     def keep_renewing(self, stop: threading.Event) -> None:
         """Renew every ``RENEW_SECONDS`` (a quarter of the lease at most); a failed renewal is retried at the
@@ -71,19 +91,7 @@ class Lease:
 @contextmanager
 def lease(where: Location, what: str, seconds: float = LEASE_SECONDS) -> Iterator[Lease]:
     """Hold the lease at ``where`` for the body; ``what`` names the work in messages."""
-    held = where.read_json()
-    if held is not None and _alive(held):
-        raise OutputStateError(
-            f"{what} is already running (host {held['host']}, pid {held['pid']}, since {held['since']}; "
-            f"lease {where} expires {time.strftime('%H:%M:%S UTC', time.gmtime(held['expires']))}); "
-            "one at a time per output"
-        )
-    mine = Lease(where, what, seconds)
-    mine.holder["since"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    mine.renew()
-    time.sleep(SETTLE_SECONDS)
-    if (where.read_json() or {}).get("id") != mine.holder["id"]:
-        raise OutputStateError(f"{what}: another writer took the lease {where} at the same moment; try again")
+    mine = _take(where, what, seconds)
     stop = threading.Event()
     renewer = threading.Thread(target=mine.keep_renewing, args=(stop,), daemon=True)
     renewer.start()
@@ -94,6 +102,51 @@ def lease(where: Location, what: str, seconds: float = LEASE_SECONDS) -> Iterato
         renewer.join()
         if (where.read_json() or {}).get("id") == mine.holder["id"]:
             where.remove()
+
+
+def _take(where: Location, what: str, seconds: float) -> Lease:
+    """Take the lease in one conditional write: create it if there is none, or replace the lease of a holder
+    that is gone only if it is still that lease. Of two writers racing, exactly one wins."""
+    held, version = where.read_versioned()
+    if held is not None and _alive(held):
+        raise _already_running(what, where, held)
+    mine = Lease(where, what, seconds)
+    record = mine.record()
+    try:
+        taken = where.create_json(record) if version is None else where.replace_json(record, version)
+    except ConditionalWritesUnsupported:
+        log.warning("%s has no conditional writes: the lease is taken by write, pause and read back", where)
+        return _take_by_reading_back(mine)
+    if taken is None:
+        raise OutputStateError(
+            f"{what}: another writer took the lease {where} at the same moment ({_taken_by(where.read_json())})"
+        )
+    mine.version, mine.expires = taken, record["expires"]
+    return mine
+
+
+def _take_by_reading_back(mine: Lease) -> Lease:
+    """For stores without conditional writes: write, pause, read back. Two writers that start within the
+    pause are not excluded; a schedule's overlap (hours) is."""
+    mine.renew()
+    time.sleep(SETTLE_SECONDS)
+    if (mine.where.read_json() or {}).get("id") != mine.holder["id"]:
+        raise OutputStateError(f"{mine.what}: another writer took the lease {mine.where} at the same moment; try again")
+    return mine
+
+
+def _already_running(what: str, where: Location, held: dict[str, Any]) -> OutputStateError:
+    expires = time.strftime("%H:%M:%S UTC", time.gmtime(held["expires"]))
+    return OutputStateError(
+        f"{what} is already running (host {held['host']}, pid {held['pid']}, since {held['since']}; "
+        f"lease {where} expires {expires}); one at a time per output"
+    )
+
+
+def _taken_by(held: dict[str, Any] | None) -> str:
+    if held is None:
+        return "its file was removed"
+    return f"taken by host {held.get('host')}, pid {held.get('pid')} ({held.get('what')})"
 
 
 def _alive(held: dict[str, Any]) -> bool:

@@ -10,6 +10,7 @@ they never show up in a repr, a log line or a manifest.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import posixpath
 import uuid
@@ -23,6 +24,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
+from fsspec.asyn import sync
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 from pyarrow.fs import FSSpecHandler, PyFileSystem
@@ -154,6 +156,54 @@ class Location:
         except FileNotFoundError:
             return None
 
+    def read_versioned(self) -> tuple[Any, str | None]:
+        """A small JSON file and its version (S3: the ETag; local: a hash of the bytes), or (None, None)
+        where there is none: what ``replace_json`` compares against."""
+        fs, path = self.filesystem()
+        try:
+            data, version = sync(fs.loop, _s3_get, fs, path) if _is_s3(fs) else (fs.cat_file(path), None)
+        except FileNotFoundError:
+            return None, None
+        return orjson.loads(data), version or _local_version(data)
+
+    def create_json(self, value: Any) -> str | None:
+        """Write ``value`` only if no file is here (S3 ``If-None-Match: *``; local: a hard link, which fails
+        on an existing name); the new version, or None when another writer got there first. Raises
+        ``ConditionalWritesUnsupported`` on a store that has no such write."""
+        data = orjson.dumps(value)
+        fs, path = self.filesystem()
+        if _is_s3(fs):
+            return _s3_conditional_put(fs, path, data, IfNoneMatch="*")
+        _require_local(fs, self)
+        temporary = _durable_temporary(fs, path, data)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return None
+        finally:
+            os.unlink(temporary)
+        _sync_folder(path)
+        return _local_version(data)
+
+    def replace_json(self, value: Any, version: str) -> str | None:
+        """Write ``value`` only if the file here is still at ``version`` (S3 ``If-Match``; local: compare and
+        rename under an exclusive lock); the new version, or None when it changed since it was read."""
+        data = orjson.dumps(value)
+        fs, path = self.filesystem()
+        if _is_s3(fs):
+            return _s3_conditional_put(fs, path, data, IfMatch=version)
+        _require_local(fs, self)
+        with open(f"{path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if _local_version(fs.cat_file(path)) != version:
+                    return None
+            except FileNotFoundError:
+                return None
+            os.replace(_durable_temporary(fs, path, data), path)
+            _sync_folder(path)
+        return _local_version(data)
+
     def put_bytes(self, data: bytes) -> None:
         """Write a small file (marker, stats, manifest) atomically."""
         self.write_atomic(lambda handle: handle.write(data))
@@ -173,7 +223,10 @@ class Location:
         temporary = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
         with fs.open(temporary, "wb") as handle:
             write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())  # the bytes reach the disk before the name does: a crash leaves old or new
         fs.mv(temporary, path)
+        _sync_folder(path)
 
     def read_table(self, columns: list[str] | None = None) -> pa.Table:
         """The parquet file here, whole or some ``columns``."""
@@ -210,6 +263,68 @@ class Location:
             fs.get_file(path, str(partial))
             partial.replace(target)
         return target
+
+
+class ConditionalWritesUnsupported(Exception):
+    """The store has no create-if-absent / replace-if-unchanged write (not S3, not a local disk)."""
+
+
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    return "s3" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def _require_local(fs: fsspec.AbstractFileSystem, where: Location) -> None:
+    if not isinstance(fs, LocalFileSystem):
+        raise ConditionalWritesUnsupported(f"{where}: this store has no conditional writes")
+
+
+def _local_version(data: bytes) -> str:
+    return xxhash.xxh64_hexdigest(data)
+
+
+async def _s3_get(fs: Any, path: str) -> tuple[bytes, str]:
+    """An object's bytes and the ETag of those very bytes (one GET: no window between the two)."""
+    bucket, key, _ = fs.split_path(path)
+    answer = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+    async with answer["Body"] as body:
+        return await body.read(), answer["ETag"]
+
+
+def _s3_conditional_put(fs: Any, path: str, data: bytes, **condition: str) -> str | None:
+    """``put_object`` with an ``If-None-Match`` / ``If-Match`` condition: the new ETag, or None when the
+    condition did not hold (412, or 409 when a concurrent conditional write won)."""
+    bucket, key, _ = fs.split_path(path)
+    try:
+        return fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+    except (FileExistsError, FileNotFoundError):
+        return None
+    except OSError as err:
+        code = (getattr(err.__cause__, "response", None) or {}).get("Error", {}).get("Code")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return None
+        if code in ("NotImplemented", "InvalidArgument", "InvalidRequest"):
+            raise ConditionalWritesUnsupported(f"s3://{bucket}/{key}: the store refused a conditional write") from err
+        raise
+
+
+def _durable_temporary(fs: Any, path: str, data: bytes) -> str:
+    """``data`` in a new file beside ``path``, synced to disk: ready to be linked or renamed into place."""
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    temporary = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return temporary
+
+
+def _sync_folder(path: str) -> None:
+    """Make a rename or link in ``path``'s folder durable (POSIX: fsync the directory)."""
+    folder = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:

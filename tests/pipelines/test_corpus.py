@@ -18,7 +18,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from shardflow.config import load_config, validate
 from shardflow.errors import ConfigError, OutputStateError
-from shardflow.pipelines.corpus import CorpusConfig, run_corpus
+from shardflow.lease import lease
+from shardflow.pipelines.corpus import RUN_LEASE, CorpusConfig, run_corpus
 from shardflow.storage import Location, StorageConfig
 from support import SAMPLE, sample_records, write_shard
 
@@ -182,6 +183,17 @@ def test_rerun_is_a_no_op_another_config_is_refused_and_overwrite_replaces(tmp_p
     replaced = run_corpus(corpus_config([shard], output, keep=["eng_Latn"], if_exists="overwrite"))
     assert replaced.manifest["counts"]["dropped"] == first["counts"]["read"]
     assert not list((tmp_path / "out" / "corpus").glob("**/*.parquet"))
+
+
+def test_a_second_run_on_an_output_in_use_is_refused_naming_the_holder_and_touches_nothing(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    staged = output / "_staging" / "0123" / "corpus" / "part.parquet"  # the files of the run in progress
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(b"PAR1")
+    with lease(Location(str(output)).join(RUN_LEASE), f"a run into {output}"):
+        with pytest.raises(OutputStateError, match=r"a run into .*out is already running \(host .*, pid \d+"):
+            run_corpus(corpus_config([str(SAMPLE / "fin_Latn")], str(output), if_exists="overwrite"))
+    assert staged.read_bytes() == b"PAR1"  # neither cleared nor replaced
 
 
 def _staged_stats(output: Path) -> list[Path]:

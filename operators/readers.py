@@ -61,6 +61,11 @@ class ReaderConfig(StrictModel):
         "quarantine",
         description="A record whose id an earlier one has: quarantined (one extra pass over the input), or allowed.",
     )
+    id_index_from: str | None = Field(
+        None,
+        description="The id_index/ of an earlier output: its ids count as read before these shards (a refresh "
+        "sets it to its published corpus's).",
+    )
 
 
 class StreamError(Exception):

@@ -79,7 +79,12 @@ class StageRegistry:
         """The stages the ``input`` section asks for: the duplicate-id pass, unless ids may repeat."""
         if reader.duplicate_ids == "allow":
             return []
-        return [PlannedStage("input.duplicate_ids", DuplicateIdsConfig(), DuplicateIds)]
+        config = DuplicateIdsConfig(index_from=reader.id_index_from)
+        return [PlannedStage("input.duplicate_ids", config, DuplicateIds)]
+
+    def id_index(self, reader: ReaderConfig) -> str | None:
+        """The folder the input's own id pass leaves beside the corpus, if it runs."""
+        return next((stage.implementation.index for stage in self.input_stages(reader)), None)
 
     def configured(self, stages: list[Any]) -> list[PlannedStage]:
         """The config's ``stages``, each with what runs it."""

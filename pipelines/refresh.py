@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -49,7 +50,7 @@ from shardflow.output.manifest import CORPUS
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
 from shardflow.shards import Shard, list_shards
 from shardflow.steps import finished, mark_finished
-from shardflow.storage import Location, join
+from shardflow.storage import ConditionalWritesUnsupported, Location, join
 
 __all__ = ["RefreshConfig", "RefreshResult", "current_version", "refresh"]
 
@@ -57,6 +58,7 @@ CURRENT = "CURRENT.json"
 VERSION_FILE = "version.json"
 PLAN_FILE = "plan.json"
 LEASE_FILE = "_refresh.lease"  # one refresh at a time per output
+log = logging.getLogger(__name__)
 VERSION_FORMAT = "shardflow-corpus-version/1"
 TUNING = ("resources", "partitions", "token_budget")  # stage settings that change speed, not the corpus
 INDEX_BUILD = ("factory", "metric", "memory_budget_mb", "train_vectors")  # index settings that change its contents
@@ -77,6 +79,8 @@ class RefreshConfig(CorpusConfig):
 
     @model_validator(mode="after")
     def _indexes_are_managed(self) -> RefreshConfig:
+        if self.input.id_index_from is not None:
+            raise ValueError("input.id_index_from: a refresh checks ids against its own published corpus; remove it")
         for position, stage in enumerate(self.stages):
             if STAGES.index_of(stage) and stage.index_from is not None:
                 raise ValueError(
@@ -89,7 +93,7 @@ class RefreshConfig(CorpusConfig):
         they keep and write, and how inputs are read (not how many workers or partitions do the work)."""
         identity = {
             "stages": [stage.model_dump(mode="json", exclude=set(TUNING)) for stage in self.stages],
-            "input": self.input.model_dump(mode="json", include={"format", "max_doc_bytes"}),
+            "input": self.input.model_dump(mode="json", include={"format", "max_doc_bytes", "duplicate_ids"}),
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -116,7 +120,7 @@ def _refresh_once(
 ) -> tuple[int | None, bool, dict[str, Any] | None]:
     """The refresh under the lease: (current version, whether this call published it, its record)."""
     root = _root_of(config)
-    current = root.join(CURRENT).read_json()
+    current, pointed = root.join(CURRENT).read_versioned()
     published = root.join(current["manifest"]).read_json() if current else None
     shards = list_shards([Location(path, config.storage) for path in config.input.paths])
     plan = _plan_version(config, published, shards, rebuild, drop_missing)
@@ -128,7 +132,7 @@ def _refresh_once(
     held.check()
     write_version_record(root, plan["version"], record)
     held.check()
-    publish(root, plan["version"])
+    publish(root, plan["version"], pointed)
     _collect_garbage(config, plan["version"])
     return plan["version"], True, record
 
@@ -138,10 +142,23 @@ def write_version_record(root: Location, version: int, record: dict[str, Any]) -
     root.join(_version_folder(version), VERSION_FILE).put_bytes(dumps(record))
 
 
-def publish(root: Location, version: int) -> None:
-    """Replace ``CURRENT.json``: the moment version N+1 is published (one small object, atomic)."""
+def publish(root: Location, version: int, pointed: str | None) -> None:
+    """Replace ``CURRENT.json``: the moment version N+1 is published (one small object, atomic), only if it
+    is still the pointer (``pointed``: its version when read; None: there was none) this version was built
+    on. Where the store has no conditional writes, the lease alone keeps writers apart."""
     pointer = {"version": version, "manifest": join(_version_folder(version), VERSION_FILE)}
-    root.join(CURRENT).put_bytes(dumps(pointer))
+    where = root.join(CURRENT)
+    try:
+        flipped = where.create_json(pointer) if pointed is None else where.replace_json(pointer, pointed)
+    except ConditionalWritesUnsupported:
+        log.warning("%s has no conditional writes: %s is replaced unconditionally", root, CURRENT)
+        where.put_bytes(dumps(pointer))
+        return
+    if flipped is None:
+        raise OutputStateError(
+            f"{where} changed while this refresh built version {version} (another writer published); "
+            f"version {version} was not published: run the refresh again"
+        )
 
 
 def _plan_version(
@@ -253,8 +270,12 @@ def _segment_config(config: RefreshConfig, plan: dict[str, Any], parent: dict[st
         else stage
         for stage in config.stages
     ]
+    ids_from = parent.get(STAGES.id_index(config.input)) if parent is not None else None
+    paths = [shard[0] for shard in plan["shards"]]
     return CorpusConfig(
-        input=config.input.model_copy(update={"paths": [shard[0] for shard in plan["shards"]]}),
+        input=config.input.model_copy(
+            update={"paths": paths, "id_index_from": join(config.output.path, ids_from) if ids_from else None}
+        ),
         output=WriterConfig(
             path=join(config.output.path, _segment_folder(plan["version"])),
             if_exists="resume",
@@ -268,8 +289,9 @@ def _segment_config(config: RefreshConfig, plan: dict[str, Any], parent: dict[st
 
 
 def _dedup_indexes(config: RefreshConfig) -> list[str]:
-    """The indexes the stages leave beside each segment, by folder name."""
-    return [index for index in map(STAGES.index_of, config.stages) if index]
+    """The indexes the stages (and the input's own id pass) leave beside each segment, by folder name."""
+    indexes = [STAGES.id_index(config.input), *map(STAGES.index_of, config.stages)]
+    return [index for index in indexes if index]
 
 
 def _root_of(config: RefreshConfig) -> Location:

@@ -43,13 +43,14 @@ def edit(text: str, rng: np.random.Generator) -> str:
 
 def nights() -> list[dict[str, list[dict[str, str]]]]:
     """Three nights of shards (shard name -> records); later nights repeat earlier ones exactly (other case
-    and spacing) and nearly, and repeat themselves."""
+    and spacing) and nearly, repeat themselves, and reuse an earlier night's id."""
     docs, rng = documents(), np.random.default_rng(7)
-    assert len(docs) >= 36
+    assert len(docs) >= 37
     one = [{"id": f"n1-{i}", "text": docs[i]} for i in range(12)] + [{"id": "n1-copy", "text": docs[0]}]
     two = [{"id": f"n2-{i}", "text": docs[i]} for i in range(12, 22)]
     two += [{"id": "n2-exact", "text": docs[1].upper()}, {"id": "n2-space", "text": "  " + docs[2] + "\n"}]
     two += [{"id": f"n2-near-{i}", "text": edit(docs[i], rng)} for i in (3, 4, 13)]
+    two += [{"id": "n1-5", "text": docs[36]}]  # a night-1 id with another text: a repeated id, not a document
     three_a = [{"id": f"n3-{i}", "text": docs[i]} for i in range(22, 30)] + [{"id": "n3-exact", "text": docs[12]}]
     three_b = [{"id": f"n3-{i}", "text": docs[i]} for i in range(30, 36)]
     three_b += [{"id": f"n3-near-{i}", "text": edit(docs[i], rng)} for i in (5, 14, 23)]
@@ -139,6 +140,7 @@ def test_three_nights_on_s3_equal_a_run_over_all_shards(s3_storage, tmp_path: Pa
             assert result.record["mode"] == "incremental" and result.record["index"]["extended"]
     one, two, three = records
     assert two["this_version"]["counts"]["dropped"] == 5  # two exact, three near copies of night 1
+    assert two["this_version"]["counts"]["quarantined"] == 1  # the id night 1 had, checked against its id_index
     assert three["this_version"]["counts"]["dropped"] == 4
     assert three["counts"]["read"] == sum(len(rows) for night in nights() for rows in night.values())
     assert [entry["uri"].rsplit("/in/", 1)[1] for entry in three["inputs"]] == [
@@ -251,3 +253,15 @@ def test_only_settings_that_change_the_corpus_force_a_full_rebuild() -> None:
     same = fingerprint()
     assert fingerprint(s0={"partitions": 3}, s1={"resources": {"num_cpus": 4}}, s2={"token_budget": 64}) == same
     assert fingerprint(s1={"bands": 20}) != same and fingerprint(s2={"max_length": 128}) != same
+
+
+def test_the_pointer_flips_only_from_the_version_it_was_built_on(tmp_path: Path) -> None:
+    root = Location(str(tmp_path))
+    refresh_module.publish(root, 1, None)
+    with pytest.raises(OutputStateError, match="changed while this refresh built version 2"):
+        refresh_module.publish(root, 2, None)  # another writer published version 1 meanwhile
+    _, pointed = root.join(refresh_module.CURRENT).read_versioned()
+    refresh_module.publish(root, 2, pointed)
+    with pytest.raises(OutputStateError, match="another writer published"):
+        refresh_module.publish(root, 3, pointed)  # built on version 1's pointer, which version 2 replaced
+    assert root.join(refresh_module.CURRENT).read_json()["version"] == 2

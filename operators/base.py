@@ -15,6 +15,7 @@ they are: ``operators/registry.py`` says which implementation a config names.
 
 from __future__ import annotations
 
+import socket
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import pyarrow.compute as pc
 import ray
 
 from shardflow.config import Resources
+from shardflow.errors import ConfigError
 from shardflow.output.corpus import OutputLayout
 from shardflow.schema import DROP_REASON, QUARANTINE_REASON, RAW, SECONDS_PREFIX, SOURCE, stage_error, with_seconds
 from shardflow.shards import Shard
@@ -60,6 +62,13 @@ class Operator(ABC):
     @staticmethod
     def preflight(config: Any, storage: StorageConfig, key: str) -> None:
         """Check on the driver what validation of the config alone cannot (a model file exists)."""
+
+    @staticmethod
+    def environment(config: Any) -> dict[str, Any]:
+        """What besides its config decides this stage's verdicts in a process (packages that import, files
+        found there). The driver's is handed to every worker (``environment=`` of the constructor), which
+        refuses to judge anything in another (``require_environment``)."""
+        return {}
 
     @abstractmethod
     def annotate(self, docs: pa.Table) -> Annotations:
@@ -161,6 +170,24 @@ def _positions(in_play: np.ndarray) -> pa.Array | None:
         return None
     index = np.cumsum(in_play) - 1
     return pa.array(index, type=pa.int64(), mask=~in_play)
+
+
+def require_environment(operator: type[Operator], config: Any, expected: dict[str, Any] | None) -> None:
+    """Fail loudly where this process would judge with another environment than the driver checked: a node
+    without a tokenizer package or a thresholds folder would otherwise give other verdicts, silently."""
+    if expected is None:
+        return
+    here = operator.environment(config)
+    differs = [
+        f"{key}: {expected.get(key)!r} on the driver, {here.get(key)!r} here"
+        for key in sorted(expected)
+        if expected.get(key) != here.get(key)
+    ]
+    if differs:
+        raise ConfigError(
+            f"{operator.name}: this worker ({socket.gethostname()}) is set up differently from the driver "
+            f"({'; '.join(differs)}): install the same packages and files on every node"
+        )
 
 
 @dataclass(frozen=True)

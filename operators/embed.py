@@ -40,6 +40,7 @@ UNUSED_POOLER = ("bert", "roberta", "xlm-roberta")  # we pool ourselves; their p
 # 16384 -> 2,944).
 TOKEN_BUDGET = {"cuda": 16384, "cpu": 2048}
 QWEN3_INSTRUCTION = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+NON_FINITE = "non_finite_embedding: the vector holds NaN or inf (never indexed)"
 
 
 @dataclass(frozen=True)
@@ -198,5 +199,8 @@ class Embedder(Operator):
 
     def annotate(self, docs: pa.Table) -> Annotations:
         vectors = self.encoder.encode(docs[TEXT].to_pylist(), "passage").astype(np.float16)
-        flat = pa.array(vectors.ravel(), pa.float16())
-        return Annotations({EMBEDDING: pa.FixedSizeListArray.from_arrays(flat, self.encoder.dimensions)})
+        broken = ~np.isfinite(vectors).all(axis=1)  # NaN from the model, or beyond float16's range
+        flat = pa.array(np.where(broken[:, None], 0, vectors).ravel(), pa.float16())
+        column = pa.FixedSizeListArray.from_arrays(flat, self.encoder.dimensions, mask=pa.array(broken))
+        reasons = [NON_FINITE if bad else None for bad in broken] if broken.any() else []
+        return Annotations({EMBEDDING: column}, quarantine_reasons=reasons)

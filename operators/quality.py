@@ -12,10 +12,12 @@ tokenizer, so that "too few words" never means "the tokenizer could not split th
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from contextlib import suppress
 from functools import cache
 from importlib.resources import files
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,7 +38,7 @@ from pydantic import Field
 
 from shardflow.config import Resources, StrictModel
 from shardflow.errors import ConfigError
-from shardflow.operators.base import Annotations, Operator
+from shardflow.operators.base import Annotations, Operator, require_environment
 from shardflow.schema import LANG, safe_label
 from shardflow.storage import StorageConfig
 
@@ -52,6 +54,22 @@ QUALITY_TYPE = pa.struct(
 # Our labels -> datatrove's tokenizer table, where they differ (it files Chinese under Mandarin, Hani).
 TOKENIZER_ALIASES = {"zho_Hans": "cmn_Hani", "zho_Hant": "cmn_Hani", "yue_Hans": "yue_Hani", "yue_Hant": "yue_Hani"}
 LINE_END = tuple(TERMINAL_PUNCTUATION)
+# The packages datatrove's word tokenizers import (a language whose package is missing falls back to spaces
+# or characters): the same set must import on the driver and on every worker.
+TOKENIZER_PACKAGES = (
+    "botok",
+    "indicnlp",
+    "jieba",
+    "khmernltk",
+    "kiwipiepy",
+    "laonlp",
+    "nltk",
+    "pyidaungsu",
+    "pythainlp",
+    "pyvi",
+    "spacy",
+    "stanza",
+)
 UNSPACED_SCRIPTS = frozenset({"Hani", "Hans", "Hant", "Jpan", "Thai", "Khmr", "Laoo", "Mymr", "Tibt"})
 
 
@@ -94,9 +112,21 @@ class QualityFilter(Operator):
     name = "quality"
     added_fields = [pa.field("quality", QUALITY_TYPE)]
 
-    def __init__(self, config: QualityConfig, storage: StorageConfig | None = None) -> None:
+    def __init__(
+        self, config: QualityConfig, storage: StorageConfig | None = None, environment: dict[str, Any] | None = None
+    ) -> None:
+        require_environment(QualityFilter, config, environment)
         self.config = config
         self.override = Path(config.thresholds) if config.thresholds else None
+
+    @staticmethod
+    def environment(config: QualityConfig) -> dict[str, Any]:
+        """The word tokenizers' packages that import here (datatrove falls back to splitting on spaces or
+        characters without them) and the thresholds folder's files (missing: ours would be used)."""
+        return {
+            "tokenizer_packages": [name for name in TOKENIZER_PACKAGES if find_spec(name) is not None],
+            "thresholds": _folder_digest(Path(config.thresholds)) if config.thresholds else None,
+        }
 
     @staticmethod
     def preflight(config: QualityConfig, storage: StorageConfig, key: str) -> None:
@@ -212,6 +242,16 @@ def filters_for(t: Thresholds, lang: str, words: WordTokenizer) -> dict[str, Bas
             language=words,
         ),
     }
+
+
+def _folder_digest(folder: Path) -> str:
+    """A digest of a thresholds folder's YAML files (names and contents); ``missing`` where there is none."""
+    if not folder.is_dir():
+        return "missing"
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.yaml")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 @cache

@@ -244,9 +244,11 @@ def _stage_operator(stage: PlannedStage, attempt: str, storage: StorageConfig) -
     """The operator of a row-local stage: built with its config, in tasks if it holds no model."""
     implementation = stage.implementation
     resources = None if implementation.stateless else stage.config.resources
-    return OperatorSpec(
-        f"{attempt}:{stage.key}", implementation, {"config": stage.config, "storage": storage}, resources
-    )
+    arguments = {"config": stage.config, "storage": storage}
+    expected = implementation.environment(stage.config)
+    if expected:  # the driver's, checked by every worker before it judges anything
+        arguments["environment"] = expected
+    return OperatorSpec(f"{attempt}:{stage.key}", implementation, arguments, resources)
 
 
 def _plan_stage_pools(stages: list[PlannedStage], attempt: str) -> dict[str, Pool]:

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from shardflow.operators.embed import EMBEDDING, EmbedConfig, Embedder, TextEncoder, token_budget_batches
+from shardflow.operators.embed import EMBEDDING, NON_FINITE, EmbedConfig, Embedder, TextEncoder, token_budget_batches
 from shardflow.schema import TEXT
 from shardflow.storage import StorageConfig
 from support import sample_records, write_tiny_encoder
@@ -91,6 +91,26 @@ def test_the_operator_adds_float16_vectors_to_the_documents_in_play(checkpoints:
     vectors = np.array([v for v in column.to_pylist() if v is not None], dtype=np.float32)
     expected = embedder.encoder.encode([items[i] for i in (0, 1, 3, 4)])
     np.testing.assert_allclose(vectors, expected, atol=2e-3)  # float16 storage
+
+
+def test_a_vector_with_nan_or_beyond_float16_is_quarantined_not_indexed(checkpoints: dict[str, Path]) -> None:
+    embedder = Embedder(EmbedConfig(model=str(checkpoints["bert"])), StorageConfig())
+    real = embedder.encoder.encode
+
+    def overflowing(texts: list[str], kind: str = "passage") -> np.ndarray:
+        vectors = real(texts, kind)
+        vectors[1, 0], vectors[3, 5] = np.nan, 1e6  # a model that diverged; a value float16 cannot hold
+        return vectors
+
+    embedder.encoder.encode = overflowing
+    nothing = pa.nulls(4, pa.string())
+    batch = pa.table(
+        {TEXT: texts()[:4], "quarantine_reason": nothing, "drop_reason": nothing, "raw": pa.nulls(4, pa.large_binary())}
+    )
+    out = embedder(batch)
+    assert out["quarantine_reason"].to_pylist() == [None, NON_FINITE, None, NON_FINITE]
+    assert [v is None for v in out[EMBEDDING].to_pylist()] == [False, True, False, True]
+    assert np.isfinite(np.array(out[EMBEDDING][0].as_py(), dtype=np.float32)).all()
 
 
 def test_the_offline_default_model_retrieves_across_languages() -> None:

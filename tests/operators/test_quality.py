@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.resources import files
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -16,6 +17,7 @@ from datatrove.pipeline.filters import (
 )
 from datatrove.pipeline.filters.base_filter import get_filter_result
 
+from shardflow.errors import ConfigError
 from shardflow.operators.quality import (
     CharacterTokenizer,
     QualityConfig,
@@ -147,3 +149,20 @@ def test_at_least_20_languages_ship_thresholds_that_say_where_they_come_from() -
 def test_an_unspaced_script_without_its_tokenizer_falls_back_to_characters() -> None:
     assert isinstance(word_tokenizer("khm_Khmr"), CharacterTokenizer)  # khmer-nltk is not a dependency
     assert CharacterTokenizer().word_tokenize("ក ខ គ") == ["ក", "ខ", "គ"]
+
+
+def test_a_worker_set_up_unlike_the_driver_refuses_to_judge(tmp_path: Path) -> None:
+    folder = tmp_path / "thresholds"
+    folder.mkdir()
+    (folder / "fin_Latn.yaml").write_text("min_avg_word_length: 2\n")
+    config = QualityConfig(thresholds=str(folder))
+    driver = QualityFilter.environment(config)
+    QualityFilter(config, environment=driver)  # the same setup: fine
+    without_jieba = driver | {"tokenizer_packages": [p for p in driver["tokenizer_packages"] if p != "jieba"]}
+    with pytest.raises(ConfigError, match=r"quality: this worker .*set up differently.*tokenizer_packages"):
+        QualityFilter(config, environment=driver | {"tokenizer_packages": [*driver["tokenizer_packages"], "pyvi"]})
+    with pytest.raises(ConfigError, match="set up differently"):
+        QualityFilter(config, environment=without_jieba)
+    (folder / "fin_Latn.yaml").unlink()  # a node where the folder is not what the driver read
+    with pytest.raises(ConfigError, match=r"thresholds: '\w+' on the driver, '\w+' here"):
+        QualityFilter(config, environment=driver)

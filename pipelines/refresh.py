@@ -61,6 +61,7 @@ LEASE_FILE = "_refresh.lease"  # one refresh at a time per output
 log = logging.getLogger(__name__)
 VERSION_FORMAT = "shardflow-corpus-version/1"
 TUNING = ("resources", "partitions", "token_budget")  # stage settings that change speed, not the corpus
+READING = ("paths", "batch_rows", "batch_bytes", "task_bytes", "id_index_from")  # input settings, likewise
 INDEX_BUILD = ("factory", "metric", "memory_budget_mb", "train_vectors")  # index settings that change its contents
 
 
@@ -93,7 +94,7 @@ class RefreshConfig(CorpusConfig):
         they keep and write, and how inputs are read (not how many workers or partitions do the work)."""
         identity = {
             "stages": [stage.model_dump(mode="json", exclude=set(TUNING)) for stage in self.stages],
-            "input": self.input.model_dump(mode="json", include={"format", "max_doc_bytes", "duplicate_ids"}),
+            "input": self.input.model_dump(mode="json", exclude=set(READING)),
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 

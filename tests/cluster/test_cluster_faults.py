@@ -167,7 +167,7 @@ def test_a_scoring_node_lost_and_replaced_mid_rerank(
     driver = start_driver(cluster, "rerank", {**settings, "output": {"path": str(tmp_path / "out")}}, tmp_path)
     scores = tmp_path / "out" / "_staging" / "scores"
     try:
-        wait_for(lambda: any(scores.glob("chunk-*.parquet")), driver, "a scored chunk")
+        wait_for(lambda: any(scores.glob("*/chunk-*.parquet")), driver, "a scored chunk")
         time.sleep(rng.uniform(0, 0.5))
         cluster.remove(GPU_WORKER)  # both scorer actors lived there (one per GPU)
         time.sleep(2)

@@ -248,9 +248,10 @@ def test_a_crash_while_committing_is_finished_by_the_next_run(tmp_path: Path, mo
     real_mv, moves = LocalFileSystem.mv, []
 
     def failing_mv(self, source, target, **kwargs):
-        if "/_staging/" in str(source) and str(source).endswith(".parquet") and len(moves) == 2:
-            raise OSError("disk went away")
-        moves.append(source)
+        if "/_staging/" in str(source) and str(source).endswith(".parquet"):  # a staged file moved into place
+            if len(moves) == 2:
+                raise OSError("disk went away")
+            moves.append(source)
         return real_mv(self, source, target, **kwargs)
 
     monkeypatch.setattr(LocalFileSystem, "mv", failing_mv)

@@ -42,6 +42,7 @@ RAW_KEEP_BYTES = 1 << 20  # of a line too long to parse, the quarantine row keep
 # most ~4 MiB whatever the compression ratio (8 KB of zstd can hold 256 MiB of one repeated byte).
 ZSTD_FEED = 128
 BIG_NUMBER = re.compile(rb"[:\[,]\s*-?(?:\d{19,}|[\d.]+[eE]\+?\d{3,})")  # a number orjson would round or reject
+LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")  # in a parsed string: an escape of half a pair
 
 
 class ReaderConfig(StrictModel):
@@ -69,12 +70,14 @@ class ReaderConfig(StrictModel):
 
 
 class StreamError(Exception):
-    """A compressed stream ended early or is corrupt; ``reason`` is the quarantine reason."""
+    """A compressed stream ended early or is corrupt; ``reason`` is the quarantine reason, ``pending`` the
+    unfinished line and ``line_no`` its number (set by ``_iter_lines``)."""
 
     def __init__(self, reason: str, pending: bytes = b"") -> None:
         super().__init__(reason)
         self.reason = reason
         self.pending = pending
+        self.line_no = 0
 
 
 # ---------------------------------------------------------------- shards -> Arrow blocks (read tasks)
@@ -139,8 +142,8 @@ def _jsonl_rows(handle: BinaryIO, uri: str, config: ReaderConfig) -> Iterator[di
                 if problem
                 else _record_row(obj, uri, line_no, config, raw=line)
             )
-    except StreamError as err:
-        yield _quarantine_row(uri, line_no + 1, err.reason, err.pending)
+    except StreamError as err:  # its line, not the one after the last record: blank lines may lie between
+        yield _quarantine_row(uri, err.line_no or line_no + 1, err.reason, err.pending)
     except UNREADABLE as err:  # an object store may refuse only the first read (an archived S3 object)
         yield _unreadable(uri, line_no + 1, err)
 
@@ -152,7 +155,7 @@ def _parquet_rows(handle: BinaryIO, uri: str, config: ReaderConfig) -> Iterator[
             for obj in batch.to_pylist():
                 row_no += 1
                 yield _record_row(obj, uri, row_no, config, raw=None)
-    except (pa.ArrowException, OSError) as err:
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as err:  # Arrow does not check a string's UTF-8
         yield _quarantine_row(uri, row_no + 1, f"corrupt_parquet: {err}")
 
 
@@ -250,7 +253,7 @@ def _iter_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[
                 parts.append(rest)
             size += len(rest)
     except StreamError as err:
-        err.pending = b"".join(parts)[:max_line_bytes]
+        err.pending, err.line_no = b"".join(parts)[:max_line_bytes], line_no + 1
         raise
     if size:
         yield from _finish_line(line_no + 1, parts, b"", size, max_line_bytes)
@@ -276,7 +279,7 @@ def _parse_json(line: bytes) -> tuple[Any, str | None]:
     try:
         return orjson.loads(line), None
     except orjson.JSONDecodeError as err:
-        return None, _diagnose(line, err)
+        return _diagnose(line, err)
 
 
 def _parse_exactly(line: bytes) -> tuple[Any, str | None]:
@@ -286,34 +289,61 @@ def _parse_exactly(line: bytes) -> tuple[Any, str | None]:
     except UnicodeDecodeError as bad:
         return None, f"invalid_utf8: {bad.reason} at byte {bad.start}"
     try:
-        return json.loads(text, parse_int=_exact_int, parse_float=_exact_float, parse_constant=_not_a_number), None
+        value = json.loads(text, parse_int=_exact_int, parse_float=_exact_float, parse_constant=_not_a_number)
     except RecursionError:
         return None, "too_deep: JSON nested too deeply to read"
     except ValueError as bad:
         return None, f"invalid_json: {bad}"
+    if _holds_lone_surrogate(value):  # orjson refuses these; json reads them, and Arrow could not hold one
+        return None, "invalid_unicode: a string holds a lone surrogate"
+    return value, None
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    """Whether a key or string anywhere in ``value`` holds a lone surrogate (legal in JSON escapes, not in
+    Unicode); iterative, as ``value`` may be nested as deep as the parser goes."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if LONE_SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack += item
+            stack += item.values()
+        elif isinstance(item, list):
+            stack += item
+    return False
+
+
+class _BigNumber(str):
+    """A JSON number kept as written (a string in ``meta``); where a field must be a string, still a number."""
+
+
+class _BigInteger(_BigNumber):
+    """An integer past 64 bits: as an ``id``, its digits, like any integer id."""
 
 
 def _exact_int(digits: str) -> int | str:
     value = int(digits)
-    return value if -(1 << 63) <= value < 1 << 64 else digits
+    return value if -(1 << 63) <= value < 1 << 64 else _BigInteger(digits)
 
 
 def _exact_float(digits: str) -> float | str:
     value = float(digits)
-    return value if math.isfinite(value) else digits
+    return value if math.isfinite(value) else _BigNumber(digits)
 
 
 def _not_a_number(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _diagnose(line: bytes, err: Exception) -> str:
-    """Tell invalid UTF-8 from invalid JSON from JSON nested too deeply from valid JSON that escapes a lone
-    surrogate."""
+def _diagnose(line: bytes, err: Exception) -> tuple[Any, str | None]:
+    """Of a line orjson refused: tell JSON nested too deeply from invalid UTF-8, invalid JSON and a lone
+    surrogate; or the value, where it is valid JSON that orjson cannot hold (a huge number at the top level)."""
     if "depth limit" in str(err):
-        return "too_deep: JSON nested deeper than 1024 levels"
-    _, problem = _parse_exactly(line)
-    return problem or f"invalid_unicode: {err}"
+        return None, "too_deep: JSON nested deeper than 1024 levels"
+    return _parse_exactly(line)
 
 
 # ---------------------------------------------------------------- record -> row
@@ -327,7 +357,7 @@ def _quarantine_row(uri: str, line_no: int, reason: str, raw: bytes | None = Non
 def _record_row(obj: Any, uri: str, line_no: int, config: ReaderConfig, raw: bytes | None) -> dict[str, Any]:
     """Map one parsed record to a document row, or to a quarantine row if it cannot be one."""
     if not isinstance(obj, dict):
-        return _quarantine_row(uri, line_no, f"wrong_type: record is a JSON {type(obj).__name__}, not an object", raw)
+        return _quarantine_row(uri, line_no, f"wrong_type: record is a JSON {_type_name(obj)}, not an object", raw)
     try:
         row = map_record(obj, config.format, config.max_doc_bytes)
     except RecordError as err:
@@ -376,8 +406,8 @@ def map_record(obj: dict[str, Any], fmt: str, max_doc_bytes: int) -> dict[str, A
         raise RecordError(
             "missing_text: record has no 'text' field" if "text" not in obj else "missing_text: 'text' is null"
         )
-    if not isinstance(text, str):
-        raise RecordError(f"wrong_type: 'text' is a {type(text).__name__}, expected a string")
+    if not _is_str(text):
+        raise RecordError(f"wrong_type: 'text' is a {_type_name(text)}, expected a string")
     if not text.strip():
         raise RecordError("empty_text: 'text' is empty or only whitespace")
     size = _utf8_size(text)
@@ -396,10 +426,10 @@ def map_record(obj: dict[str, Any], fmt: str, max_doc_bytes: int) -> dict[str, A
         if raw_id is not None:
             rest["id"] = raw_id
         row["doc_id"] = xxhash.xxh128_hexdigest(f"{url or ''}\x00{text}".encode())
-    elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool):
+    elif (_is_str(raw_id) or isinstance(raw_id, (int, _BigInteger))) and not isinstance(raw_id, bool):
         row["doc_id"] = str(raw_id)
     else:
-        raise RecordError(f"wrong_type: 'id' is a {type(raw_id).__name__}, expected a string")
+        raise RecordError(f"wrong_type: 'id' is a {_type_name(raw_id)}, expected a string")
     row["meta"] = _meta(rest) if rest else None
     return row
 
@@ -421,17 +451,25 @@ def _source_labels(layout: Layout, rest: dict[str, Any]) -> tuple[list[str] | No
 
 
 def _optional_str(value: Any, name: str) -> str | None:
-    if value is None or isinstance(value, str):
+    if value is None or _is_str(value):
         return value
-    raise RecordError(f"wrong_type: '{name}' is a {type(value).__name__}, expected a string")
+    raise RecordError(f"wrong_type: '{name}' is a {_type_name(value)}, expected a string")
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str) and not isinstance(value, _BigNumber)
+
+
+def _type_name(value: Any) -> str:
+    return "number" if isinstance(value, _BigNumber) else type(value).__name__
 
 
 def _str_list(value: Any, name: str) -> list[str] | None:
     if value is None:
         return None
-    if isinstance(value, str):
+    if _is_str(value):
         return [value]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+    if isinstance(value, list) and all(_is_str(v) for v in value):
         return value
     raise RecordError(f"wrong_type: '{name}' must be a string or a list of strings")
 

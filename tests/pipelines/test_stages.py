@@ -91,4 +91,3 @@ def test_records_that_make_a_stage_raise_are_quarantined_and_counted_within_a_bu
     assert length["reasons"] == {"stage_error:length": failing}
     counts = manifest["counts"]
     assert counts["read"] == counts["kept"] + counts["dropped"] + counts["quarantined"]
-

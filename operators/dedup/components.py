@@ -25,9 +25,9 @@ import pyarrow as pa
 import ray
 
 from shardflow.arrays import run_starts
+from shardflow.codepoints import mix
 from shardflow.errors import ShardflowError
 from shardflow.operators.dedup.exchange import Pieces, concat, piece, scatter
-from shardflow.operators.dedup.minhash import mix
 from shardflow.operators.dedup.shuffle import split
 from shardflow.storage import Location
 

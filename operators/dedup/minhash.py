@@ -21,9 +21,9 @@ from functools import cache, cached_property
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import regex
 from pydantic import Field
 
+from shardflow.codepoints import PRIME, class_table, decode, mix, span_hasher
 from shardflow.config import StrictModel
 
 # Scripts written without spaces between words: shingles are character n-grams there.
@@ -32,9 +32,7 @@ SEPARATORS = r"[\p{P}\p{S}\p{Z}\p{Cc}]+"
 DIGITS = r"\p{Nd}+"
 OTHER, SEPARATOR, DIGIT = 0, 1, 2
 ZERO = ord("0")
-PRIME = np.uint64(0x100000001B3)  # odd, so it has an inverse mod 2^64
 MAX_CELLS = 1 << 22  # shingles x hash functions evaluated at once (16 MiB of uint32)
-_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
 class MinHashParams(StrictModel):
@@ -49,25 +47,10 @@ class MinHashParams(StrictModel):
     seed: int = Field(1, ge=0, description="Seeds the hash functions; runs compare only with the same seed.")
 
 
-def mix(values: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: spreads every input bit over the output (uint64 in, uint64 out)."""
-    values = values ^ (values >> np.uint64(30))
-    values = values * _M1
-    values ^= values >> np.uint64(27)
-    values *= _M2
-    values ^= values >> np.uint64(31)
-    return values
-
-
 @cache
 def _code_point_classes() -> np.ndarray:
     """OTHER, SEPARATOR or DIGIT for every code point, from Unicode categories (built once: ~0.1 s)."""
-    every = "".join(map(chr, range(0x110000)))
-    classes = np.zeros(0x110000, dtype=np.uint8)
-    for pattern, value in ((SEPARATORS, SEPARATOR), (DIGITS, DIGIT)):
-        for match in regex.finditer(pattern, every):
-            classes[match.start() : match.end()] = value
-    return classes
+    return class_table([(SEPARATORS, SEPARATOR), (DIGITS, DIGIT)])
 
 
 def unspaced(langs: list[str | None]) -> np.ndarray:
@@ -99,17 +82,8 @@ def _code_points(texts: pa.Array) -> CodePoints:
     wide = pc.invert(pc.string_is_ascii(texts))  # ASCII is its own NFKC form
     if pc.any(wide).as_py():
         texts = pc.replace_with_mask(texts, wide, pc.utf8_normalize(texts.filter(wide), "NFKC"))
-    texts = pc.utf8_lower(texts)
-    texts = pa.concat_arrays([texts]) if texts.offset else texts
-    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64, count=len(texts) + 1)
-    buffer = texts.buffers()[2]
-    data = np.frombuffer(buffer, np.uint8, count=int(offsets[-1])) if buffer is not None else np.zeros(0, np.uint8)
-    lead = np.flatnonzero((data & 0xC0) != 0x80)
-    values = _decode(data, lead)
-    bounds = np.searchsorted(lead, offsets)  # each document's first code point
-    owner = np.repeat(np.arange(len(texts)), np.diff(bounds))
-    doc_first = np.zeros(len(values) + 1, dtype=bool)
-    doc_first[bounds] = True
+    batch = decode(pc.utf8_lower(texts))
+    values, owner, doc_first = batch.values, batch.owner, batch.doc_first
     classes = _code_point_classes()[values]
     separator = classes == SEPARATOR
     digit = classes == DIGIT
@@ -120,22 +94,6 @@ def _code_points(texts: pa.Array) -> CodePoints:
     return CodePoints(values[keep], owner[keep], word_start[keep])
 
 
-def _decode(data: np.ndarray, lead: np.ndarray) -> np.ndarray:
-    """UTF-8 (valid, as Arrow strings are) to code points, at the lead bytes ``lead``; ASCII as it is."""
-    values = data[lead].astype(np.uint32)
-    wide = np.flatnonzero(values >= 0x80)
-    if len(wide):
-        at = lead[wide]
-        padded = np.concatenate((data, np.zeros(3, np.uint8)))
-        first = values[wide]
-        follow = [(padded[at + k] & 0x3F).astype(np.uint32) for k in (1, 2, 3)]
-        two = ((first & 0x1F) << 6) | follow[0]
-        three = ((first & 0x0F) << 12) | (follow[0] << 6) | follow[1]
-        four = ((first & 0x07) << 18) | (follow[0] << 12) | (follow[1] << 6) | follow[2]
-        values[wide] = np.where(first < 0xE0, two, np.where(first < 0xF0, three, four))
-    return values
-
-
 def normal_form(texts: pa.Array) -> list[str]:
     """The text each document's shingles are taken from, words joined by spaces (to read and to test)."""
     points = _code_points(texts)
@@ -144,24 +102,6 @@ def normal_form(texts: pa.Array) -> list[str]:
     for start, stop in zip(starts, np.append(starts[1:], len(points.values)), strict=True):
         words[points.owner[start]].append("".join(map(chr, points.values[start:stop])))
     return [" ".join(doc) for doc in words]
-
-
-def _span_hasher(values: np.ndarray):
-    """A function (starts, ends) -> 64-bit hash of each span of ``values``, from one prefix pass."""
-    powers = np.full(len(values) + 1, PRIME, dtype=np.uint64)
-    powers[0] = 1
-    np.cumprod(powers, out=powers)
-    inverse = np.uint64(pow(int(PRIME), -1, 1 << 64))
-    inverse_powers = np.full(len(values) + 1, inverse, dtype=np.uint64)
-    inverse_powers[0] = 1
-    np.cumprod(inverse_powers, out=inverse_powers)
-    prefix = np.zeros(len(values) + 1, dtype=np.uint64)
-    np.cumsum((values.astype(np.uint64) + np.uint64(1)) * powers[:-1], out=prefix[1:])
-
-    def hash_spans(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        return mix((prefix[ends] - prefix[starts]) * inverse_powers[starts] + (ends - starts).astype(np.uint64))
-
-    return hash_spans
 
 
 def _ngrams(units: np.ndarray, owner: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +133,7 @@ def shingle(texts: pa.Array, char_docs: np.ndarray, params: MinHashParams) -> Sh
         boundaries = np.append(np.flatnonzero(points.word_start), len(points.values))
         starts = np.flatnonzero(points.word_start & ~chars)
         ends = boundaries[np.searchsorted(boundaries, starts, side="right")]
-        words = _span_hasher(points.values)(starts, ends)
+        words = span_hasher(points.values)(starts, ends)
         parts.append(_ngrams(words, points.owner[starts], params.word_ngrams))
     if chars.any():
         parts.append(_ngrams(mix(points.values[chars].astype(np.uint64)), points.owner[chars], params.char_ngrams))

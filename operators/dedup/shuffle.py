@@ -15,7 +15,7 @@ import pyarrow as pa
 import ray
 from ray.data.context import ShuffleStrategy
 
-from shardflow.operators.dedup.minhash import mix
+from shardflow.codepoints import mix
 
 __all__ = ["by_partition", "split"]
 

@@ -57,6 +57,7 @@ CAPITAL = 1 << 18  # Unicode category Lu (spaCy's ALPHA_UPPER also holds the scr
 
 NEWLINE, DOT, APOSTROPHE, CURLY_APOSTROPHE, CARRIAGE = 10, ord("."), ord("'"), ord("’"), 13
 ELLIPSIS_CHAR, COMMA, PLUS = ord("…"), ord(","), ord("+")
+BULLETS = (ord("•"), ord("-"))
 
 
 @cache
@@ -263,7 +264,7 @@ def segment_lines(batch: CodePointBatch, flags: np.ndarray, owner: np.ndarray) -
     splitlines = split(lo, hi, Spans(breaks_at, breaks_at + width, owner[breaks_at]))
     last_piece = np.searchsorted(splitlines.owner, np.arange(len(lo)), side="right") - 1
     drop = np.zeros(len(splitlines), dtype=bool)
-    drop[last_piece] = (hi == lo) | breaks[np.maximum(hi - 1, 0)]
+    drop[last_piece] = (hi == lo) | (breaks[np.maximum(hi - 1, 0)] if len(breaks) else False)
     # Gopher's paragraphs: text.strip(), then split at runs of two or more newlines
     s_lo, s_hi = stripped(lo, hi, (flags & SPACE) != 0)
     seps = runs(newline, doc_first, owner, min_length=2)
@@ -292,7 +293,9 @@ def in_run_from_start(member: np.ndarray, piece_start: np.ndarray, piece_id: np.
     """True where every position from its piece's start up to here is a ``member``."""
     misses = np.cumsum(~member)
     before = (misses - ~member)[np.flatnonzero(piece_start)]
-    return member & (misses - before[piece_id] == 0)
+    if not len(before):  # no piece at all (a text of whitespace only)
+        return np.zeros_like(member)
+    return member & (misses - before[np.maximum(piece_id, 0)] == 0)
 
 
 def tokenize(batch: CodePointBatch, flags: np.ndarray) -> Spans:
@@ -350,7 +353,7 @@ def tokenize(batch: CodePointBatch, flags: np.ndarray) -> Spans:
     hyphen_infix = np.cumsum(between[:-1]) > 0
     infix = (
         core
-        & ~url[np.maximum(chunk_id, 0)]
+        & ~(url[np.maximum(chunk_id, 0)] if len(url) else np.zeros(n, dtype=bool))
         & (
             hyphen_infix
             | ((values == COMMA) & before(alpha) & after(alpha) & core_before & core_after)
@@ -368,7 +371,9 @@ def tokenize(batch: CodePointBatch, flags: np.ndarray) -> Spans:
             | has(ICON)
         )
     )
-    infix &= ~_web_addresses(values, infix & dot & ~dots, core, chunk_id)[np.maximum(chunk_id, 0)]
+    addresses = _web_addresses(values, infix & dot & ~dots, core, chunk_id)
+    if len(addresses):
+        infix &= ~addresses[np.maximum(chunk_id, 0)]
     merged = (
         (dots & before(dots))
         | (hyphen_infix & before(hyphen_infix))
@@ -556,7 +561,7 @@ def sentences_per_line(
     the language's tokenizer is the whitespace fallback (``regex_docs``), datatrove's regular expression (a
     sentence is text up to a run of terminal punctuation, a full stop after a capital letter excepted)."""
     count = np.zeros(len(lines))
-    if not len(lines):
+    if not len(lines) or not len(tokens):  # no word, no sentence
         return count
     line_of = np.searchsorted(lines.start, tokens.start, side="right") - 1
     inside = (line_of >= 0) & (tokens.start < lines.end[np.maximum(line_of, 0)])
@@ -642,7 +647,7 @@ def measure(texts: pa.Array, settings: Settings) -> Measures:
     nonblank = last > first
     out["lines"] = per_doc(split_lines.owner, None, docs)
     out["bullet_lines"] = per_doc(
-        split_lines.owner, nonblank & np.isin(values[np.minimum(first, len(values) - 1)], (ord("•"), ord("-"))), docs
+        split_lines.owner, nonblank & np.isin(values[np.minimum(first, max(len(values) - 1, 0))], BULLETS), docs
     )
     ends_three_dots = (last - first >= 3) & _ends_with(values, last, "...")
     ends_ellipsis = nonblank & (values[np.maximum(last - 1, 0)] == ELLIPSIS_CHAR)

@@ -451,9 +451,20 @@ def _url_chunks(values: np.ndarray, chunk_start: np.ndarray, chunk_id: np.ndarra
     return found
 
 
-def ngrams(tokens: Spans, hashes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hashes of every run of ``n`` words inside one document, their first word's index and their words'
-    characters."""
+@dataclass
+class NGrams:
+    """Every run of ``n`` words inside one document, grouped: ``order`` lists them so that equal n-grams of
+    a document are adjacent, in text order, and ``new_group`` (in that order) marks each group's first."""
+
+    first_word: np.ndarray  # the index of each n-gram's first word
+    chars: np.ndarray  # the characters of its words
+    owner: np.ndarray
+    order: np.ndarray
+    new_group: np.ndarray
+
+
+def ngrams(tokens: Spans, hashes: np.ndarray, n: int) -> NGrams:
+    """The n-grams of a batch's words, grouped by one stable sort of a (document, n-gram hash) key."""
     count = max(len(tokens) - n + 1, 0)
     inside = np.flatnonzero(tokens.owner[:count] == tokens.owner[n - 1 : n - 1 + count])
     grams = np.zeros(len(inside), dtype=np.uint64)
@@ -461,24 +472,25 @@ def ngrams(tokens: Spans, hashes: np.ndarray, n: int) -> tuple[np.ndarray, np.nd
     for k in range(n):
         grams = mix(grams * PRIME + hashes[inside + k])
         chars += tokens.length[inside + k]
-    return grams, inside, chars
+    owner = tokens.owner[inside]
+    keys = keyed(grams, owner)
+    order = np.argsort(keys, kind="stable")
+    new_group = np.ones(len(order), dtype=bool)
+    new_group[1:] = keys[order][1:] != keys[order][:-1]
+    return NGrams(inside, chars, owner, order, new_group)
 
 
 def top_ngram_chars(tokens: Spans, hashes: np.ndarray, n: int, docs: int) -> np.ndarray:
     """datatrove's ``find_top_duplicate``: the characters of the most frequent n-gram (the first seen among
     equals; words joined by spaces) times its count; NaN for a document with fewer than ``n`` words."""
-    grams, first_word, chars = ngrams(tokens, hashes, n)
+    grams = ngrams(tokens, hashes, n)
+    first_word, chars, owner = grams.first_word, grams.chars, grams.owner
     out = np.full(docs, np.nan)
-    if not len(grams):
+    if not len(first_word):
         return out
-    owner = tokens.owner[first_word]
-    keys = keyed(grams, owner)
-    order = np.argsort(keys, kind="stable")
-    new_group = np.ones(len(order), dtype=bool)
-    new_group[1:] = keys[order][1:] != keys[order][:-1]
-    group_at = np.flatnonzero(new_group)
-    counts = np.diff(np.append(group_at, len(order)))
-    leader = order[group_at]  # each group's first occurrence
+    group_at = np.flatnonzero(grams.new_group)
+    counts = np.diff(np.append(group_at, len(grams.order)))
+    leader = grams.order[group_at]  # each group's first occurrence
     best = np.lexsort((first_word[leader], -counts, owner[leader]))
     doc = owner[leader][best]
     take = np.ones(len(best), dtype=bool)
@@ -511,15 +523,11 @@ def repeated_ngram_chars(tokens: Spans, hashes: np.ndarray, n: int, docs: int) -
     (words joined without spaces) and the walk jumps past it. An n-gram counts as seen if it occurs
     earlier in the document (datatrove: earlier at a position the walk stopped at; they differ only where
     a repeat's only earlier copies were jumped over)."""
-    grams, first_word, chars = ngrams(tokens, hashes, n)
+    grams = ngrams(tokens, hashes, n)
+    chars, owner = grams.chars, grams.owner
     out = np.zeros(docs)
-    if not len(grams):
-        return out
-    owner = tokens.owner[first_word]
-    keys = keyed(grams, owner)
-    order = np.argsort(keys, kind="stable")
-    seen = np.zeros(len(grams), dtype=bool)
-    seen[order[1:]] = keys[order][1:] == keys[order][:-1]
+    seen = np.zeros(len(chars), dtype=bool)
+    seen[grams.order] = ~grams.new_group
     if not seen.any():
         return out
     # runs of consecutive seen n-grams; the walk enters a run at its start or where a jump lands

@@ -3,11 +3,11 @@
     python bench/quality_agreement.py [--data ../shared/data/hplt-v2-excerpts] [--limit 0]
 
 For every excerpt file whose language the fast engine computes itself (``fast_language``), the documents
-are judged by ``engine: datatrove`` (one by one) and by the fast engine's measures and rules (the batch at
-once), filter mode, the four rules, each language with its own thresholds. Prints per language: keep/drop
-agreement, drop-reason agreement over all documents and the first failing rule over the dropped ones; then
-the totals, the CPU time of each, and the most frequent disagreements (datatrove's reason, the fast one's,
-examples as file:index). docs/quality.md reports its numbers.
+are judged by ``engine: datatrove`` (one by one) and by ``engine: fast`` (the batch at once), filter mode,
+the four rules, each language with its own thresholds. Prints per language: keep/drop agreement,
+drop-reason agreement over all documents and the first failing rule over the dropped ones; then the totals,
+the CPU time of each, and the most frequent disagreements (datatrove's reason, the fast one's, examples as
+file:index). docs/quality.md reports its numbers.
 """
 
 from __future__ import annotations
@@ -16,15 +16,11 @@ import collections
 import json
 import time
 
-import numpy as np
 import pyarrow as pa
 import zstandard
 from common import arguments
-from datatrove.utils.word_tokenizers import WhitespaceTokenizer
 
-from shardflow.operators.quality import QualityConfig, QualityFilter, fast_language, unspaced, word_tokenizer
-from shardflow.operators.quality_fast import Settings, measure, rule_failures
-from shardflow.operators.quality_rules import load_thresholds
+from shardflow.operators.quality import QualityConfig, QualityFilter, fast_language
 
 FILTERS = ["gopher_repetition", "gopher_quality", "c4", "fineweb"]
 
@@ -35,27 +31,16 @@ def read(path) -> list[str]:
     return [json.loads(line)["text"] for line in body.splitlines() if line.strip()]
 
 
-def fast_reasons(docs: list[str], lang: str) -> list[str]:
-    thresholds = load_thresholds(lang, None)
-    everyone = np.arange(len(docs))
-    settings = Settings(
-        languages=np.full(len(docs), fast_language(lang)),
-        regex_sentences=np.full(len(docs), isinstance(word_tokenizer(lang), WhitespaceTokenizer)),
-        min_words_per_line=np.full(len(docs), 0 if unspaced(lang) else 3),
-        stopwords={tuple(thresholds.stopwords): everyone} if thresholds.stopwords else {},
-        top_ns=tuple(n for n, _ in thresholds.top_n_grams),
-        dup_ns=tuple(n for n, _ in thresholds.dup_n_grams),
-    )
-    failures = rule_failures(measure(pa.array(docs), settings), thresholds, everyone, FILTERS)
-    reasons = []
-    for i in range(len(docs)):
-        reasons.append(next((f"{name}.{failures[name][i]}" for name in FILTERS if failures[name][i]), ""))
-    return reasons
+def fast_reasons(stage: QualityFilter, docs: list[str], lang: str) -> list[str]:
+    """The fast engine's first failing rule for each document ("" where it keeps it)."""
+    verdicts = stage.judge_batch(pa.array(docs, pa.string()), [lang] * len(docs), [None] * len(docs))
+    return [verdict["reason"] or "" for verdict in verdicts]
 
 
 def main() -> None:
     args = arguments(__doc__, limit=(int, 0, "documents per language (0: all)"))
     reference_stage = QualityFilter(QualityConfig(mode="filter", filters=FILTERS, engine="datatrove"))
+    fast_stage = QualityFilter(QualityConfig(mode="filter", filters=FILTERS, engine="fast"))
     totals = collections.Counter()
     pairs: collections.Counter = collections.Counter()
     examples = collections.defaultdict(list)
@@ -68,7 +53,7 @@ def main() -> None:
         reference = [reference_stage.judge(text, lang, None)["reason"] or "" for text in docs]
         totals["datatrove_s"] += time.process_time() - started
         started = time.process_time()
-        fast = fast_reasons(docs, lang)
+        fast = fast_reasons(fast_stage, docs, lang)
         totals["fast_s"] += time.process_time() - started
         keep = sum((a == "") == (b == "") for a, b in zip(fast, reference, strict=True))
         same = sum(a == b for a, b in zip(fast, reference, strict=True))

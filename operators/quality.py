@@ -38,8 +38,18 @@ from pydantic import Field
 from shardflow.config import Resources, StrictModel
 from shardflow.errors import ConfigError
 from shardflow.operators.base import Annotations, Operator, require_environment
-from shardflow.operators.quality_fast import Settings, measure, measured_scores, rule_failures
+from shardflow.operators.quality_fast import (
+    CHARACTERS,
+    RULES,
+    SEGMENTED,
+    Settings,
+    Spans,
+    measure,
+    measured_scores,
+    rule_failures,
+)
 from shardflow.operators.quality_rules import Thresholds, load_thresholds
+from shardflow.operators.quality_segmenters import WordSpans, segmenter_of
 from shardflow.schema import LANG
 from shardflow.storage import StorageConfig
 
@@ -72,10 +82,6 @@ TOKENIZER_PACKAGES = (
     "stanza",
 )
 SEGMENTING_SPACY = frozenset({"zh", "ja", "ko", "th", "vi"})  # spaCy languages that call a word segmenter
-# spaCy languages whose own tokenizer rules the fast engine does not follow closely enough: keep/drop agreed
-# on < 99% of their HPLT excerpts (Kyrgyz 97.0%, Ligurian 97.0%, Lombard 98.5%, Limburgish via Dutch 98.5%;
-# docs/quality.md); their documents take datatrove's filters in either engine
-SLOW_SPACY = frozenset({"ky", "lij", "nl"})
 UNSPACED_SCRIPTS = frozenset({"Hani", "Hans", "Hant", "Jpan", "Thai", "Khmr", "Laoo", "Mymr", "Tibt"})
 
 
@@ -153,6 +159,7 @@ class QualityFilter(Operator):
         for lang, members in by_lang.items():
             if thresholds[lang].stopwords:
                 stopwords.setdefault(tuple(thresholds[lang].stopwords), []).extend(members)
+        sources = np.array([word_source(lang) for lang in langs], np.int8)
         settings = Settings(
             languages=np.array([fast_language(lang) for lang in langs]),
             regex_sentences=np.array([isinstance(word_tokenizer(lang), WhitespaceTokenizer) for lang in langs]),
@@ -160,6 +167,8 @@ class QualityFilter(Operator):
             stopwords={words: np.array(members) for words, members in stopwords.items()},
             top_ns=tuple(sorted({n for t in thresholds.values() for n, _ in t.top_n_grams})),
             dup_ns=tuple(sorted({n for t in thresholds.values() for n, _ in t.dup_n_grams})),
+            word_source=sources,
+            given=segmented_words(texts, langs, sources),
         )
         measures = measure(texts, settings)
         failures = {name: np.full(size, "", dtype=object) for name in FILTER_NAMES}
@@ -328,16 +337,40 @@ class SharedTokens(WordTokenizer):
         return self._remembered("span_tokenize", text)
 
 
+def segmented_words(texts: pa.Array, langs: list[str], sources: np.ndarray) -> Spans:
+    """The word spans of the documents whose words come from a segmenter, one call per document."""
+    found = [(i, *segmenter(langs[i])(texts[int(i)].as_py() or "")) for i in np.flatnonzero(sources == SEGMENTED)]
+    if not found:
+        return Spans(*(np.zeros(0, np.int64),) * 3)
+    owner = np.concatenate([np.full(len(start), i, np.int64) for i, start, _ in found])
+    return Spans(np.concatenate([start for _, start, _ in found]), np.concatenate([end for *_, end in found]), owner)
+
+
+@cache
+def segmenter(lang: str) -> WordSpans | None:
+    """The word spans of ``lang``'s segmenter, called without spaCy (jieba, SudachiPy), if it has one."""
+    return segmenter_of(word_tokenizer(lang))
+
+
+@cache
+def word_source(lang: str) -> int:
+    """Where the fast engine takes ``lang``'s words from (``quality_fast.RULES`` and its neighbours)."""
+    if type(word_tokenizer(lang)) is CharacterTokenizer:
+        return CHARACTERS
+    return SEGMENTED if segmenter(lang) is not None else RULES
+
+
 @cache
 def fast_language(lang: str) -> str | None:
     """The spaCy language whose rules the fast engine follows for ``lang`` (``xx``: the generic ones, which
-    datatrove's whitespace tokenizer uses), or None where its tokenizer is not spaCy's rule-based one
-    (scripts without spaces: jieba, SudachiPy, PyThaiNLP...; Vietnamese: pyvi) or whose rules it does not
-    follow closely enough (``SLOW_SPACY``)."""
+    datatrove's whitespace tokenizer uses, and the language-independent character classes where the words
+    come from elsewhere: a segmenter, or the character fallback), or None where its tokenizer is not spaCy's
+    rule-based one and has no segmenter the engine calls (Thai: PyThaiNLP's words and its sentence model;
+    Vietnamese: pyvi; Korean: MeCab)."""
     tokenizer = word_tokenizer(lang)
-    if type(tokenizer) is WhitespaceTokenizer:
+    if type(tokenizer) in (WhitespaceTokenizer, CharacterTokenizer) or word_source(lang) != RULES:
         return "xx"
-    if type(tokenizer) is SpaCyTokenizer and tokenizer.language not in SEGMENTING_SPACY | SLOW_SPACY:
+    if type(tokenizer) is SpaCyTokenizer and tokenizer.language not in SEGMENTING_SPACY:
         return tokenizer.language
     return None
 

@@ -32,7 +32,22 @@ from datatrove.utils.text import PUNCTUATION_SET, TERMINAL_PUNCTUATION
 from shardflow.codepoints import PRIME, CodePointBatch, class_table, decode, mix, span_hasher
 from shardflow.operators.quality_rules import Thresholds
 
-__all__ = ["Measures", "Settings", "measure", "measured_scores", "rule_failures"]
+__all__ = [
+    "CHARACTERS",
+    "RULES",
+    "SEGMENTED",
+    "Measures",
+    "Settings",
+    "Spans",
+    "measure",
+    "measured_scores",
+    "rule_failures",
+]
+
+# Where a document's words come from.
+RULES = 0  # spaCy's rule-based tokenizer, emulated here
+CHARACTERS = 1  # every character that is not whitespace (datatrove-less fallback for unspaced scripts)
+SEGMENTED = 2  # a segmenter's word spans, given with the batch (``Settings.given``)
 
 # Bits of the code point table.
 SPACE = 1 << 0  # str.isspace: spaCy splits there
@@ -54,8 +69,12 @@ LINE_BREAK = 1 << 15  # str.splitlines breaks here
 DIGIT = 1 << 16  # [0-9]
 INFIX_BEFORE_ALPHA = 1 << 17  # :<>=/ between a letter or digit and a letter
 CAPITAL = 1 << 18  # Unicode category Lu (spaCy's ALPHA_UPPER also holds the scripts without case)
+ELISION = 1 << 19  # an apostrophe after which the language splits ("l'" + "è": French, Italian, Catalan...)
+APOSTROPHE_INFIX = 1 << 20  # an apostrophe between letters that is a token of its own (Kyrgyz, "’" in Dutch)
+DIGIT_HYPHEN = 1 << 21  # a hyphen split off between a digit and a letter ("95-жылы": Kyrgyz, English)
 
 NEWLINE, DOT, APOSTROPHE, CURLY_APOSTROPHE, CARRIAGE = 10, ord("."), ord("'"), ord("’"), 13
+HYPHEN_MINUS = ord("-")
 ELLIPSIS_CHAR, COMMA, PLUS = ord("…"), ord(","), ord("+")
 BULLETS = (ord("•"), ord("-"))
 
@@ -76,6 +95,9 @@ def code_point_table(language: str = "xx") -> np.ndarray:
     for probe, split_into, points, bit in PROBES:
         if [token.text for token in _spacy(language)(probe)] != split_into:
             table[points] &= ~np.uint32(bit)
+    for probe, split_into, points, bit in RULE_PROBES:
+        if [token.text for token in _spacy(language)(probe)] == split_into:
+            table[points] |= np.uint32(bit)
     return table
 
 
@@ -83,15 +105,19 @@ PROBES = (  # (text, its generic tokens, the code points whose bit goes where th
     ("18.", ["18", "."], list(range(ord("0"), ord("9") + 1)), DOT_AFTER),  # ordinals: "18." in Danish, Slovene...
     ("ab-cd", ["ab", "-", "cd"], [ord(char) for char in "-–—~"], HYPHEN),  # compounds: Portuguese, Dutch, German...
 )
+RULE_PROBES = (  # (text, its tokens where the language has a rule the generic ones lack, code points, bit)
+    *((f"l{mark}è", [f"l{mark}", "è"], [ord(mark)], ELISION) for mark in "'’"),
+    *((f"l{mark}è", ["l", mark, "è"], [ord(mark)], APOSTROPHE_INFIX) for mark in "'’"),
+    ("95-abc", ["95", "-", "abc"], [ord(char) for char in "-–—~"], DIGIT_HYPHEN),
+)
 
 
 @cache
-def abbreviations(language: str) -> np.ndarray:
-    """Hashes (as ``span_hasher`` gives them) of the language's tokenizer exceptions that are one token
-    ending in a full stop ("Dr.", "e.g.", "г."): spaCy keeps them whole."""
+def exceptions(language: str) -> np.ndarray:
+    """Hashes (as ``span_hasher`` gives them) of the language's tokenizer exceptions that stay one token
+    ("Dr.", "e.g.", "г.", "'t", "da-o"): spaCy keeps them whole."""
     rules = _spacy(language).tokenizer.rules
-    words = [word for word, tokens in rules.items() if word.endswith(".") and len(tokens) == 1 and " " not in word]
-    return np.unique(hash_words(words))
+    return np.unique(hash_words([word for word, tokens in rules.items() if len(tokens) == 1 and " " not in word]))
 
 
 def hash_words(words: list[str]) -> np.ndarray:
@@ -102,24 +128,41 @@ def hash_words(words: list[str]) -> np.ndarray:
     return span_hasher(values)(ends - lengths, ends)
 
 
-def merge_abbreviations(tokens: Spans, values: np.ndarray, hasher, languages: np.ndarray) -> Spans:
-    """A word and the full stop after it become one token where together they are one of the document's
-    language's abbreviations."""
-    dot = np.flatnonzero((tokens.length == 1) & (values[tokens.start] == DOT) if len(values) else [])
-    dot = dot[dot > 0]
-    dot = dot[(tokens.end[dot - 1] == tokens.start[dot]) & (tokens.owner[dot - 1] == tokens.owner[dot])]
-    if not len(dot):
+def merge_exceptions(tokens: Spans, values: np.ndarray, hasher, languages: np.ndarray) -> Spans:
+    """Adjacent tokens that together are one of the document's language's exceptions become one token: a
+    word and the full stop after it ("Dr."), a token ending in an apostrophe and the word after it ("'t" in
+    Dutch, "aujourd'hui" in French), the words on both sides of a hyphen ("da-o" in Ligurian)."""
+    if not len(tokens):
         return tokens
-    joined = hasher(tokens.start[dot - 1], tokens.end[dot])
-    merge = np.zeros(len(dot), dtype=bool)
-    doc_language = languages[tokens.owner[dot]]
+    single, first, at = tokens.length == 1, values[tokens.start], np.arange(len(tokens))
+    dot = at[single & (first == DOT)]
+    last = values[tokens.end - 1]
+    mark = at[single & ((first == APOSTROPHE) | (first == CURLY_APOSTROPHE))]
+    mark = np.union1d(mark, at[(last == APOSTROPHE) | (last == CURLY_APOSTROPHE)])  # "'t", "aujourd'" + "hui"
+    hyphen = at[single & (first == HYPHEN_MINUS)]
+    lo, hi = np.concatenate((dot - 1, mark, hyphen - 1)), np.concatenate((dot, mark + 1, hyphen + 1))
+    inside = (lo >= 0) & (hi < len(tokens))
+    lo, hi = lo[inside], hi[inside]
+    touch = np.zeros(len(tokens), dtype=bool)  # token k ends where token k + 1 starts, in one document
+    touch[:-1] = (tokens.end[:-1] == tokens.start[1:]) & (tokens.owner[:-1] == tokens.owner[1:])
+    together = touch[lo] & touch[hi - 1]
+    lo, hi = lo[together], hi[together]
+    joined, doc_language = hasher(tokens.start[lo], tokens.end[hi]), languages[tokens.owner[lo]]
+    merge = np.zeros(len(lo), dtype=bool)
     for language in np.unique(doc_language).tolist():
         mine = doc_language == language
-        merge[mine] = np.isin(joined[mine], abbreviations(language))
-    keep = np.ones(len(tokens), dtype=bool)
-    keep[dot[merge]] = False
+        merge[mine] = np.isin(joined[mine], exceptions(language))
+    order = np.argsort(lo[merge], kind="stable")
+    lo, hi = lo[merge][order], hi[merge][order]
+    free = np.ones(len(lo), dtype=bool)  # where two merges overlap, the first wins
+    free[1:] = lo[1:] > np.maximum.accumulate(hi)[:-1]
+    lo, hi = lo[free], hi[free]
+    cover = np.zeros(len(tokens) + 1, dtype=np.int64)
+    np.add.at(cover, lo + 1, 1)
+    np.add.at(cover, hi + 1, -1)
+    keep = np.cumsum(cover[:-1]) == 0
     end = tokens.end.copy()
-    end[dot[merge] - 1] = tokens.end[dot[merge]]
+    end[lo] = tokens.end[hi]
     return Spans(tokens.start[keep], end[keep], tokens.owner[keep])
 
 
@@ -344,9 +387,10 @@ def tokenize(batch: CodePointBatch, flags: np.ndarray) -> Spans:
     alpha = has(ALPHA)
     core_before = before(core)
     core_after = after(core)
-    hyphens = runs(has(HYPHEN) & core, doc_first, batch.owner if n else np.zeros(0, np.int64))
+    hyphens = runs((has(HYPHEN) | has(DIGIT_HYPHEN)) & core, doc_first, batch.owner if n else np.zeros(0, np.int64))
     between = np.zeros(n + 1, dtype=np.int64)
-    letters = (hyphens.length <= 3) & core_before[hyphens.start] & before(alpha)[hyphens.start]
+    split_after = (before(alpha) & has(HYPHEN)) | (before(digit) & has(DIGIT_HYPHEN))
+    letters = (hyphens.length <= 3) & core_before[hyphens.start] & split_after[hyphens.start]
     letters &= core_after[hyphens.end - 1] & after(alpha)[hyphens.end - 1]
     np.add.at(between, hyphens.start[letters], 1)
     np.add.at(between, hyphens.end[letters], -1)
@@ -357,6 +401,7 @@ def tokenize(batch: CodePointBatch, flags: np.ndarray) -> Spans:
         & (
             hyphen_infix
             | ((values == COMMA) & before(alpha) & after(alpha) & core_before & core_after)
+            | (has(APOSTROPHE_INFIX) & before(alpha) & after(alpha) & core_before & core_after)
             | (has(INFIX_BEFORE_ALPHA) & before(alpha | digit) & after(alpha) & core_before & core_after)
             | (dot & before(has(LOWER) | has(QUOTE)) & after(upper | has(QUOTE)) & core_before & core_after)
             | (
@@ -384,6 +429,7 @@ def tokenize(batch: CodePointBatch, flags: np.ndarray) -> Spans:
     starts = chunk_start | ((leading | trailing | infix | unit) & ~merged) | before(leading) & ~leading
     starts |= before(infix) & ~infix | (before(infix) & infix & ~merged)
     starts |= shift(possessive, -1, False) & word
+    starts |= before(has(ELISION) & core & before(alpha) & after(alpha)) & core
     starts &= word
     start = np.flatnonzero(starts)
     chunk_last = np.flatnonzero(chunk_end) + 1
@@ -609,6 +655,8 @@ class Settings:
     stopwords: dict[tuple[str, ...], np.ndarray]  # stop words -> the documents that use them
     top_ns: tuple[int, ...]
     dup_ns: tuple[int, ...]
+    word_source: np.ndarray | None = None  # int: RULES (the default), CHARACTERS or SEGMENTED
+    given: Spans | None = None  # the SEGMENTED documents' words, offsets inside each document
 
 
 def measure(texts: pa.Array, settings: Settings) -> Measures:
@@ -630,7 +678,7 @@ def measure(texts: pa.Array, settings: Settings) -> Measures:
         out[f"{name}"] = per_doc(spans.owner, None, docs)
         out[f"{name}_dup"], out[f"{name}_dup_chars"] = duplicates(spans, hasher(spans.start, spans.end), docs)
 
-    tokens = merge_abbreviations(tokenize(batch, flags), values, hasher, settings.languages)
+    tokens = word_spans(batch, flags, hasher, settings)
     hashes = hasher(tokens.start, tokens.end)
     symbolic = per_span((flags & SYMBOLIC) != 0, tokens) == tokens.length
     out["words"] = per_doc(tokens.owner, None, docs)
@@ -664,6 +712,28 @@ def measure(texts: pa.Array, settings: Settings) -> Measures:
     out.update(_c4(batch, texts, flags, Spans(first, last, split_lines.owner), tokens, settings))
     out.update(_fineweb(lines["newline"], hasher, flags, values, docs))
     return Measures(out)
+
+
+def word_spans(batch: CodePointBatch, flags: np.ndarray, hasher, settings: Settings) -> Spans:
+    """Each document's words from its source: the emulated rules, its characters, or a segmenter's spans
+    (stripped, whitespace dropped: datatrove's ``word_tokenize``)."""
+    tokens = merge_exceptions(tokenize(batch, flags), batch.values, hasher, settings.languages)
+    source = settings.word_source
+    if source is None or not (source != RULES).any():
+        return tokens
+    space = (flags & SPACE) != 0
+    chars = np.flatnonzero(~space & (source[batch.owner] == CHARACTERS))
+    given = settings.given if settings.given is not None else Spans(*(np.zeros(0, np.int64),) * 3)
+    base = batch.bounds[given.owner]
+    start, end = stripped(base + given.start, base + given.end, space)
+    kept = end > start
+    parts = (subset(tokens, source[tokens.owner] == RULES), Spans(chars, chars + 1, batch.owner[chars]))
+    parts += (Spans(start[kept], end[kept], given.owner[kept]),)
+    start = np.concatenate([part.start for part in parts])
+    order = np.argsort(start, kind="stable")
+    end = np.concatenate([part.end for part in parts])
+    owner = np.concatenate([part.owner for part in parts])
+    return Spans(start[order], end[order], owner[order])
 
 
 def _flags(values: np.ndarray, owner: np.ndarray, languages: np.ndarray) -> np.ndarray:

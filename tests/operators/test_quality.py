@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
@@ -17,6 +18,7 @@ from datatrove.pipeline.filters import (
 )
 from datatrove.pipeline.filters.base_filter import get_filter_result
 
+from shardflow.codepoints import decode, span_hasher
 from shardflow.errors import ConfigError
 from shardflow.operators.quality import (
     SCORE_NAMES,
@@ -24,9 +26,13 @@ from shardflow.operators.quality import (
     QualityConfig,
     QualityFilter,
     Thresholds,
+    fast_language,
     load_thresholds,
+    segmented_words,
+    word_source,
     word_tokenizer,
 )
+from shardflow.operators.quality_fast import Settings, _flags, word_spans
 from shardflow.schema import LANGID_FIELDS, READ_SCHEMA
 from support import sample_records
 
@@ -223,3 +229,38 @@ def test_the_fast_engine_scores_what_the_datatrove_engine_scores() -> None:
             k: v for k, v in theirs.items() if k not in SCORE_NAMES
         }
         assert [ours[k] for k in SCORE_NAMES] == pytest.approx([theirs[k] for k in SCORE_NAMES], rel=0.02), ours
+
+
+def fast_words(text: str, lang: str) -> list[str]:
+    """The words the fast engine counts for ``text`` (its tokens, as the measures see them)."""
+    texts = pa.array([text])
+    source = np.array([word_source(lang)], np.int8)
+    batch = decode(texts)
+    flags = _flags(batch.values, batch.owner, np.array([fast_language(lang)]))
+    settings = Settings(
+        languages=np.array([fast_language(lang)]),
+        regex_sentences=np.array([False]),
+        min_words_per_line=np.array([3]),
+        stopwords={},
+        top_ns=(),
+        dup_ns=(),
+        word_source=source,
+        given=segmented_words(texts, [lang], source),
+    )
+    tokens = word_spans(batch, flags, span_hasher(batch.values), settings)
+    return [text[start:end] for start, end in zip(tokens.start, tokens.end, strict=True)]
+
+
+@pytest.mark.parametrize(
+    ("lang", "text"),
+    [
+        ("zho_Hans", "今天天气很好，我们去公园散步吧。\n  北京是中国的首都 2024年, ok!"),  # jieba, without spaCy
+        ("jpn_Jpan", "東京都に住んでいます。 今日は良い天気ですね！\n\nＡＢＣ 123"),  # SudachiPy, without spaCy
+        ("fra_Latn", "L'homme d'aujourd'hui parle à l’école : « c'est ça »."),  # elisions split after "'"
+        ("lij_Latn", "L'é a-o mæ, da-o pòrto; l'ægua."),  # exceptions across a hyphen stay whole
+        ("nld_Latn", "Dat is 't huis van 'n man, z'n vader."),  # exceptions after an apostrophe
+        ("kir_Cyrl", "2003-жылы 95-жылдары Бишкекте д'Артаньян."),  # digit-hyphen-letter, apostrophe infix
+    ],
+)
+def test_the_fast_engine_counts_the_words_datatrove_counts(lang: str, text: str) -> None:
+    assert fast_words(text, lang) == word_tokenizer(lang).word_tokenize(text)

@@ -499,50 +499,77 @@ def _url_chunks(values: np.ndarray, chunk_start: np.ndarray, chunk_id: np.ndarra
 
 @dataclass
 class NGrams:
-    """Every run of ``n`` words inside one document, grouped: ``order`` lists them so that equal n-grams of
-    a document are adjacent, in text order, and ``new_group`` (in that order) marks each group's first."""
+    """The n-grams of a batch's words that may repeat in their document, grouped: ``order`` lists them so
+    that equal n-grams of a document are adjacent, in text order, and ``new_group`` (in that order) marks
+    each group's first. Every other n-gram of the batch occurs once in its document."""
 
-    first_word: np.ndarray  # the index of each n-gram's first word
+    n: int
+    first_word: np.ndarray  # the index of each one's first word (ascending)
+    grams: np.ndarray  # its hash
     chars: np.ndarray  # the characters of its words
     owner: np.ndarray
     order: np.ndarray
     new_group: np.ndarray
 
-
-def ngrams(tokens: Spans, hashes: np.ndarray, n: int) -> NGrams:
-    """The n-grams of a batch's words, grouped by one stable sort of a (document, n-gram hash) key."""
-    count = max(len(tokens) - n + 1, 0)
-    inside = np.flatnonzero(tokens.owner[:count] == tokens.owner[n - 1 : n - 1 + count])
-    grams = np.zeros(len(inside), dtype=np.uint64)
-    chars = np.zeros(len(inside), dtype=np.int64)
-    for k in range(n):
-        grams = mix(grams * PRIME + hashes[inside + k])
-        chars += tokens.length[inside + k]
-    owner = tokens.owner[inside]
-    keys = keyed(grams, owner)
-    order = np.argsort(keys, kind="stable")
-    new_group = np.ones(len(order), dtype=bool)
-    new_group[1:] = keys[order][1:] != keys[order][:-1]
-    return NGrams(inside, chars, owner, order, new_group)
+    @property
+    def repeated(self) -> np.ndarray:
+        """Whether each one occurs more than once in its document."""
+        group = np.cumsum(self.new_group) - 1
+        repeated = np.zeros(len(self.order), dtype=bool)
+        repeated[self.order] = np.bincount(group)[group] > 1 if len(group) else repeated
+        return repeated
 
 
-def top_ngram_chars(tokens: Spans, hashes: np.ndarray, n: int, docs: int) -> np.ndarray:
+def ngram_chain(tokens: Spans, hashes: np.ndarray, sizes: tuple[int, ...]) -> dict[int, NGrams]:
+    """The grouped n-grams of each size in ``sizes``. An n-gram can repeat only where the two (n-1)-grams
+    inside it both repeat, so each size extends and sorts only those: on long documents most n-grams of
+    five words and more are never sorted."""
+    found: dict[int, NGrams] = {}
+    first = np.arange(len(tokens))
+    grams, chars = np.zeros(len(tokens), dtype=np.uint64), np.zeros(len(tokens), dtype=np.int64)
+    for n in range(1, max(sizes, default=0) + 1):
+        last = first + n - 1
+        inside = last < len(tokens)
+        inside[inside] = tokens.owner[last[inside]] == tokens.owner[first[inside]]
+        first, grams, chars, last = first[inside], grams[inside], chars[inside], last[inside]
+        grams = mix(grams * PRIME + hashes[last])
+        chars = chars + tokens.length[last]
+        owner = tokens.owner[first]
+        keys = keyed(grams, owner)
+        order = np.argsort(keys, kind="stable")
+        new_group = np.ones(len(order), dtype=bool)
+        new_group[1:] = keys[order][1:] != keys[order][:-1]
+        level = NGrams(n, first, grams, chars, owner, order, new_group)
+        if n in sizes:
+            found[n] = level
+        repeats = np.flatnonzero(level.repeated)
+        at = np.searchsorted(first[repeats], first[repeats] + 1)
+        followed = at < len(repeats)
+        followed[followed] = first[repeats][at[followed]] == first[repeats][followed] + 1
+        first, grams, chars = first[repeats[followed]], grams[repeats[followed]], chars[repeats[followed]]
+    return found
+
+
+def top_ngram_chars(grams: NGrams, tokens: Spans, docs: int) -> np.ndarray:
     """datatrove's ``find_top_duplicate``: the characters of the most frequent n-gram (the first seen among
     equals; words joined by spaces) times its count; NaN for a document with fewer than ``n`` words."""
-    grams = ngrams(tokens, hashes, n)
-    first_word, chars, owner = grams.first_word, grams.chars, grams.owner
+    n = grams.n
     out = np.full(docs, np.nan)
-    if not len(first_word):
-        return out
+    words = np.bincount(tokens.owner, minlength=docs)
+    has = np.flatnonzero(words >= n)
+    first_word = np.searchsorted(tokens.owner, has)
+    total = np.concatenate(([0], np.cumsum(tokens.length)))
+    out[has] = total[first_word + n] - total[first_word] + n - 1  # no repeat: the first n-gram, once
     group_at = np.flatnonzero(grams.new_group)
     counts = np.diff(np.append(group_at, len(grams.order)))
-    leader = grams.order[group_at]  # each group's first occurrence
-    best = np.lexsort((first_word[leader], -counts, owner[leader]))
-    doc = owner[leader][best]
+    repeated = counts > 1
+    leader, counts = grams.order[group_at[repeated]], counts[repeated]  # each group's first occurrence
+    best = np.lexsort((grams.first_word[leader], -counts, grams.owner[leader]))
+    doc = grams.owner[leader][best]
     take = np.ones(len(best), dtype=bool)
     take[1:] = doc[1:] != doc[:-1]
     chosen = best[take]
-    out[owner[leader][chosen]] = counts[chosen] * (chars[leader][chosen] + n - 1)
+    out[grams.owner[leader][chosen]] = counts[chosen] * (grams.chars[leader][chosen] + n - 1)
     return out
 
 
@@ -552,42 +579,46 @@ def _ranges(counts: np.ndarray) -> np.ndarray:
     return np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - counts, counts)
 
 
-def _walk(chars: np.ndarray, starts: np.ndarray, ends: np.ndarray, n: int) -> float:
-    """datatrove's walk over one document's runs of seen n-grams, in order."""
+def _walk(chars: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarray], n: int) -> float:
+    """datatrove's walk over one document's runs of seen n-grams (first word, end, index of the run's first
+    in ``chars``), in order."""
     total, landing = 0.0, -1
-    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+    for start, end, base in zip(*(part.tolist() for part in runs), strict=True):
         enter = max(start, landing)
         if enter < end:
-            taken = chars[enter:end:n]
+            taken = chars[base + enter - start : base + end - start : n]
             total += float(taken.sum())
             landing = enter + n * len(taken)
     return total
 
 
-def repeated_ngram_chars(tokens: Spans, hashes: np.ndarray, n: int, docs: int) -> np.ndarray:
+def repeated_ngram_chars(grams: NGrams, docs: int) -> np.ndarray:
     """datatrove's ``find_all_duplicate``: walking the words, an n-gram seen before counts its characters
     (words joined without spaces) and the walk jumps past it. An n-gram counts as seen if it occurs
     earlier in the document (datatrove: earlier at a position the walk stopped at; they differ only where
     a repeat's only earlier copies were jumped over)."""
-    grams = ngrams(tokens, hashes, n)
-    chars, owner = grams.chars, grams.owner
+    n = grams.n
     out = np.zeros(docs)
-    seen = np.zeros(len(chars), dtype=bool)
-    seen[grams.order] = ~grams.new_group
-    if not seen.any():
+    seen = np.sort(grams.order[~grams.new_group])
+    if not len(seen):
         return out
-    # runs of consecutive seen n-grams; the walk enters a run at its start or where a jump lands
-    edges = np.diff(np.concatenate(([0], seen.view(np.int8), [0])))
-    start, end = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    doc = owner[start]
+    position, owner, chars = grams.first_word[seen], grams.owner[seen], grams.chars[seen]
+    # runs of seen n-grams that follow each other in one document; the walk enters a run at its start or
+    # where a jump lands
+    new_run = np.ones(len(seen), dtype=bool)
+    new_run[1:] = (position[1:] != position[:-1] + 1) | (owner[1:] != owner[:-1])
+    base = np.flatnonzero(new_run)
+    start, end = position[base], position[np.append(base[1:], len(seen)) - 1] + 1
+    doc = owner[base]
     steps = -(-(end - start) // n)  # jumps taken inside a run entered at its start
     chained = np.zeros(len(start), dtype=bool)
     chained[1:] = (doc[1:] == doc[:-1]) & (start[:-1] + n * steps[:-1] > start[1:])
     if chained.any():  # a jump from one run lands inside the next: walk those documents' runs in order
         for d in np.unique(doc[chained]).tolist():
-            out[d] = _walk(chars, start[doc == d], end[doc == d], n)
+            mine = doc == d
+            out[d] = _walk(chars, (start[mine], end[mine], base[mine]), n)
     free = ~np.isin(doc, doc[chained])
-    visited = np.repeat(start[free], steps[free]) + n * _ranges(steps[free])
+    visited = np.repeat(base[free], steps[free]) + n * _ranges(steps[free])
     np.add.at(out, owner[visited], chars[visited])
     return out
 
@@ -685,10 +716,11 @@ def measure(texts: pa.Array, settings: Settings) -> Measures:
     out["content_words"] = per_doc(tokens.owner, ~symbolic, docs)
     out["content_chars"] = per_doc(tokens.owner, np.where(symbolic, 0, tokens.length), docs)
     out["alpha_words"] = per_doc(tokens.owner, per_span((flags & IS_ALPHA) != 0, tokens) > 0, docs)
+    levels = ngram_chain(tokens, hashes, settings.top_ns + settings.dup_ns)
     for n in settings.top_ns:
-        out[f"top_{n}"] = top_ngram_chars(tokens, hashes, n, docs)
+        out[f"top_{n}"] = top_ngram_chars(levels[n], tokens, docs)
     for n in settings.dup_ns:
-        out[f"dup_{n}"] = repeated_ngram_chars(tokens, hashes, n, docs)
+        out[f"dup_{n}"] = repeated_ngram_chars(levels[n], docs)
     out["stop_words"] = np.zeros(docs)
     for words, members in settings.stopwords.items():
         out["stop_words"][members] = _distinct_stop_words(tokens, hashes, words, members, docs)[members]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from importlib.resources import files
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from datatrove.pipeline.filters import (
     GopherRepetitionFilter,
 )
 from datatrove.pipeline.filters.base_filter import get_filter_result
+from datatrove.pipeline.filters.gopher_repetition_filter import find_top_duplicate, get_n_grams
 
 from shardflow.codepoints import decode, span_hasher
 from shardflow.errors import ConfigError
@@ -32,7 +34,7 @@ from shardflow.operators.quality import (
     word_source,
     word_tokenizer,
 )
-from shardflow.operators.quality_fast import Settings, _flags, word_spans
+from shardflow.operators.quality_fast import Settings, _flags, measure, word_spans
 from shardflow.schema import LANGID_FIELDS, READ_SCHEMA
 from support import sample_records
 
@@ -264,3 +266,42 @@ def fast_words(text: str, lang: str) -> list[str]:
 )
 def test_the_fast_engine_counts_the_words_datatrove_counts(lang: str, text: str) -> None:
     assert fast_words(text, lang) == word_tokenizer(lang).word_tokenize(text)
+
+
+def test_the_n_gram_measures_follow_gopher_s_definitions_on_repetitive_batches() -> None:
+    """Many short documents drawn from a few words, so that n-grams repeat, chain and cross documents:
+    the top n-gram's characters are datatrove's ``find_top_duplicate``; the repeated n-grams' characters
+    follow ``find_all_duplicate``'s walk, an n-gram counting as seen where it occurred earlier."""
+    rng = random.Random(7)
+    texts = [" ".join(rng.choice("ab cd ef gh ij".split()[: rng.randint(1, 5)]) for _ in range(rng.randint(0, 60)))]
+    texts += [" ".join(rng.choice(["ab", "cd", "efg"]) for _ in range(rng.randint(0, 90))) for _ in range(60)]
+    settings = Settings(
+        languages=np.array(["xx"] * len(texts)),
+        regex_sentences=np.zeros(len(texts), dtype=bool),
+        min_words_per_line=np.zeros(len(texts), dtype=int),
+        stopwords={},
+        top_ns=(2, 3, 4),
+        dup_ns=tuple(range(5, 11)),
+    )
+    measures = measure(pa.array(texts), settings)
+    for i, words in enumerate(text.split() for text in texts):
+        for n in (2, 3, 4):
+            expected = find_top_duplicate(get_n_grams(words, n)) if len(words) >= n else None
+            assert (measures[f"top_{n}"][i] if expected is not None else None) == expected, (texts[i], n)
+        for n in range(5, 11):
+            assert measures[f"dup_{n}"][i] == seen_before_walk(words, n), (texts[i], n)
+
+
+def seen_before_walk(words: list[str], n: int) -> int:
+    """``find_all_duplicate``'s walk where an n-gram is seen if it occurs anywhere earlier in the text."""
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    first: dict[tuple[str, ...], int] = {}
+    for i, gram in enumerate(grams):
+        first.setdefault(gram, i)
+    total, i = 0, 0
+    while i < len(grams):
+        if first[grams[i]] < i:
+            total, i = total + sum(map(len, grams[i])), i + n
+        else:
+            i += 1
+    return total

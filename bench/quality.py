@@ -13,7 +13,8 @@ pages). The same thresholds and tokenizers for all three:
 
 Time is the process's CPU time (``time.process_time``), after one warm-up batch per engine (tokenizers and
 tables are built once per process). Verdicts are compared with ``engine: datatrove``. Then the fast engine
-runs ``--memory-docs`` documents (the excerpts again and again) and reports its RSS after 10k and at the end.
+runs ``--memory-docs`` documents (the excerpts again and again) and reports its RSS after 10k and at the end
+(``--memory-engine datatrove`` for datatrove's; ``--memory-only 1`` for that check alone, in a fresh process).
 Goal (issue 17): fast >= 10x plain datatrove per core, verdicts >= 99% the same.
 """
 
@@ -107,9 +108,9 @@ def engine(docs: pa.Table, name: str) -> tuple[float, list[str | None]]:
     return time.process_time() - started, reasons
 
 
-def flat_memory(docs: pa.Table, total: int) -> tuple[float, float]:
-    """RSS (MiB) of a process running the fast engine after 10k documents and after ``total``."""
-    stage = QualityFilter(QualityConfig(filters=FILTERS))
+def flat_memory(docs: pa.Table, total: int, name: str = "fast") -> tuple[float, float]:
+    """RSS (MiB) of a process running engine ``name`` after 10k documents and after ``total``."""
+    stage = QualityFilter(QualityConfig(filters=FILTERS, engine=name))
     process = psutil.Process()
     seen, early = 0, 0.0
     while seen < total:
@@ -155,15 +156,22 @@ def compare(title: str, docs: pa.Table) -> None:
 
 def main() -> None:
     args = arguments(
-        __doc__, memory_docs=(int, 200_000, "documents the fast engine runs for the memory check (0: skip)")
+        __doc__,
+        memory_docs=(int, 200_000, "documents the memory check runs (0: skip)"),
+        memory_engine=(str, "fast", "the engine the memory check runs: fast or datatrove"),
+        memory_only=(int, 0, "1: only the memory check, in a process that ran nothing else"),
     )
     docs = load_documents(args.data)
     print(f"{docs.num_rows:,} documents in {len(set(docs['lang'].to_pylist()))} languages; {os.cpu_count()} CPUs")
-    compare("HPLT v2 excerpts", docs)
-    compare("long documents (10 excerpts each)", long_documents(docs))
+    if not args.memory_only:
+        compare("HPLT v2 excerpts", docs)
+        compare("long documents (10 excerpts each)", long_documents(docs))
     if args.memory_docs:
-        early, late = flat_memory(docs, args.memory_docs)
-        print(f"fast engine RSS      : {early:,.0f} MiB after 10k docs, {late:,.0f} MiB after {args.memory_docs:,}")
+        early, late = flat_memory(docs, args.memory_docs, args.memory_engine)
+        print(
+            f"{args.memory_engine} engine RSS: {early:,.0f} MiB after 10k docs, {late:,.0f} MiB after "
+            f"{args.memory_docs:,} ({late / early - 1:+.1%})"
+        )
     print(f"peak RSS             : {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
 
 

@@ -305,6 +305,13 @@ def word_tokenizer(lang: str) -> WordTokenizer:
         jieba.setLogLevel(logging.WARNING)
     try:
         tokenizer = load_word_tokenizer(TOKENIZER_ALIASES.get(lang, lang))
+        if type(tokenizer) is SpaCyTokenizer and tokenizer.language not in SEGMENTING_SPACY:
+            # spaCy's rule-based tokenizers need spaCy's language data only; the pipeline itself (seconds for
+            # languages with large exception lists) is built on first use, which the fast engine never makes
+            from spacy.util import get_lang_class
+
+            get_lang_class(tokenizer.language)
+            return tokenizer
         tokenizer.word_tokenize("probe")  # the packages load on first use
         tokenizer.sent_tokenize("probe. probe.")
         return tokenizer

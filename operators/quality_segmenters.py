@@ -40,24 +40,26 @@ def _jieba(jieba) -> WordSpans:
 
     def spans(text: str) -> tuple[np.ndarray, np.ndarray]:
         pieces = [piece for piece in jieba.cut(text, cut_all=False) if piece]
+        if "".join(pieces) != text:
+            return _aligned(pieces, text)
         lengths = np.fromiter(map(len, pieces), np.int64, len(pieces))
         ends = np.cumsum(lengths)
-        if len(ends) and ends[-1] != len(text):
-            return _aligned(pieces, text)
         return ends - lengths, ends
 
     return spans
 
 
 def _aligned(pieces: list[str], text: str) -> tuple[np.ndarray, np.ndarray]:
-    """Each piece found in the text after the one before, as spaCy aligns a segmenter's words."""
-    starts, position = [], 0
+    """Each piece found in the text after the one before, as spaCy aligns a segmenter's words (a piece that
+    is not there counts as no word, where spaCy would raise)."""
+    starts, ends, position = [], [], 0
     for piece in pieces:
-        position = text.index(piece, position)
-        starts.append(position)
-        position += len(piece)
-    start = np.array(starts, np.int64)
-    return start, start + np.fromiter(map(len, pieces), np.int64, len(pieces))
+        found = text.find(piece, position)
+        if found >= 0:
+            starts.append(found)
+            ends.append(found + len(piece))
+            position = found + len(piece)
+    return np.array(starts, np.int64), np.array(ends, np.int64)
 
 
 def _sudachi(sudachi) -> WordSpans:

@@ -35,6 +35,7 @@ from shardflow.operators.quality import (
     word_tokenizer,
 )
 from shardflow.operators.quality_fast import Settings, _flags, measure, word_spans
+from shardflow.operators.quality_segmenters import _jieba
 from shardflow.schema import LANGID_FIELDS, READ_SCHEMA
 from support import sample_records
 
@@ -305,3 +306,15 @@ def seen_before_walk(words: list[str], n: int) -> int:
         else:
             i += 1
     return total
+
+
+def test_segmenter_pieces_that_skip_characters_are_placed_in_order() -> None:
+    """jieba's pieces cover the text; a segmenter that drops characters (or a piece that is not in the text)
+    still gives each remaining word its place, as spaCy aligns them, instead of failing the batch."""
+
+    class Dropping:
+        def cut(self, text: str, cut_all: bool) -> list[str]:
+            return ["今天", "天气", "不在", "很好"]
+
+    starts, ends = _jieba(Dropping())("今天 天气\n很好")
+    assert list(zip(starts.tolist(), ends.tolist(), strict=True)) == [(0, 2), (3, 5), (6, 8)]

@@ -505,7 +505,6 @@ class NGrams:
 
     n: int
     first_word: np.ndarray  # the index of each one's first word (ascending)
-    grams: np.ndarray  # its hash
     chars: np.ndarray  # the characters of its words
     owner: np.ndarray
     order: np.ndarray
@@ -539,7 +538,7 @@ def ngram_chain(tokens: Spans, hashes: np.ndarray, sizes: tuple[int, ...]) -> di
         order = np.argsort(keys, kind="stable")
         new_group = np.ones(len(order), dtype=bool)
         new_group[1:] = keys[order][1:] != keys[order][:-1]
-        level = NGrams(n, first, grams, chars, owner, order, new_group)
+        level = NGrams(n, first, chars, owner, order, new_group)
         if n in sizes:
             found[n] = level
         repeats = np.flatnonzero(level.repeated)

@@ -109,7 +109,7 @@ def _judge_plain(text: str, lang: str) -> bool:
 
 
 def engine(docs: pa.Table, name: str) -> tuple[float, list[str | None]]:
-    stage = QualityFilter(QualityConfig(filters=FILTERS, engine=name))
+    stage = QualityFilter(QualityConfig(filters=FILTERS, engine=name, rules="fineweb2"))
     stage(warm_up(docs))
     reasons: list[str | None] = []
     started = time.process_time()
@@ -122,7 +122,7 @@ def flat_memory(docs: pa.Table, total: int, name: str = "fast") -> tuple[float, 
     """RSS (MiB) of a process running engine ``name`` after 10k documents, after one pass over ``docs``
     (every language seen: tokenizers, tables and dictionaries are built once per language, so the 10k
     figure is not yet the plateau when documents come language by language) and after ``total``."""
-    stage = QualityFilter(QualityConfig(filters=FILTERS, engine=name))
+    stage = QualityFilter(QualityConfig(filters=FILTERS, engine=name, rules="fineweb2"))
     process = psutil.Process()
     seen, early, first_pass = 0, 0.0, 0.0
     while seen < total:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import yaml
 from datatrove.data import Document
 from datatrove.pipeline.filters import (
     C4QualityFilter,
@@ -33,7 +34,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
 from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
 from datatrove.utils.text import PUNCTUATION_SET, TERMINAL_PUNCTUATION
 from datatrove.utils.word_tokenizers import SpaCyTokenizer, WhitespaceTokenizer, WordTokenizer, load_word_tokenizer
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shardflow.config import Resources, StrictModel
 from shardflow.errors import ConfigError
@@ -42,6 +43,7 @@ from shardflow.operators.quality_fast import (
     CHARACTERS,
     RULES,
     SEGMENTED,
+    Measures,
     Settings,
     Spans,
     measure,
@@ -49,6 +51,7 @@ from shardflow.operators.quality_fast import (
     rule_failures,
 )
 from shardflow.operators.quality_rules import Thresholds, load_thresholds
+from shardflow.operators.quality_score import DUP_N, TOP_N, ScoreModel, document_scores, load_score_model, signal_values
 from shardflow.operators.quality_segmenters import WordSpans, segmenter_of
 from shardflow.schema import LANG
 from shardflow.storage import StorageConfig
@@ -59,7 +62,7 @@ FILTER_NAMES = ("language_score", "gopher_repetition", "gopher_quality", "c4", "
 SCORE_NAMES = ("words", "mean_word_length", "alpha_words_ratio", "dup_line_frac", "line_punct_ratio", "new_line_ratio")
 QUALITY_TYPE = pa.struct(
     [pa.field(name, pa.bool_()) for name in FILTER_NAMES]
-    + [pa.field("reason", pa.string())]
+    + [pa.field("reason", pa.string()), pa.field("score", pa.float32())]
     + [pa.field(name, pa.float32()) for name in SCORE_NAMES]
 )
 # Our labels -> datatrove's tokenizer table, where they differ (it files Chinese under Mandarin, Hani).
@@ -96,12 +99,33 @@ class QualityConfig(StrictModel):
         default_factory=lambda: list(FILTER_NAMES), description="Which rules run, in this order."
     )
     thresholds: str | None = Field(None, description="Folder of <lang_Script>.yaml files that override ours.")
+    rules: Literal["default", "fineweb2"] = Field(
+        "default",
+        description="default: of each filter, only the checks that separate what people flag from what they "
+        "find fine (quality_score.yaml), plus min_score; fineweb2: every check, exactly as FineWeb-2.",
+    )
+    min_score: float | None = Field(
+        None,
+        ge=0,
+        le=10,
+        description="filter mode: drop documents whose score is lower; null: the fitted default under rules: "
+        "default, none under rules: fineweb2.",
+    )
+    score_model: str | None = Field(
+        None, description="A score file (quality_score.yaml's fields) to use instead of ours."
+    )
     engine: Literal["fast", "datatrove"] = Field(
         "fast",
         description="fast: the same rules computed for a whole batch at once (docs/quality.md: how closely it "
         "agrees); datatrove: datatrove's filters, document by document (the reference).",
     )
     resources: Resources = Resources()
+
+    @model_validator(mode="after")
+    def _datatrove_runs_every_check(self) -> QualityConfig:
+        if self.engine == "datatrove" and self.rules != "fineweb2":
+            raise ValueError("engine: datatrove runs datatrove's filters as they are: it needs rules: fineweb2")
+        return self
 
 
 class QualityFilter(Operator):
@@ -116,6 +140,11 @@ class QualityFilter(Operator):
         require_environment(QualityFilter, config, environment)
         self.config = config
         self.override = Path(config.thresholds) if config.thresholds else None
+        self.score_model: ScoreModel = load_score_model(Path(config.score_model) if config.score_model else None)
+        default = config.rules == "default"
+        # the checks that count (None: all of them) and the score below which filter mode drops
+        self.checks = frozenset(self.score_model.separating_checks) if default else None
+        self.min_score = config.min_score if config.min_score is not None else self.score_model.min_score * default
 
     @staticmethod
     def environment(config: QualityConfig) -> dict[str, Any]:
@@ -130,62 +159,98 @@ class QualityFilter(Operator):
     def preflight(config: QualityConfig, storage: StorageConfig, key: str) -> None:
         if config.thresholds and not Path(config.thresholds).is_dir():
             raise ConfigError(f"config error: {key}.thresholds: not a folder: {config.thresholds}")
+        if config.score_model:
+            try:
+                load_score_model(Path(config.score_model))
+            except (OSError, ValueError, yaml.YAMLError) as error:
+                raise ConfigError(f"config error: {key}.score_model: {config.score_model}: {error}") from None
 
     def annotate(self, docs: pa.Table) -> Annotations:
-        langs = docs[LANG].to_pylist() if LANG in docs.column_names else [None] * docs.num_rows
-        scores = docs["lang_score"].to_pylist() if "lang_score" in docs.column_names else [None] * docs.num_rows
-        langs = [lang or "und_Zyyy" for lang in langs]
-        verdicts: list[dict[str, Any]] = [{}] * docs.num_rows
-        fast = [i for i, lang in enumerate(langs) if self.config.engine == "fast" and fast_language(lang)]
-        if fast:
-            texts = docs["text"].combine_chunks().take(pa.array(fast, pa.int64()))
-            judged = self.judge_batch(texts, [langs[i] for i in fast], [scores[i] for i in fast])
-            for i, verdict in zip(fast, judged, strict=True):
-                verdicts[i] = verdict
-        slow = sorted(set(range(docs.num_rows)) - set(fast))
-        for i in slow:
-            verdicts[i] = self.judge(docs["text"][i].as_py(), langs[i], scores[i])
+        size = docs.num_rows
+        langs = docs[LANG].to_pylist() if LANG in docs.column_names else [None] * size
+        scores = docs["lang_score"].to_pylist() if "lang_score" in docs.column_names else [None] * size
+        verdicts = self.judge_batch(docs["text"].combine_chunks(), [lang or "und_Zyyy" for lang in langs], scores)
         reasons = [verdict["reason"] if self.config.mode == "filter" else None for verdict in verdicts]
         return Annotations({"quality": pa.array(verdicts, QUALITY_TYPE)}, drop_reasons=reasons)
 
     def judge_batch(self, texts: pa.Array, langs: list[str], lang_scores: list[float | None]) -> list[dict[str, Any]]:
-        """``judge`` for a batch at once with the fast engine: the same verdicts (docs/quality.md)."""
+        """Each document's verdict: every configured rule's, the first failing reason and the score.
+
+        The fast engine judges a whole batch at once (docs/quality.md: how closely it agrees with datatrove);
+        datatrove's filters judge one document at a time where the engine is ``datatrove`` or the language
+        is one the fast engine leaves to them. The score always comes from the fast engine's measures."""
         size = len(langs)
-        by_lang: dict[str, list[int]] = {}
-        for i, lang in enumerate(langs):
-            by_lang.setdefault(lang, []).append(i)
-        thresholds = {lang: self.thresholds(lang) for lang in by_lang}
+        measures, stop_listed = self.measure(texts, langs)
+        confidence = np.array([np.nan if score is None else score for score in lang_scores], np.float64)
+        scores = document_scores(signal_values(measures, confidence, stop_listed), self.score_model)
+        failures = {name: np.full(size, "", dtype=object) for name in FILTER_NAMES}
+        annotating = self.config.mode == "annotate"
+        extra = {name: np.zeros(size) for name in SCORE_NAMES} if annotating else None
+        fast_scores = measured_scores(measures) if annotating else None
+        for lang, members in _by_language(langs).items():
+            index = np.array(members)
+            thresholds = self.thresholds(lang)
+            if self.config.engine == "fast" and fast_language(lang):
+                found = rule_failures(measures, thresholds, index, self.config.filters, self.checks)
+                for name, reasons in found.items():
+                    failures[name][index] = reasons
+                for name, values in (fast_scores or {}).items():
+                    extra[name][index] = values[index]
+            else:
+                for i in members:
+                    text = texts[i].as_py() or ""
+                    for name, why in self.datatrove_failures(text, lang).items():
+                        failures[name][i] = why
+                    if extra is not None:
+                        for name, value in scores_of(text, _shared_tokens(lang)).items():
+                            extra[name][i] = value
+            low = [i for i in members if lang_scores[i] is not None and lang_scores[i] < thresholds.language_score]
+            failures["language_score"][low] = "below_threshold"
+        return [self._verdict(i, failures, scores, extra) for i in range(size)]
+
+    def measure(self, texts: pa.Array, langs: list[str]) -> tuple[Measures, np.ndarray]:
+        """The fast engine's measures of every document, and which documents' languages have stop words."""
+        thresholds = {lang: self.thresholds(lang) for lang in set(langs)}
         stopwords: dict[tuple[str, ...], list[int]] = {}
-        for lang, members in by_lang.items():
+        for i, lang in enumerate(langs):
             if thresholds[lang].stopwords:
-                stopwords.setdefault(tuple(thresholds[lang].stopwords), []).extend(members)
+                stopwords.setdefault(tuple(thresholds[lang].stopwords), []).append(i)
         sources = np.array([word_source(lang) for lang in langs], np.int8)
         settings = Settings(
-            languages=np.array([fast_language(lang) for lang in langs]),
+            languages=np.array([fast_language(lang) or "xx" for lang in langs]),
             regex_sentences=np.array([isinstance(word_tokenizer(lang), WhitespaceTokenizer) for lang in langs]),
             min_words_per_line=np.array([0 if unspaced(lang) else 3 for lang in langs]),
             stopwords={words: np.array(members) for words, members in stopwords.items()},
-            top_ns=tuple(sorted({n for t in thresholds.values() for n, _ in t.top_n_grams})),
-            dup_ns=tuple(sorted({n for t in thresholds.values() for n, _ in t.dup_n_grams})),
+            top_ns=tuple(sorted({TOP_N} | {n for t in thresholds.values() for n, _ in t.top_n_grams})),
+            dup_ns=tuple(sorted({DUP_N} | {n for t in thresholds.values() for n, _ in t.dup_n_grams})),
             word_source=sources,
             given=segmented_words(texts, langs, sources),
         )
-        measures = measure(texts, settings)
-        failures = {name: np.full(size, "", dtype=object) for name in FILTER_NAMES}
-        for lang, members in by_lang.items():
-            index = np.array(members)
-            for name, reasons in rule_failures(measures, thresholds[lang], index, self.config.filters).items():
-                failures[name][index] = reasons
-            low = [
-                i for i in members if lang_scores[i] is not None and lang_scores[i] < thresholds[lang].language_score
-            ]
-            failures["language_score"][low] = "below_threshold"
-        extra = measured_scores(measures) if self.config.mode == "annotate" else None
-        return [self._verdict(i, failures, extra) for i in range(size)]
+        stop_listed = np.zeros(len(langs), dtype=bool)
+        for members in stopwords.values():
+            stop_listed[members] = True
+        return measure(texts, settings), stop_listed
 
-    def _verdict(self, i: int, failures: dict[str, np.ndarray], extra: dict[str, np.ndarray] | None) -> dict[str, Any]:
+    def datatrove_failures(self, text: str, lang: str) -> dict[str, str]:
+        """datatrove's filters' reasons for one document ("" where a filter passes it); in filter mode up to
+        the first failure. Under ``rules: default`` a filter counts only where its reason is a separating
+        check (datatrove names its first failing check only: a later separating one goes unseen)."""
+        found: dict[str, str] = {}
+        for name in self.config.filters:
+            if name == "language_score":
+                continue
+            passed, why = get_filter_result(self.filters(lang)[name].filter(Document(text=text, id="")))
+            why = "" if passed else why or "rejected"
+            found[name] = why if not why or self.checks is None or f"{name}.{why}" in self.checks else ""
+            if found[name] and self.config.mode == "filter":
+                break
+        return found
+
+    def _verdict(
+        self, i: int, failures: dict[str, np.ndarray], scores: np.ndarray, extra: dict[str, np.ndarray] | None
+    ) -> dict[str, Any]:
         verdict: dict[str, Any] = dict.fromkeys(FILTER_NAMES)
-        verdict["reason"] = None
+        verdict.update(reason=None, score=float(scores[i]))
         for name in self.config.filters:
             why = failures[name][i]
             verdict[name] = not why
@@ -193,27 +258,10 @@ class QualityFilter(Operator):
                 verdict["reason"] = f"{name}.{why}"
                 if self.config.mode == "filter":
                     return verdict
+        if verdict["reason"] is None and scores[i] < self.min_score:
+            verdict["reason"] = "score.below_min_score"
         if extra is not None:
             verdict.update({key: float(values[i]) for key, values in extra.items()})
-        return verdict
-
-    def judge(self, text: str, lang: str, lang_score: float | None) -> dict[str, Any]:
-        """Each configured rule's verdict (True = pass); in filter mode stop at the first failure."""
-        verdict: dict[str, Any] = dict.fromkeys(FILTER_NAMES)
-        verdict["reason"] = None
-        thresholds = self.thresholds(lang)
-        for name in self.config.filters:
-            if name == "language_score":
-                passed, why = lang_score is None or lang_score >= thresholds.language_score, "below_threshold"
-            else:
-                passed, why = get_filter_result(self.filters(lang)[name].filter(Document(text=text, id="")))
-            verdict[name] = bool(passed)
-            if not passed and verdict["reason"] is None:
-                verdict["reason"] = f"{name}.{why or 'rejected'}"
-                if self.config.mode == "filter":
-                    return verdict
-        if self.config.mode == "annotate":  # scores cost a full tokenization; filter mode does without
-            verdict.update(scores(text, _shared_tokens(lang)))
         return verdict
 
     def thresholds(self, lang: str) -> Thresholds:
@@ -221,6 +269,13 @@ class QualityFilter(Operator):
 
     def filters(self, lang: str) -> dict[str, BaseFilter]:
         return _build_filters(lang, self.override)
+
+
+def _by_language(langs: list[str]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, lang in enumerate(langs):
+        groups.setdefault(lang, []).append(i)
+    return groups
 
 
 @cache
@@ -239,7 +294,7 @@ def _shared_tokens(lang: str) -> SharedTokens:
     return SharedTokens(word_tokenizer(lang))
 
 
-def scores(text: str, words_of: WordTokenizer) -> dict[str, float]:
+def scores_of(text: str, words_of: WordTokenizer) -> dict[str, float]:
     """The quantities the rules test, as the Gopher and FineWeb papers define them, for annotate mode."""
     words = words_of.word_tokenize(text)
     content = [word for word in words if any(char not in PUNCTUATION_SET for char in word)]

@@ -41,6 +41,7 @@ __all__ = [
     "Spans",
     "measure",
     "measured_scores",
+    "rule_checks",
     "rule_failures",
 ]
 
@@ -72,6 +73,8 @@ CAPITAL = 1 << 18  # Unicode category Lu (spaCy's ALPHA_UPPER also holds the scr
 ELISION = 1 << 19  # an apostrophe after which the language splits ("l'" + "è": French, Italian, Catalan...)
 APOSTROPHE_INFIX = 1 << 20  # an apostrophe between letters that is a token of its own (Kyrgyz, "’" in Dutch)
 DIGIT_HYPHEN = 1 << 21  # a hyphen split off between a digit and a letter ("95-жылы": Kyrgyz, English)
+NUMBER = 1 << 22  # Unicode category N*: digits of every script, numerals, fractions
+SYMBOL = 1 << 23  # Unicode category S*: currency, maths, modifiers, emoji
 
 NEWLINE, DOT, APOSTROPHE, CURLY_APOSTROPHE, CARRIAGE = 10, ord("."), ord("'"), ord("’"), 13
 HYPHEN_MINUS = ord("-")
@@ -201,6 +204,8 @@ def _shared_table() -> np.ndarray:
             ("[0-9]", DIGIT),
             ("[:<>=/]", INFIX_BEFORE_ALPHA),
             (r"\p{Lu}", CAPITAL),
+            (r"\p{N}", NUMBER),
+            (r"\p{S}", SYMBOL),
         ]
     )
 
@@ -742,7 +747,34 @@ def measure(texts: pa.Array, settings: Settings) -> Measures:
 
     out.update(_c4(batch, texts, flags, Spans(first, last, split_lines.owner), tokens, settings))
     out.update(_fineweb(lines["newline"], hasher, flags, values, docs))
+    out.update(_characters(batch, flags, tokens, hashes))
     return Measures(out)
+
+
+def _characters(batch: CodePointBatch, flags: np.ndarray, tokens: Spans, hashes: np.ndarray) -> dict[str, np.ndarray]:
+    """What the document score reads besides the rules' quantities (``quality_score``): character classes,
+    the whitespace-separated chunks with no letter or digit (menus' separators, lone symbols) or with a
+    capital first, and the distinct words."""
+    docs, owner = len(batch.bounds) - 1, batch.owner
+    space = (flags & SPACE) != 0
+    chunks = runs(~space, batch.doc_first, owner)
+    wordy = per_span((flags & (IS_ALPHA | NUMBER)) != 0, chunks) > 0
+    distinct = np.unique(keyed(hashes, tokens.owner), return_index=True)[1]
+    out = {"nonspace": per_doc(owner, ~space, docs)}
+    for name, bit in (
+        ("letters", IS_ALPHA),
+        ("capitals", CAPITAL),
+        ("numbers", NUMBER),
+        ("punctuation", IS_PUNCT),
+        ("symbols", SYMBOL),
+    ):
+        out[name] = per_doc(owner, (flags & bit) != 0, docs)
+    out["colons"] = per_doc(owner, batch.values == ord(":"), docs)
+    out["chunks"] = per_doc(chunks.owner, None, docs)
+    out["nonword_chunks"] = per_doc(chunks.owner, ~wordy, docs)
+    out["title_chunks"] = per_doc(chunks.owner, (flags[chunks.start] & CAPITAL) != 0, docs)
+    out["distinct_words"] = per_doc(tokens.owner[distinct], None, docs)
+    return out
 
 
 def word_spans(batch: CodePointBatch, flags: np.ndarray, hasher, settings: Settings) -> Spans:
@@ -857,9 +889,22 @@ def _fineweb(lines: Spans, hasher, flags: np.ndarray, values: np.ndarray, docs: 
     }
 
 
-def rule_failures(m: Measures, t: Thresholds, docs: np.ndarray, filters: list[str]) -> dict[str, np.ndarray]:
-    """For each of datatrove's filters, each document's failing reason ("" where it passes), checked in
-    datatrove's order with ``t``'s numbers and datatrove's defaults for the rest (as ``filters_for``)."""
+def rule_failures(
+    m: Measures, t: Thresholds, docs: np.ndarray, filters: list[str], allowed: frozenset[str] | None = None
+) -> dict[str, np.ndarray]:
+    """For each of datatrove's filters, each document's first failing check ("" where it passes), in
+    datatrove's order; only the ``allowed`` checks ("filter.check") count where that is given."""
+    checks = rule_checks(m, t, docs)
+    return {
+        name: first_reason([(c, f) for c, f in checks[name] if allowed is None or f"{name}.{c}" in allowed], len(docs))
+        for name in filters
+        if name in checks
+    }
+
+
+def rule_checks(m: Measures, t: Thresholds, docs: np.ndarray) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Every check of each of datatrove's filters, in datatrove's order, each a mask of the documents it
+    fails, with ``t``'s numbers and datatrove's defaults for the rest (as ``filters_for``)."""
 
     def get(name: str) -> np.ndarray:
         return m[name][docs]
@@ -893,7 +938,7 @@ def rule_failures(m: Measures, t: Thresholds, docs: np.ndarray, filters: list[st
                 ("list_ratio", get("newlines") / words > t.new_line_ratio),
             ],
         }
-    return {name: first_reason(checks[name], len(docs)) for name in filters if name in checks}
+    return checks
 
 
 def _gopher_quality(get, t: Thresholds) -> list[tuple[str, np.ndarray]]:

@@ -17,7 +17,7 @@ from shardflow.storage import Location
 TOP_LANGUAGES = 20
 DEDUP_STAGES = ("exact_dedup", "fuzzy_dedup")
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
-CHARTS = ("languages", "drop-reasons", "duplicates", "timing", "quarantine")
+CHARTS = ("languages", "drop-reasons", "duplicates", "scores", "timing", "quarantine")
 
 
 def _report_numbers(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -38,6 +38,7 @@ def _report_numbers(manifest: dict[str, Any]) -> dict[str, Any]:
             "dropped": counts["dropped"],
             "drop_reasons": counts["drop_reasons"],
             "duplicate_rate": round(duplicates / entering, 4) if entering else 0.0,
+            "score_histogram": counts.get("score_histogram", []),
         }
     return {
         "counts": manifest["counts"],
@@ -110,6 +111,13 @@ def _render_html(numbers: dict[str, Any], output: str) -> str:
             ),
         ),
         _section(
+            "scores",
+            "Document score per language",
+            "How many documents scored 0-1, 1-2, ..., 9-10 (quality.score: higher = more like what people "
+            "find fine; docs/quality.md), kept and removed together, per language.",
+            _histograms([(lang, n["score_histogram"]) for lang, n in ranked if sum(n["score_histogram"])]),
+        ),
+        _section(
             "timing",
             "Time per stage",
             "Worker seconds each stage spent (stages overlap while streaming) and documents per worker second.",
@@ -170,6 +178,31 @@ def _section(chart_id: str, title: str, note: str, svg: str) -> str:
         f'<section id="chart-{chart_id}"><h2>{html.escape(title)}</h2>'
         f'<p class="note">{html.escape(note)}</p>{svg}</section>'
     )
+
+
+def _histograms(rows: list[tuple[str, list[int]]]) -> str:
+    """One small histogram per label (bins left to right, each bar's height its share of the label's
+    largest bin), four to a row."""
+    if not rows:
+        return '<p class="note">No quality stage scored documents in this job.</p>'
+    cell_width, cell_height, bar_area, per_row = 240, 110, 80, 4
+    shapes = []
+    for index, (label, counts) in enumerate(rows):
+        x0, y0 = (index % per_row) * cell_width, (index // per_row) * cell_height
+        bar = (cell_width - 30) / len(counts)
+        shapes.append(f'<text x="{x0 + 4}" y="{y0 + 12}">{html.escape(label)} ({sum(counts):,})</text>')
+        for position, count in enumerate(counts):
+            height = bar_area * count / (max(counts) or 1)
+            x, low, high = x0 + 4 + position * bar, position * 10 // len(counts), (position + 1) * 10 // len(counts)
+            shapes.append(
+                f'<rect x="{x:.1f}" y="{y0 + 16 + bar_area - height:.1f}" width="{bar - 2:.1f}" '
+                f'height="{height:.1f}" fill="{PALETTE[0]}"><title>{html.escape(label)} score {low}-{high}: '
+                f"{count:,}</title></rect>"
+            )
+        shapes.append(f'<text x="{x0 + 4}" y="{y0 + cell_height - 6}" font-size="10">0</text>')
+        shapes.append(f'<text x="{x0 + cell_width - 34}" y="{y0 + cell_height - 6}" font-size="10">10</text>')
+    height = ((len(rows) + per_row - 1) // per_row) * cell_height
+    return f'<svg width="{cell_width * per_row}" height="{height}" font-size="11">{"".join(shapes)}</svg>'
 
 
 def _bars(rows: list[tuple[str, list[tuple[str, float]]]], stacked: bool) -> str:

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
@@ -54,6 +55,7 @@ MANIFEST = "manifest.json"
 STAGING = "_staging"
 COMMIT_PLAN = "COMMIT.json"
 NO_LANG = "und_Zyyy"
+SCORE_BINS = 10  # the score histogram's bins over 0-10
 
 RunState = Literal["done", "fresh", "resume"]
 
@@ -228,6 +230,7 @@ class CorpusSink(LedgerSink):
                 "rows": rows.num_rows,
                 "reasons": _reason_counts(kind, rows),
                 "seconds": _seconds(rows),
+                "scores": score_histogram(rows),
             }
             yield path, _columns_for(kind, rows), facts
 
@@ -239,6 +242,17 @@ def _seconds(rows: pa.Table) -> dict[str, float]:
         for column in rows.column_names
         if column.startswith(SECONDS_PREFIX)
     }
+
+
+def score_histogram(rows: pa.Table) -> list[int]:
+    """How many of these rows a quality stage scored 0-1, 1-2, ..., 9-10 (empty without one)."""
+    if "quality" not in rows.column_names or rows.num_rows == 0:
+        return []
+    quality = rows["quality"].combine_chunks()
+    if "score" not in {field.name for field in quality.type}:
+        return []
+    scores = pc.struct_field(quality, "score").to_numpy(zero_copy_only=False).astype(np.float64)
+    return np.histogram(scores[np.isfinite(scores)], bins=SCORE_BINS, range=(0, 10))[0].tolist()
 
 
 def _columns_for(kind: str, rows: pa.Table) -> pa.Table:

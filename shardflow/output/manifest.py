@@ -31,8 +31,12 @@ def build_manifest(
     drop_reasons: Counter[str] = Counter()
     languages: dict[str, Counter[str]] = defaultdict(Counter)
     busy: Counter[str] = Counter()
+    histograms: dict[str, list[int]] = {}
     for entry in entries.values():
         busy.update(entry.get("seconds", {}))
+        if entry.get("scores"):
+            found = histograms.setdefault(entry["lang"], [0] * len(entry["scores"]))
+            histograms[entry["lang"]] = [a + b for a, b in zip(found, entry["scores"], strict=True)]
         by_kind[entry["kind"]] += entry["rows"]
         if entry["kind"] == QUARANTINE:
             quarantine_reasons.update(entry["reasons"])
@@ -56,7 +60,10 @@ def build_manifest(
         },
         "stages": stages,
         "timing": _timing(stages, busy, read),
-        "languages": {lang: _language_counts(counts) for lang, counts in sorted(languages.items())},
+        "languages": {
+            lang: _language_counts(counts) | ({"score_histogram": histograms[lang]} if lang in histograms else {})
+            for lang, counts in sorted(languages.items())
+        },
         "inputs": [{"uri": s.uri, "size": s.size, "version": s.version, "rows": marked[s.uri]["rows"]} for s in shards],
         "files": sorted(
             ({k: e[k] for k in ("path", "kind", "lang", "rows")} for e in entries.values()), key=lambda e: e["path"]

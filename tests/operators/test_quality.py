@@ -40,6 +40,7 @@ from shardflow.schema import LANGID_FIELDS, READ_SCHEMA
 from support import sample_records
 
 SCHEMA = pa.schema(list(READ_SCHEMA) + LANGID_FIELDS)
+FINEWEB2 = QualityConfig(rules="fineweb2")  # every check, exactly as FineWeb-2 (the datatrove reference)
 SPAM = "buy cheap pills\nbuy cheap pills\nbuy cheap pills\nbuy cheap pills"
 
 
@@ -97,7 +98,9 @@ def test_each_wrapped_filter_gives_datatrove_s_verdict(lang: str) -> None:
         "... ... ...\n" * 30,
         "# # # title\n" * 40 + " ".join(articles),
     ]
-    ours = QualityFilter(QualityConfig(mode="annotate"))(table([(d, lang) for d in docs]))["quality"].to_pylist()
+    ours = QualityFilter(FINEWEB2.model_copy(update={"mode": "annotate"}))(table([(d, lang) for d in docs]))[
+        "quality"
+    ].to_pylist()
     reference = datatrove_filters(lang)
     for text, verdict in zip(docs, ours, strict=True):
         for name, rule in reference.items():
@@ -119,20 +122,22 @@ def test_unspaced_scripts_are_not_dropped_by_word_count_rules(lang: str) -> None
 
 def test_an_obviously_bad_document_is_dropped_with_its_reason() -> None:
     good = "\n".join(by_language()["eng_Latn"])
-    out = QualityFilter(QualityConfig(mode="filter"))(table([(SPAM, "eng_Latn"), (good, "eng_Latn")]))
+    out = QualityFilter(FINEWEB2)(table([(SPAM, "eng_Latn"), (good, "eng_Latn")]))
     assert out["drop_reason"].to_pylist() == ["quality:gopher_repetition.dup_line_frac", None]
-    short = QualityFilter(QualityConfig(filters=["gopher_quality"]))(table([("Buy pills now", "eng_Latn")]))
+    short = QualityFilter(FINEWEB2.model_copy(update={"filters": ["gopher_quality"]}))(
+        table([("Buy pills now", "eng_Latn")])
+    )
     assert short["drop_reason"].to_pylist() == ["quality:gopher_quality.gopher_short_doc"]
 
 
 def test_annotate_mode_keeps_everything_and_records_reason_and_scores() -> None:
-    out = QualityFilter(QualityConfig(mode="annotate"))(table([(SPAM, "eng_Latn")]))
+    out = QualityFilter(FINEWEB2.model_copy(update={"mode": "annotate"}))(table([(SPAM, "eng_Latn")]))
     assert out["drop_reason"].to_pylist() == [None]
     quality = out["quality"][0].as_py()
     assert quality["reason"] == "gopher_repetition.dup_line_frac"
     assert quality["words"] == 12 and quality["dup_line_frac"] == 0.75 and quality["line_punct_ratio"] == 0
     assert abs(quality["mean_word_length"] - 13 / 3) < 1e-5 and quality["alpha_words_ratio"] == 1
-    filtered = QualityFilter(QualityConfig(mode="filter"))(table([(SPAM, "eng_Latn")]))
+    filtered = QualityFilter(FINEWEB2)(table([(SPAM, "eng_Latn")]))
     assert filtered["quality"][0].as_py()["words"] is None  # filter mode does not pay for scores
 
 
@@ -212,8 +217,8 @@ def test_the_fast_engine_gives_the_datatrove_engine_s_verdicts() -> None:
     for lang, articles in sorted(by_language().items()):
         docs += [(text, lang) for text in articles[:16] + hostile_documents(articles[:16])]
     rows = table(docs)
-    fast = QualityFilter(QualityConfig(engine="fast"))(rows)["drop_reason"].to_pylist()
-    reference = QualityFilter(QualityConfig(engine="datatrove"))(rows)["drop_reason"].to_pylist()
+    fast = QualityFilter(FINEWEB2)(rows)["drop_reason"].to_pylist()
+    reference = QualityFilter(FINEWEB2.model_copy(update={"engine": "datatrove"}))(rows)["drop_reason"].to_pylist()
     same_verdict = sum((a is None) == (b is None) for a, b in zip(fast, reference, strict=True))
     dropped = [(a, b) for a, b in zip(fast, reference, strict=True) if b is not None]
     assert len(dropped) > len(docs) / 4 and len({b for _, b in dropped}) >= 10  # many rules are exercised
@@ -225,8 +230,10 @@ def test_the_fast_engine_gives_the_datatrove_engine_s_verdicts() -> None:
 def test_the_fast_engine_scores_what_the_datatrove_engine_scores() -> None:
     articles = by_language()["eng_Latn"]
     rows = table([(text, "eng_Latn") for text in [SPAM, "\n".join(articles), *hostile_documents(articles)[:6]]])
-    fast = QualityFilter(QualityConfig(mode="annotate"))(rows)["quality"].to_pylist()
-    reference = QualityFilter(QualityConfig(mode="annotate", engine="datatrove"))(rows)["quality"].to_pylist()
+    fast = QualityFilter(FINEWEB2.model_copy(update={"mode": "annotate"}))(rows)["quality"].to_pylist()
+    reference = QualityFilter(FINEWEB2.model_copy(update={"mode": "annotate", "engine": "datatrove"}))(rows)[
+        "quality"
+    ].to_pylist()
     for ours, theirs in zip(fast, reference, strict=True):
         assert {k: v for k, v in ours.items() if k not in SCORE_NAMES} == {
             k: v for k, v in theirs.items() if k not in SCORE_NAMES

@@ -301,8 +301,8 @@ def test_quality_stage_drops_with_reasons_per_language(tmp_path: Path) -> None:
     manifest = run_corpus(config).manifest
     quality = manifest["stages"][2]
     assert quality["name"] == "quality" and quality["in"] == 8 and quality["dropped"] == 5
-    assert quality["reasons"] == {"quality:gopher_repetition.dup_line_frac": 5}
-    assert manifest["languages"]["eng_Latn"]["drop_reasons"] == {"quality:gopher_repetition.dup_line_frac": 5}
+    assert quality["reasons"] == {"quality:gopher_repetition.top_2_gram": 5}  # a check that separates
+    assert manifest["languages"]["eng_Latn"]["drop_reasons"] == {"quality:gopher_repetition.top_2_gram": 5}
     kept = read_files(str(tmp_path / "out"), manifest, "corpus")
     assert sorted(d["doc_id"] for d in kept) == ["eng_Latn-all", "fin_Latn-all", "zho_Hans-all"]
     assert all(d["quality"]["reason"] is None for d in kept)

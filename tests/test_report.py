@@ -55,6 +55,7 @@ def test_report_numbers_equal_the_manifest(finished_output: Path) -> None:
         mine = numbers["languages"][lang]
         assert mine["kept"] == counts["kept"] and mine["after"]["quality"] == counts["kept"]
         assert mine["identified"] == counts["kept"] + counts["dropped"]
+        assert sum(mine["score_histogram"]) == mine["after"]["langid"]  # every document quality saw, scored
     assert sum(n["identified"] for n in numbers["languages"].values()) == manifest["stages"][1]["in"]
     assert set(numbers["timing"]) == {"read", "duplicate_ids", "langid", "quality", "write"}  # the id pass's lookup too
     assert all(t["busy_seconds"] > 0 for t in numbers["timing"].values())

@@ -149,10 +149,12 @@ class QualityFilter(Operator):
     @staticmethod
     def environment(config: QualityConfig) -> dict[str, Any]:
         """The word tokenizers' packages that import here (datatrove falls back to splitting on spaces or
-        characters without them) and the thresholds folder's files (missing: ours would be used)."""
+        characters without them), the thresholds folder's files (missing: ours would be used) and the
+        score file's contents."""
         return {
             "tokenizer_packages": [name for name in TOKENIZER_PACKAGES if find_spec(name) is not None],
             "thresholds": _folder_digest(Path(config.thresholds)) if config.thresholds else None,
+            "score_model": _file_digest(Path(config.score_model)) if config.score_model else None,
         }
 
     @staticmethod
@@ -162,8 +164,9 @@ class QualityFilter(Operator):
         if config.score_model:
             try:
                 load_score_model(Path(config.score_model))
-            except (OSError, ValueError, yaml.YAMLError) as error:
-                raise ConfigError(f"config error: {key}.score_model: {config.score_model}: {error}") from None
+            except (OSError, ConfigError, yaml.YAMLError) as error:
+                detail = "; ".join(line.removeprefix("config error: ") for line in str(error).splitlines())
+                raise ConfigError(f"config error: {key}.score_model: {config.score_model}: {detail}") from None
 
     def annotate(self, docs: pa.Table) -> Annotations:
         size = docs.num_rows
@@ -339,6 +342,11 @@ def filters_for(t: Thresholds, lang: str, words: WordTokenizer) -> dict[str, Bas
             language=words,
         ),
     }
+
+
+def _file_digest(path: Path) -> str:
+    """A digest of a file's contents; ``missing`` where there is none."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
 
 
 def _folder_digest(folder: Path) -> str:

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from shardflow.config import StrictModel
+from shardflow.config import StrictModel, validate
 from shardflow.operators.quality_fast import Measures
 
 __all__ = ["SIGNALS", "ScoreModel", "document_scores", "load_score_model", "signal_values"]
@@ -78,17 +78,24 @@ class ScoreModel(StrictModel):
     )
     provenance: dict[str, Any] = Field(default_factory=dict)
 
-    def model_post_init(self, context: Any) -> None:
-        unknown = sorted(set(self.signals) - KNOWN)
+    @field_validator("signals")
+    @classmethod
+    def _known(cls, signals: dict[str, Signal]) -> dict[str, Signal]:
+        unknown = sorted(set(signals) - KNOWN)
         if unknown:
             raise ValueError(f"unknown signals {unknown}; known: {sorted(KNOWN)}")
+        return signals
+
+
+def load_score_model(path: Path | None = None) -> ScoreModel:
+    """The user's score file, else ours (read each time: a file changed since is not answered from memory)."""
+    source = path if path is not None else files("shardflow.operators").joinpath("quality_score.yaml")
+    return _parsed(source.read_text(encoding="utf-8"))
 
 
 @cache
-def load_score_model(path: Path | None = None) -> ScoreModel:
-    """The user's score file, else ours."""
-    source = path if path is not None else files("shardflow.operators").joinpath("quality_score.yaml")
-    return ScoreModel.model_validate(yaml.safe_load(source.read_text(encoding="utf-8")))
+def _parsed(text: str) -> ScoreModel:
+    return validate(yaml.safe_load(text) or {}, ScoreModel)
 
 
 def signal_values(m: Measures, lang_scores: np.ndarray, has_stop_words: np.ndarray) -> dict[str, np.ndarray]:

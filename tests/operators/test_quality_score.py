@@ -12,9 +12,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from shardflow.errors import ConfigError
 from shardflow.operators.quality import QualityConfig, QualityFilter
 from shardflow.operators.quality_score import load_score_model, signal_values
 from shardflow.schema import LANGID_FIELDS, READ_SCHEMA
+from shardflow.storage import StorageConfig
 from support import REPO, SHARED_DATA
 
 SCHEMA = pa.schema(list(READ_SCHEMA) + LANGID_FIELDS)
@@ -90,6 +92,25 @@ def test_the_default_applies_the_separating_checks_and_the_score_fineweb2_every_
     annotated = QualityFilter(QualityConfig(mode="annotate"))(rows)
     assert annotated["drop_reason"].to_pylist() == [None, None]
     assert annotated["quality"][1]["reason"].as_py() == "score.below_min_score"
+
+
+def test_a_score_file_is_checked_before_the_run_and_on_every_worker(tmp_path: Path) -> None:
+    path = tmp_path / "score.yaml"
+    path.write_text((REPO / "operators" / "quality_score.yaml").read_text())
+    config = QualityConfig(score_model=str(path))
+    QualityFilter.preflight(config, StorageConfig(), "stages.3")
+    driver = QualityFilter.environment(config)
+    QualityFilter(config, environment=driver)
+    path.write_text(path.read_text().replace("min_score: 3.1", "min_score: 5.0"))  # another file on a node
+    with pytest.raises(ConfigError, match=r"score_model: '\w+' on the driver, '\w+' here"):
+        QualityFilter(config, environment=driver)
+    path.write_text(
+        yaml.safe_dump(
+            {**yaml.safe_load(path.read_text()), "signals": {"sparkle": {"mean": 0, "scale": 1, "weight": 1}}}
+        )
+    )
+    with pytest.raises(ConfigError, match=r"stages.3.score_model: .*unknown signals \['sparkle'\]"):
+        QualityFilter.preflight(config, StorageConfig(), "stages.3")
 
 
 def test_the_datatrove_engine_runs_fineweb2_only() -> None:

@@ -44,6 +44,7 @@ from shardflow.cluster.pools import actors_that_fit, on_cluster
 from shardflow.cluster.runtime import RayConfig, job_retries, ray_session
 from shardflow.config import Resources, StrictModel
 from shardflow.errors import ConfigError, InputError, OutputStateError
+from shardflow.fusion import FusionConfig, fuse
 from shardflow.lease import Lease, lease
 from shardflow.operators.rerank import EmbeddingScorerConfig, Pairs, ScorerConfig, load_scorer
 from shardflow.steps import DONE, finished, mark_finished, step_facts
@@ -80,6 +81,9 @@ class RerankConfig(StrictModel):
     qrels: str | None = Field(None, description="TREC qrels (qid 0 docid relevance): metrics before and after.")
     top_k: int = Field(100, ge=1, description="Candidates per query to rerank (by the run's rank column).")
     scorer: ScorerConfig = Field(default_factory=EmbeddingScorerConfig)
+    fusion: FusionConfig | None = Field(
+        None, description="Combine the reranker's scores with the run's own, per query (docs/rerank.md); off: null."
+    )
     chunks: int = Field(64, ge=1, description="Units of work and of resumption (by the hash of the query id).")
     resources: Resources = Field(default_factory=lambda: Resources(num_gpus=1))
     output: RerankOutput
@@ -388,7 +392,7 @@ class ChunkScorer:
             lists = np.array([f"{run}\t{qid}" for run, qid in keys], dtype=object)[rows]
             pairs = Pairs([query_texts[i] for i in rows], [texts[i] for i in rows], lists)
             scores[rows] = self.scorer.score(pairs)
-        result = table.select(["run", "qid", "docid", "rank"]).append_column("rerank_score", pa.array(scores))
+        result = table.select(["run", "qid", "docid", "rank", "score"]).append_column("rerank_score", pa.array(scores))
         return _publish(result, out, attempt)
 
 
@@ -454,21 +458,32 @@ def _score_chunks(
 # ---------------------------------------------------------------- step 3: runs and metrics
 
 
-def _reranked_rows(name: str, scores: Location) -> Iterator[tuple[str, list[str], list[float]]]:
-    """Per query of run ``name``, chunk by chunk: docids and scores, best first, unscorable pairs last."""
+def _reranked_rows(
+    name: str, scores: Location, fusion: FusionConfig | None = None
+) -> Iterator[tuple[str, list[str], list[float]]]:
+    """Per query of run ``name``, chunk by chunk: docids and scores (fused with the run's own where ``fusion``
+    says so), best first, unscorable pairs last."""
     for file in scores.files(".parquet"):
         table = file.read_table()
         table = table.filter(pc.equal(table["run"], name))
         if not table.num_rows:
             continue
-        ordering = pc.if_else(pc.is_nan(table["rerank_score"]), -np.inf, table["rerank_score"])
-        table = table.append_column("order", ordering)
-        table = table.sort_by([("qid", "ascending"), ("order", "descending"), ("rank", "ascending")])
+        if fusion is not None and "score" not in table.column_names:
+            raise OutputStateError(f"{file.uri}: scored before fusion existed; rerun with --restart to fuse")
+        table = table.sort_by([("qid", "ascending"), ("rank", "ascending")])
         qids = table["qid"].to_numpy(zero_copy_only=False)
         starts = np.flatnonzero(run_starts(qids))
-        docids, values = table["docid"].to_pylist(), table["order"].to_numpy()
+        docids = np.array(table["docid"].to_pylist(), dtype=object)
+        ranks = table["rank"].to_numpy().astype(np.float64)
+        first = table["score"].to_numpy() if fusion is not None else None
+        values = np.nan_to_num(table["rerank_score"].to_numpy(zero_copy_only=False), nan=-np.inf)
         for begin, end in zip(starts, [*starts[1:], len(qids)], strict=True):
-            yield str(qids[begin]), docids[begin:end], _finite_scores(values[begin:end])
+            mine = values[begin:end].copy()
+            scorable = np.isfinite(mine)
+            if fusion is not None and scorable.any():
+                mine[scorable] = fuse(mine[scorable], ranks[begin:end][scorable], first[begin:end][scorable], fusion)
+            order = np.lexsort((ranks[begin:end], -mine))  # best first, ties and unscorable in the run's order
+            yield str(qids[begin]), docids[begin:end][order].tolist(), _finite_scores(mine[order])
 
 
 def _finite_scores(values: np.ndarray) -> list[float]:
@@ -488,8 +503,9 @@ def _write_run(config: RerankConfig, uri: str, scores: Location) -> dict[str, An
 
     def write(handle: Any) -> None:
         nonlocal lines
-        for qid, docids, values in _reranked_rows(name, scores):
-            chunk = run_lines(qid, docids, values, f"shardflow-{config.scorer.kind}")
+        tag = f"shardflow-{config.scorer.kind}" + (f"+{config.fusion.method}" if config.fusion else "")
+        for qid, docids, values in _reranked_rows(name, scores, config.fusion):
+            chunk = run_lines(qid, docids, values, tag)
             handle.write("".join(chunk).encode())
             lines += len(chunk)
 

@@ -78,6 +78,23 @@ def test_a_rerun_scores_only_the_missing_chunks_and_writes_the_identical_run(tmp
     nothing = rerank(validate(raw, RerankConfig), progress=False)
     assert nothing["scored_this_attempt"]["chunks"] == 0 and run.read_bytes() == reference
 
+    # fusion rewrites the runs from the same scores; a plain reference: reciprocal rank fusion of the
+    # reranked run's ranks and the input run's, 0.5 / (60 + rank) each, unscorable pairs (ghosts) last
+    fused = rerank(validate({**raw, "fusion": {"method": "rrf"}}, RerankConfig), progress=False)
+    assert fused["scored_this_attempt"]["chunks"] == 0
+    first = {(q, d): int(r) for q, _, d, r, _, _ in parsed(Path(inputs["runs"][0])) if int(r) <= 20}
+    expected, found, unfused = {}, {}, {}
+    for line in parsed(run):
+        found.setdefault(line[0], []).append(line[2])
+    for line in reference.decode().splitlines():
+        unfused.setdefault(line.split()[0], []).append(line.split()[2])
+    for qid, reranked in unfused.items():
+        real = [d for d in reranked if not d.startswith("ghost-")]
+        rrf = {d: 0.5 / (60 + real.index(d) + 1) + 0.5 / (60 + first[(qid, d)]) for d in real}
+        ghosts = sorted((d for d in reranked if d.startswith("ghost-")), key=lambda d: first[(qid, d)])
+        expected[qid] = sorted(real, key=lambda d: (-rrf[d], first[(qid, d)])) + ghosts
+    assert found == expected != unfused and {line[5] for line in parsed(run)} == {"shardflow-cross_encoder+rrf"}
+
 
 def test_run_files_must_be_trec_lines(tmp_path: Path, ray_local: None) -> None:
     inputs = write_rerank_task(tmp_path / "in", articles=2)

@@ -37,9 +37,9 @@ import yaml
 import zstandard
 
 from shardflow.operators.langid import LangIdConfig, LanguageId
-from shardflow.operators.quality import QualityConfig, QualityFilter
+from shardflow.operators.quality import QualityConfig, QualityFilter, words_counted
 from shardflow.operators.quality_fast import rule_checks
-from shardflow.operators.quality_score import SIGNALS, document_scores, signal_values
+from shardflow.operators.quality_score import SIGNALS, document_scores, signal_values, standardised
 from shardflow.storage import StorageConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,8 @@ def measured(records: list[dict]) -> tuple[dict[str, np.ndarray], dict[str, np.n
         for name, found in rule_checks(measures, stage.thresholds(lang), docs).items():
             for check, mask in found:
                 checks.setdefault(f"{name}.{check}", np.zeros(len(langs), dtype=bool))[docs] = mask
-    return signal_values(measures, confidence, stop_listed), checks, langs
+    has_words = np.array([words_counted(lang) for lang in langs])
+    return signal_values(measures, confidence, stop_listed, has_words), checks, langs
 
 
 def fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
@@ -116,7 +117,7 @@ def standardise(values: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, tu
 
 def model_for(values: dict[str, np.ndarray], y: np.ndarray, rows: np.ndarray) -> dict:
     stats = standardise(values, rows)
-    x = np.column_stack([np.nan_to_num((values[n][rows] - m) / s, nan=0.0) for n, (m, s) in stats.items()])
+    x = np.column_stack([standardised(values[n][rows], m, s) for n, (m, s) in stats.items()])
     weights, intercept = fit(x, y[rows])
     signals = {
         n: {"mean": m, "scale": s, "weight": float(w)} for (n, (m, s)), w in zip(stats.items(), weights, strict=True)

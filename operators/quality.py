@@ -185,7 +185,9 @@ class QualityFilter(Operator):
         size = len(langs)
         measures, stop_listed = self.measure(texts, langs)
         confidence = np.array([np.nan if score is None else score for score in lang_scores], np.float64)
-        scores = document_scores(signal_values(measures, confidence, stop_listed), self.score_model)
+        has_words = np.array([words_counted(lang) for lang in langs], dtype=bool)
+        values = signal_values(measures, confidence, stop_listed, has_words)
+        scores = document_scores(values, self.score_model)
         failures = {name: np.full(size, "", dtype=object) for name in FILTER_NAMES}
         annotating = self.config.mode == "annotate"
         extra = {name: np.zeros(size) for name in SCORE_NAMES} if annotating else None
@@ -443,6 +445,12 @@ def fast_language(lang: str) -> str | None:
     if type(tokenizer) is SpaCyTokenizer and tokenizer.language not in SEGMENTING_SPACY:
         return tokenizer.language
     return None
+
+
+def words_counted(lang: str) -> bool:
+    """Whether the fast engine counts ``lang``'s words as its tokenizer does (not by characters for want of
+    a segmenter, not left to datatrove's filters)."""
+    return fast_language(lang) is not None and word_source(lang) != CHARACTERS
 
 
 def unspaced(lang: str) -> bool:

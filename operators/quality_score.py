@@ -9,7 +9,9 @@ the default ``min_score`` and the rules that separate) are data, fitted by ``ben
 people's judgements, in ``quality_score.yaml`` with their provenance; a user's own file can replace them.
 
 A signal that a document cannot have (no words, no lines; no stop word list for its language; no language
-ID) counts as the average document: it moves the score neither way.
+ID; words counted by characters where a script's segmenter is missing) counts as the average document: it
+moves the score neither way. No signal counts more than ``CLIP`` scales from its mean, so one signal on a
+scale the judged documents never showed (a script written with its own word separator, say) cannot decide.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pydantic import Field, field_validator
 from shardflow.config import StrictModel, validate
 from shardflow.operators.quality_fast import Measures
 
-__all__ = ["SIGNALS", "ScoreModel", "document_scores", "load_score_model", "signal_values"]
+__all__ = ["SIGNALS", "ScoreModel", "document_scores", "load_score_model", "signal_values", "standardised"]
 
 
 def _ratio(numerator: str, denominator: str) -> Callable[[Measures], np.ndarray]:
@@ -53,6 +55,20 @@ SIGNALS: dict[str, Callable[[Measures], np.ndarray]] = {
     "stop_words": lambda m: m["stop_words"],  # distinct stop words (FineWeb-2's lists), NaN without a list
     "log_words": lambda m: np.log1p(m["content_words"]),
 }
+# The signals counted in words: unknown where the engine does not have a document's words as its language's
+# tokenizer counts them (a script without its segmenter, counted by characters; Thai, left to datatrove).
+WORD_SIGNALS = frozenset(
+    {
+        "alpha_words",
+        "distinct_words",
+        "sentences_per_word",
+        "top_2gram_chars",
+        "dup_5gram_chars",
+        "stop_words",
+        "log_words",
+    }
+)
+CLIP = 3.0  # a standardised signal counts at most this many scales from its mean: no one signal decides
 # The n-gram sizes the signals read, whatever the thresholds test.
 TOP_N, DUP_N = 2, 5
 KNOWN = frozenset(SIGNALS) | {"lang_score"}  # the language ID's confidence comes with the documents
@@ -98,10 +114,14 @@ def _parsed(text: str) -> ScoreModel:
     return validate(yaml.safe_load(text) or {}, ScoreModel)
 
 
-def signal_values(m: Measures, lang_scores: np.ndarray, has_stop_words: np.ndarray) -> dict[str, np.ndarray]:
+def signal_values(
+    m: Measures, lang_scores: np.ndarray, has_stop_words: np.ndarray, has_words: np.ndarray
+) -> dict[str, np.ndarray]:
     """Every signal of every document of a batch (NaN where a document cannot have it)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         values = {name: np.asarray(signal(m), dtype=np.float64) for name, signal in SIGNALS.items()}
+    for name in WORD_SIGNALS:
+        values[name] = np.where(has_words, values[name], np.nan)
     values["stop_words"] = np.where(has_stop_words, values["stop_words"], np.nan)
     values["lang_score"] = np.asarray(lang_scores, dtype=np.float64)
     return {name: np.where(np.isfinite(value), value, np.nan) for name, value in values.items()}
@@ -111,6 +131,10 @@ def document_scores(values: dict[str, np.ndarray], model: ScoreModel) -> np.ndar
     """The score of each document: ``10 * sigmoid(intercept + sum of weighted standardised signals)``."""
     total = np.full(len(next(iter(values.values()))), model.intercept)
     for name, signal in model.signals.items():
-        standard = (values[name] - signal.mean) / signal.scale
-        total += signal.weight * np.nan_to_num(standard, nan=0.0)
+        total += signal.weight * standardised(values[name], signal.mean, signal.scale)
     return 10.0 / (1.0 + np.exp(-total))
+
+
+def standardised(values: np.ndarray, mean: float, scale: float) -> np.ndarray:
+    """``(values - mean) / scale``, within +-CLIP; 0 (the mean) where a value is unknown."""
+    return np.clip(np.nan_to_num((values - mean) / scale, nan=0.0), -CLIP, CLIP)

@@ -29,7 +29,15 @@ from pydantic import Field, field_validator
 from shardflow.config import StrictModel, validate
 from shardflow.operators.quality_fast import Measures
 
-__all__ = ["SIGNALS", "ScoreModel", "document_scores", "load_score_model", "signal_values", "standardised"]
+__all__ = [
+    "SIGNALS",
+    "WORD_SIGNALS",
+    "ScoreModel",
+    "document_scores",
+    "load_score_model",
+    "signal_values",
+    "standardised",
+]
 
 
 def _ratio(numerator: str, denominator: str) -> Callable[[Measures], np.ndarray]:

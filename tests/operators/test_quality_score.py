@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from shardflow.errors import ConfigError
 from shardflow.operators.quality import QualityConfig, QualityFilter
-from shardflow.operators.quality_score import load_score_model, signal_values
+from shardflow.operators.quality_score import WORD_SIGNALS, load_score_model, signal_values
 from shardflow.schema import LANGID_FIELDS, READ_SCHEMA
 from shardflow.storage import StorageConfig
 from support import REPO, SHARED_DATA
@@ -36,16 +36,18 @@ def test_signals_are_counted_as_their_definitions_say() -> None:
     11 letters of which 2 capitals, numbers 1, 2 and ½, punctuation ':' and '-', symbols '€' and '|'."""
     stage = QualityFilter(QualityConfig())
     measures, stop_listed = stage.measure(pa.array(["Hello World: 12 ½ € - | x"]), ["eng_Latn"])
-    found = {name: float(value[0]) for name, value in signal_values(measures, [0.5], stop_listed).items()}
+    found = {name: float(value[0]) for name, value in signal_values(measures, [0.5], stop_listed, [True]).items()}
     assert found["nonword_chunks"] == 3 / 8 and found["title_chunks"] == 2 / 8 and found["colons"] == 1 / 8
     assert found["letters"] == 11 / 18 and found["capitals"] == 2 / 11 and found["numbers"] == 3 / 18
     assert found["punctuation"] == 2 / 18 and found["symbols"] == 2 / 18
     assert found["distinct_words"] == 1.0 and found["dup_5gram_chars"] == 0.0 and found["punct_lines"] == 0.0
     assert found["stop_words"] == 0.0 and found["lang_score"] == 0.5  # English has a stop word list
     measures, stop_listed = stage.measure(pa.array(["Hej hej hej"]), ["gla_Latn"])
-    found = signal_values(measures, [float("nan")], stop_listed)
+    found = signal_values(measures, [float("nan")], stop_listed, [True])
     assert math.isnan(found["stop_words"][0]) and math.isnan(found["lang_score"][0])  # no list, no language ID
     assert found["distinct_words"][0] == 2 / 3  # "Hej" and "hej" differ
+    by_characters = signal_values(measures, [0.5], stop_listed, [False])  # words the engine does not have
+    assert all(math.isnan(by_characters[name][0]) for name in WORD_SIGNALS) and by_characters["letters"][0] == 1
 
 
 def test_the_score_combines_the_signals_as_documented(tmp_path: Path) -> None:
@@ -101,7 +103,7 @@ def test_a_score_file_is_checked_before_the_run_and_on_every_worker(tmp_path: Pa
     QualityFilter.preflight(config, StorageConfig(), "stages.3")
     driver = QualityFilter.environment(config)
     QualityFilter(config, environment=driver)
-    path.write_text(path.read_text().replace("min_score: 3.1", "min_score: 5.0"))  # another file on a node
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "min_score": 9.5}))  # another file on a node
     with pytest.raises(ConfigError, match=r"score_model: '\w+' on the driver, '\w+' here"):
         QualityFilter(config, environment=driver)
     path.write_text(

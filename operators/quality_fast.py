@@ -21,12 +21,17 @@ spaCy's per-language exceptions ("don't" -> "do", "n't" in English) are not mode
 
 from __future__ import annotations
 
+import json
+import os
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 from datatrove.utils.text import PUNCTUATION_SET, TERMINAL_PUNCTUATION
 
 from shardflow.codepoints import PRIME, CodePointBatch, class_table, decode, mix, span_hasher
@@ -95,13 +100,44 @@ def code_point_table(language: str = "xx") -> np.ndarray:
         points = [ord(char) for char in single if len(char) == 1]
         table[points] |= np.uint32(bit)
     # where the language's rules differ from spaCy's generic ones, its tokenizer says so on probes
-    for probe, split_into, points, bit in PROBES:
-        if [token.text for token in _spacy(language)(probe)] != split_into:
+    answers = spacy_answers(language)
+    for (_, split_into, points, bit), tokens in zip(PROBES, answers["probes"], strict=True):
+        if tokens != split_into:
             table[points] &= ~np.uint32(bit)
-    for probe, split_into, points, bit in RULE_PROBES:
-        if [token.text for token in _spacy(language)(probe)] == split_into:
+    for (_, split_into, points, bit), tokens in zip(RULE_PROBES, answers["rule_probes"], strict=True):
+        if tokens == split_into:
             table[points] |= np.uint32(bit)
     return table
+
+
+@cache
+def spacy_answers(language: str) -> dict[str, list]:
+    """What the fast engine asks spaCy's tokenizer for ``language``: how it splits the probes, and its
+    exceptions that stay one token. Building that tokenizer costs 0.2-4 s per language and process (every
+    quality actor meets every language), so the answers are kept on disk (``SHARDFLOW_CACHE``, else
+    ``~/.cache/shardflow``), keyed by spaCy's version and the probes."""
+    import spacy
+
+    key = xxhash.xxh64_hexdigest(repr((spacy.__version__, PROBES, RULE_PROBES)).encode())
+    path = (
+        Path(os.environ.get("SHARDFLOW_CACHE") or Path.home() / ".cache" / "shardflow") / f"spacy-{key}-{language}.json"
+    )
+    with suppress(OSError, ValueError):
+        return json.loads(path.read_text(encoding="utf-8"))
+    nlp = spacy.blank(language)
+    answers = {
+        "probes": [[token.text for token in nlp(probe)] for probe, *_ in PROBES],
+        "rule_probes": [[token.text for token in nlp(probe)] for probe, *_ in RULE_PROBES],
+        "exceptions": sorted(
+            word for word, tokens in nlp.tokenizer.rules.items() if len(tokens) == 1 and " " not in word
+        ),
+    }
+    with suppress(OSError):  # a read-only home is no reason to fail: the next process asks spaCy again
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(answers, ensure_ascii=False), encoding="utf-8")
+        os.replace(partial, path)
+    return answers
 
 
 PROBES = (  # (text, its generic tokens, the code points whose bit goes where the language keeps it whole)
@@ -119,8 +155,7 @@ RULE_PROBES = (  # (text, its tokens where the language has a rule the generic o
 def exceptions(language: str) -> np.ndarray:
     """Hashes (as ``span_hasher`` gives them) of the language's tokenizer exceptions that stay one token
     ("Dr.", "e.g.", "г.", "'t", "da-o"): spaCy keeps them whole."""
-    rules = _spacy(language).tokenizer.rules
-    return np.unique(hash_words([word for word, tokens in rules.items() if len(tokens) == 1 and " " not in word]))
+    return np.unique(hash_words(spacy_answers(language)["exceptions"]))
 
 
 def hash_words(words: list[str]) -> np.ndarray:
@@ -167,13 +202,6 @@ def merge_exceptions(tokens: Spans, values: np.ndarray, hasher, languages: np.nd
     end = tokens.end.copy()
     end[lo] = tokens.end[hi]
     return Spans(tokens.start[keep], end[keep], tokens.owner[keep])
-
-
-@cache
-def _spacy(language: str):
-    import spacy
-
-    return spacy.blank(language)
 
 
 @cache

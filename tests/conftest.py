@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +16,11 @@ import ray
 
 from shardflow.storage import StorageConfig
 from support import SHARED_DATA, write_rerank_task
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One cache of spaCy's answers for the session's processes (the fast quality engine's), not the home's."""
+    os.environ.setdefault("SHARDFLOW_CACHE", tempfile.mkdtemp(prefix="shardflow-cache-"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

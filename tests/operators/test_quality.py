@@ -34,7 +34,7 @@ from shardflow.operators.quality import (
     word_source,
     word_tokenizer,
 )
-from shardflow.operators.quality_fast import Settings, _flags, measure, word_spans
+from shardflow.operators.quality_fast import Settings, _flags, measure, spacy_answers, word_spans
 from shardflow.operators.quality_segmenters import _jieba
 from shardflow.schema import LANGID_FIELDS, READ_SCHEMA
 from support import sample_records
@@ -181,6 +181,17 @@ def test_a_worker_set_up_unlike_the_driver_refuses_to_judge(tmp_path: Path) -> N
     (folder / "fin_Latn.yaml").unlink()  # a node where the folder is not what the driver read
     with pytest.raises(ConfigError, match=r"thresholds: '\w+' on the driver, '\w+' here"):
         QualityFilter(config, environment=driver)
+
+
+def test_spacy_s_answers_read_back_from_the_disk_cache_are_the_ones_spacy_gave(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SHARDFLOW_CACHE", str(tmp_path))
+    spacy_answers.cache_clear()
+    asked = spacy_answers("nl")  # Dutch: "'t" stays one token, "ab-cd" is one word
+    assert "'t" in asked["exceptions"] and asked["probes"][1] == ["ab-cd"]
+    assert [path.name.endswith("-nl.json") for path in tmp_path.iterdir()] == [True]
+    spacy_answers.cache_clear()
+    assert spacy_answers("nl") == asked  # from the file, as another process reads it
+    spacy_answers.cache_clear()
 
 
 def hostile_documents(articles: list[str]) -> list[str]:

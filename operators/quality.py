@@ -1,7 +1,10 @@
-"""Quality filtering: datatrove's Gopher, C4 and FineWeb filters with per-language thresholds.
+"""Quality: a score for every document, and datatrove's Gopher, C4 and FineWeb rules per language.
 
-The rules are datatrove's own filter classes, called on each document; this module only chooses their
-thresholds and word tokenizer by the document's ``lang`` and turns their verdicts into columns. Thresholds
+The score (``quality_score``, 0-10) comes from the fast engine's measures; the rules are computed by the
+fast engine for a whole batch (``quality_fast``) or by datatrove's own filter classes document by document
+(``engine: datatrove``, the reference). ``rules: default`` applies only the checks that separate what people
+flag from what they find fine, plus ``min_score``; ``rules: fineweb2`` every check. This module chooses
+thresholds and word tokenizers by the document's ``lang`` and turns verdicts into columns. Thresholds
 are FineWeb-2 style YAML files, one per ``lang_Script`` (``quality_thresholds/``, each citing its source),
 with ``default.yaml`` for languages that have none; a folder of the user's files can override them.
 
@@ -129,7 +132,8 @@ class QualityConfig(StrictModel):
 
 
 class QualityFilter(Operator):
-    """Adds ``quality`` (each rule's verdict and the first failing reason); drops failures in filter mode."""
+    """Adds ``quality`` (the score, each rule's verdict, the first failing reason); drops failures in filter
+    mode."""
 
     name = "quality"
     added_fields = [pa.field("quality", QUALITY_TYPE)]

@@ -6,39 +6,48 @@ embedding stage's ``token_budget_batches``), so a batch of short pairs holds man
 
 | kind | model | score |
 |---|---|---|
-| ``embedding`` (default) | the embedding stage's encoder (multilingual-e5-small offline) | cosine(query, document) |
+| ``embedding`` (default, ``rerank_dense``) | the embed stage's encoder, once per distinct text of the job | cosine |
+| ``bm25`` (``rerank_lexical``) | none: statistics of the job's candidate documents | Okapi BM25 |
 | ``cross_encoder`` | ``AutoModelForSequenceClassification`` | the logit (one label) or P(label 1) (two) |
 | ``causal_yes_no`` | ``AutoModelForCausalLM`` (Qwen3-Reranker recipe) | P("yes") vs "no", last position |
 | ``first`` | ``AutoModelForCausalLM`` (FIRST, single-token listwise) | list length - final position |
 
-Every scorer is a ``Scorer``: ``score(pairs)`` for ``Pairs`` (queries, documents and which list each pair
-belongs to). Pointwise scorers score pairs independently and ignore the lists; a listwise one ranks each list.
+Every scorer is a ``Scorer``: ``score(pairs)`` for ``Pairs`` (queries, documents, their ids and which list
+each pair belongs to). Pointwise scorers score pairs independently and ignore the lists; a listwise one ranks
+each list. A scorer whose work is mostly per distinct text (an encoder's vectors, a collection's statistics)
+does that work once per job, before any pair is scored: its class has a ``prepare(config, texts, folder)``
+that reads the job's distinct texts (``JobTexts``) and writes what it needs under ``folder``, which its
+constructor then reads. Such a scorer needs no model (and no GPU) to score: ``scores_with_model`` is False.
+
+The registry of kinds is ``shardflow.operators.scorers``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import Field
 
 from shardflow.arrays import run_starts
-from shardflow.config import StrictModel
+from shardflow.config import Resources, StrictModel
 from shardflow.errors import ConfigError
-from shardflow.operators.embed import TOKEN_BUDGET, EmbedConfig, TextEncoder, token_budget_batches
+from shardflow.operators.embed import TOKEN_BUDGET, token_budget_batches
 from shardflow.operators.model_source import resolve_model
 
 __all__ = [
     "CausalYesNoConfig",
+    "CausalYesNoScorer",
     "CrossEncoderConfig",
-    "EmbeddingScorerConfig",
+    "CrossEncoderScorer",
     "FirstListwiseConfig",
+    "FirstListwiseScorer",
+    "JobTexts",
     "Pairs",
     "Scorer",
-    "ScorerConfig",
-    "load_scorer",
+    "list_bounds",
 ]
 
 QWEN3_RERANK_SYSTEM = (
@@ -46,13 +55,6 @@ QWEN3_RERANK_SYSTEM = (
     'Note that the answer can only be "yes" or "no".'
 )
 QWEN3_RERANK_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
-
-
-class EmbeddingScorerConfig(StrictModel):
-    """Cosine between query and document embeddings, with the embed stage's encoder and prompts."""
-
-    kind: Literal["embedding"] = "embedding"
-    encoder: EmbedConfig = Field(default_factory=EmbedConfig)
 
 
 class CrossEncoderConfig(StrictModel):
@@ -86,23 +88,40 @@ class FirstListwiseConfig(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
-ScorerConfig = Annotated[
-    EmbeddingScorerConfig | CrossEncoderConfig | CausalYesNoConfig | FirstListwiseConfig, Field(discriminator="kind")
-]
-
-
 @dataclass(frozen=True)
 class Pairs:
     """(query, document) pairs to score; ``lists`` numbers each pair's list (one query of one run): the pairs of
-    a list are contiguous and in the input's rank order."""
+    a list are contiguous and in the input's rank order. ``query_ids`` and ``doc_ids`` name the texts, for
+    scorers that prepared something per text."""
 
     queries: list[str]
     documents: list[str]
     lists: np.ndarray
+    query_ids: np.ndarray
+    doc_ids: np.ndarray
+
+
+def list_bounds(lists: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, end)`` of each list of contiguous pairs."""
+    bounds = np.r_[np.flatnonzero(run_starts(lists)), len(lists)]
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+
+
+@dataclass(frozen=True)
+class JobTexts:
+    """A rerank job's distinct texts, for a scorer's ``prepare``: every candidate document with a text once
+    (``docid, text``) and every query of the runs once (``qid, text``), as Ray datasets, and the resources
+    of the scorer pool the job sized to its cluster (``concurrency`` set)."""
+
+    documents: Any
+    queries: Any
+    pool: Resources
 
 
 class Scorer(Protocol):
     """A loaded model that scores pairs: one score per pair, in input order, higher is more relevant."""
+
+    scores_with_model: bool
 
     def score(self, pairs: Pairs) -> np.ndarray: ...
 
@@ -137,28 +156,10 @@ def _load_causal_lm(model: str, dtype: str) -> tuple[Any, Any, Any]:
     return device, tokenizer, AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
 
 
-class EmbeddingScorer:
-    """Cosine of query and document embeddings; each distinct query and document of a call is embedded once.
-
-    Nothing is kept between calls: a chunk's scores must not depend on which chunks the actor saw before
-    (a batch of other shape can move a float32 result by an ulp), or a resumed job would not rewrite the
-    identical run."""
-
-    def __init__(self, config: EmbeddingScorerConfig) -> None:
-        self.encoder = TextEncoder(config.encoder)
-
-    def score(self, pairs: Pairs) -> np.ndarray:
-        queries, documents = self.vectors(pairs.queries, "query"), self.vectors(pairs.documents, "passage")
-        return np.einsum("ij,ij->i", queries, documents)
-
-    def vectors(self, texts: list[str], kind: Literal["query", "passage"]) -> np.ndarray:
-        distinct = list(dict.fromkeys(texts))
-        position = {text: row for row, text in enumerate(distinct)}
-        return self.encoder.encode(distinct, kind)[[position[text] for text in texts]]
-
-
 class CrossEncoderScorer:
-    def __init__(self, config: CrossEncoderConfig) -> None:
+    scores_with_model = True
+
+    def __init__(self, config: CrossEncoderConfig, prepared: Any = None) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.device, dtype = _device_and_dtype(config.dtype)
@@ -186,7 +187,9 @@ class CausalYesNoScorer:
     """The Qwen3-Reranker recipe: a chat prompt asking yes or no; the score is P(yes) against P(no) at the
     last position. Left padding, so the last position is every prompt's own; only the document is cut."""
 
-    def __init__(self, config: CausalYesNoConfig) -> None:
+    scores_with_model = True
+
+    def __init__(self, config: CausalYesNoConfig, prepared: Any = None) -> None:
         self.device, self.tokenizer, self.model = _load_causal_lm(config.model, config.dtype)
         self.config = config
         self.token_budget = config.token_budget or TOKEN_BUDGET[self.device.type]
@@ -229,7 +232,9 @@ class FirstListwiseScorer:
     different queries run together in batches. The score of a candidate is its list length minus its final
     position, so higher is better, as for every scorer."""
 
-    def __init__(self, config: FirstListwiseConfig) -> None:
+    scores_with_model = True
+
+    def __init__(self, config: FirstListwiseConfig, prepared: Any = None) -> None:
         self.device, self.tokenizer, self.model = _load_causal_lm(config.model, config.dtype)
         self.config = config
         self.token_budget = config.token_budget or TOKEN_BUDGET[self.device.type]
@@ -240,8 +245,7 @@ class FirstListwiseScorer:
 
     def score(self, pairs: Pairs) -> np.ndarray:
         queries, documents = pairs.queries, pairs.documents
-        bounds = np.r_[np.flatnonzero(run_starts(pairs.lists)), len(pairs.lists)]
-        orders = [list(range(start, end)) for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+        orders = [list(range(start, end)) for start, end in list_bounds(pairs.lists)]
         passages = [self.tokenizer.encode(d, add_special_tokens=False)[: self.config.passage_tokens] for d in documents]
 
         def rank_windows(requests: list[tuple[int, list[int]]]) -> list[list[int]]:
@@ -316,16 +320,3 @@ def _batched_scores(
         padded = scorer.tokenizer.pad(rows, return_tensors="pt").to(scorer.device)
         scores[batch] = forward(dict(padded))
     return scores
-
-
-SCORERS: dict[str, Callable[[Any], Scorer]] = {
-    "embedding": EmbeddingScorer,
-    "cross_encoder": CrossEncoderScorer,
-    "causal_yes_no": CausalYesNoScorer,
-    "first": FirstListwiseScorer,
-}
-
-
-def load_scorer(config: ScorerConfig) -> Scorer:
-    """The scorer ``config.kind`` names, with its model loaded."""
-    return SCORERS[config.kind](config)

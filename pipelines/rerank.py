@@ -4,16 +4,22 @@ Steps, each restartable:
 1. **pairs**: the runs are read and parsed by Ray Data (never on the driver), cut to each query's ``top_k``
    by rank, joined with the corpus on the document id (a Ray Data hash join: no dict of the corpus
    anywhere), tagged with a chunk number from the hash of the query id and written as parquet partitioned
-   by chunk. A docid the corpus lacks keeps a null text and is counted, never dropped.
-2. **scores**: a fixed pool of scorer actors (one per GPU, ``num_gpus: 1``; CPU actors where there is none)
-   takes the chunks that have no result yet; each chunk's result is written whole (atomically), so a job
-   killed midway, run again, scores only the chunks still missing, with the same batches, hence the same
-   scores. Results live in a folder named by the fingerprint of everything they depend on (pairs inputs,
-   scorer, queries), so results of two configurations never meet in one run file; staged work of other
-   settings is refused (``restart`` discards it).
-3. **runs**: per input run, the chunks are read in order and written as ``<run>.run``: per query, scored
-   pairs by score, then any unscorable ones (docid not in the corpus, query without text) in their input
-   order. With qrels, ``<run>.metrics.json`` holds nDCG@10, RR@10 and R@100 before and after.
+   by chunk. A docid the corpus lacks keeps a null text and is counted, never dropped. The queries are
+   staged beside them, one small file per chunk, so that a scorer reads only its chunk's queries.
+2. **prepared** (scorers that work per distinct text: the embedding scorer's vectors, BM25's statistics):
+   the job's distinct candidate documents (a Ray Data group-by on the docid over the pairs) and queries go
+   once through the scorer's ``prepare``, whose result is kept under a folder named like the scores'.
+3. **scores**: a fixed pool of scorer actors (one per GPU, ``num_gpus: 1``, where the scorer needs its model
+   to score; CPU actors where it scores from what it prepared) takes the chunks that have no result yet;
+   each chunk's result is written whole (atomically), so a job killed midway, run again, scores only the
+   chunks still missing, with the same batches, hence the same scores. Results live in a folder named by the
+   fingerprint of everything they depend on (pairs inputs, scorer, queries), so results of two
+   configurations never meet in one run file; staged work of other settings is refused (``restart``
+   discards it).
+4. **runs**: per input run, the chunks are read in order and written as ``<run>.run``: per query, scored
+   pairs by score (fused with the run's own where ``fusion`` says so), then any unscorable ones (docid not
+   in the corpus, query without text) in their input order. With qrels, ``<run>.metrics.json`` holds
+   nDCG@10, RR@10 and R@100 before and after.
 
 The job holds the output's lease (``OUTPUT/_rerank.lease``) throughout: a second job into the same output
 refuses, and a scorer publishes a chunk only while the lease names its job's attempt, which fences out the
@@ -37,16 +43,25 @@ import pyarrow.parquet as pq
 import ray
 import xxhash
 from pydantic import Field, field_validator
+from ray.data.aggregate import Min
 from rich.progress import Progress
 
 from shardflow.arrays import run_starts
-from shardflow.cluster.pools import actors_that_fit, on_cluster
+from shardflow.cluster.pools import actors_that_fit, on_cluster, reserved_for_tasks
 from shardflow.cluster.runtime import RayConfig, job_retries, ray_session
 from shardflow.config import Resources, StrictModel
 from shardflow.errors import ConfigError, InputError, OutputStateError
 from shardflow.fusion import FusionConfig, fuse
 from shardflow.lease import Lease, lease
-from shardflow.operators.rerank import EmbeddingScorerConfig, Pairs, ScorerConfig, load_scorer
+from shardflow.operators.rerank import JobTexts, Pairs
+from shardflow.operators.scorers import (
+    EmbeddingScorerConfig,
+    ScorerConfig,
+    load_scorer,
+    prepare,
+    prepares,
+    scores_with_model,
+)
 from shardflow.steps import DONE, finished, mark_finished, step_facts
 from shardflow.storage import Location, StorageConfig
 from shardflow.trec import read_queries, run_lines
@@ -134,14 +149,19 @@ def _attempt(config: RerankConfig, output: Location, held: Lease, progress: bool
     staging = output.join("_staging")
     inputs = _job_inputs(config, queries)
     _refuse_other_inputs(staging, inputs)
-    scores = staging.join("scores", xxhash.xxh64_hexdigest(json.dumps(inputs, sort_keys=True).encode()))
+    fingerprint = xxhash.xxh64_hexdigest(json.dumps(inputs, sort_keys=True).encode())
+    scores = staging.join("scores", fingerprint)
     scores.join(SCORED_WITH).put_bytes(json.dumps(inputs, indent=2).encode())
     with ray_session(config.ray.address, config.ray.num_cpus):
         ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress and progress
         before = job_retries()
         pairs = _ensure_pairs(config, staging.join("pairs"))
+        staged_queries = _stage_queries(queries, config.chunks, staging.join("queries", inputs["queries_xxh64"]))
+        prepared = None
+        if prepares(config.scorer):
+            prepared = _ensure_prepared(config, staging, staged_queries, staging.join("prepared", fingerprint))
         attempt = Attempt(held.where, held.holder["id"])  # what the scorers check before they publish
-        scored = _score_chunks(config, queries, staging.join("pairs"), scores, attempt, progress)
+        scored = _score_chunks(config, staged_queries, staging.join("pairs"), scores, prepared, attempt, progress)
         retries = job_retries().since(before).as_dict()
     held.check()
     runs = {run_name(uri): _write_run(config, uri, scores) for uri in config.runs}
@@ -322,7 +342,102 @@ def _pair_counts(folder: Location) -> dict[str, int]:
     return counts
 
 
-# ---------------------------------------------------------------- step 2: scores
+# ---------------------------------------------------------------- step 2: prepared
+
+
+def _stage_queries(queries: dict[str, str], chunks: int, folder: Location) -> Location:
+    """The queries as one parquet file per chunk (``qid, text``), so that a scorer reads its chunk's queries
+    only; written once per content of the queries file (``folder`` is named by it)."""
+    inputs = {"chunks": chunks}
+    if not finished(folder, inputs):
+        by_chunk: dict[int, list[tuple[str, str]]] = {chunk: [] for chunk in range(chunks)}
+        for qid, text in queries.items():
+            by_chunk[_chunk_of(qid, chunks)].append((qid, text))
+        for chunk, rows in by_chunk.items():
+            ids, texts = zip(*rows, strict=True) if rows else ((), ())
+            table = pa.table({"qid": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string())})
+            _chunk_queries(folder, chunk).write_table(table)
+        mark_finished(folder, inputs)
+    return folder
+
+
+def _chunk_queries(folder: Location, chunk: int) -> Location:
+    return folder.join(f"chunk-{chunk:05d}.parquet")
+
+
+def _ensure_prepared(config: RerankConfig, staging: Location, queries: Location, folder: Location) -> Location:
+    """The scorer's pass over the job's distinct texts, once per fingerprint of the scores (``folder``)."""
+    if not finished(folder, {"scores": folder.name}):
+        texts = JobTexts(
+            _distinct_documents(staging.join("pairs")),
+            _job_queries(staging.join("pairs"), queries, config.chunks),
+            _encoder_pool(config),
+        )
+        prepare(config.scorer, texts, folder)
+        mark_finished(folder, {"scores": folder.name})
+    return folder
+
+
+def _distinct_documents(pairs: Location) -> ray.data.Dataset:
+    """``id, text`` of every candidate document with a text, once (a docid the corpus holds twice: the
+    smallest of its texts, so that every run of the job picks the same)."""
+    filesystem, path = pairs.arrow_filesystem()
+    texts = ray.data.read_parquet(path, filesystem=filesystem, columns=["docid", "text"], partitioning=None)
+    texts = texts.map_batches(_with_text, batch_format="pyarrow")
+    distinct = texts.groupby("docid").aggregate(Min("text", alias_name="text"))
+    return distinct.map_batches(_renamed, fn_kwargs={"key": "docid"}, batch_format="pyarrow")
+
+
+def _job_queries(pairs: Location, queries: Location, chunks: int) -> ray.data.Dataset:
+    """``id, text`` of every query the runs name and the queries file holds, once."""
+    filesystem, path = pairs.arrow_filesystem()
+    named = (
+        ray.data.read_parquet(path, filesystem=filesystem, columns=["qid"], partitioning=None).groupby("qid").count()
+    )
+    filesystem, path = queries.arrow_filesystem()
+    texts = ray.data.read_parquet(path, filesystem=filesystem, columns=["qid", "text"], partitioning=None)
+    joined = texts.join(named, join_type="inner", num_partitions=max(1, chunks // 4), on=("qid",))
+    return joined.map_batches(_renamed, fn_kwargs={"key": "qid"}, batch_format="pyarrow")
+
+
+def _with_text(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_valid(batch["text"]))
+
+
+def _renamed(batch: pa.Table, key: str) -> pa.Table:
+    return pa.table({"id": batch[key], "text": batch["text"]})
+
+
+def _model_pool(config: RerankConfig) -> Resources:
+    """The scorer's resources on this cluster with ``concurrency`` set: one actor per GPU, or CPU actors where
+    there is none."""
+    return _sized(on_cluster("resources", config.resources, ray.cluster_resources().get("GPU", 0.0)))
+
+
+def _sized(resources: Resources) -> Resources:
+    """``resources`` with ``concurrency`` set (as many actors as the cluster's CPUs allow, unless set, and no
+    more than its nodes can hold); a ``ConfigError`` where no node can hold one."""
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    size = resources.concurrency or max(1, int(cpus // max(resources.num_cpus, 1e-9)))
+    fit = actors_that_fit(resources, ray.nodes())
+    if fit == 0:
+        raise ConfigError(
+            f"config error: resources: no node of the cluster can hold a scorer actor (num_cpus "
+            f"{resources.num_cpus:g}, num_gpus {resources.num_gpus:g}); lower them"
+        )
+    return resources.model_copy(update={"concurrency": min(size, fit)})
+
+
+def _encoder_pool(config: RerankConfig) -> Resources:
+    """The model pool of a Ray Data pass: each actor's CPUs cut so that the pool leaves the CPUs its read and
+    group-by tasks need (a pool holding every CPU would wait on them forever)."""
+    pool = _model_pool(config)
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    spare = (cpus - reserved_for_tasks(cpus)) / pool.concurrency
+    return pool.model_copy(update={"num_cpus": min(pool.num_cpus, spare)})
+
+
+# ---------------------------------------------------------------- step 3: scores
 
 
 def _chunk_folders(pairs: Location) -> dict[int, Location]:
@@ -364,9 +479,8 @@ class ChunkScorer:
     """One model per actor; scores whole chunks and publishes each chunk's result at once, while its job's
     attempt holds the output."""
 
-    def __init__(self, scorer: ScorerConfig, queries: dict[str, str]) -> None:
-        self.scorer = load_scorer(scorer)
-        self.queries = queries
+    def __init__(self, scorer: ScorerConfig, prepared: Location | None) -> None:
+        self.scorer = load_scorer(scorer, prepared)
 
     def placement(self) -> dict[str, Any]:
         """Where this actor runs: the GPU Ray pinned it to (``CUDA_VISIBLE_DEVICES``), or none."""
@@ -378,19 +492,22 @@ class ChunkScorer:
             "pid": os.getpid(),
         }
 
-    def score(self, folder: Location, out: Location, attempt: Attempt) -> bool:
-        """Score the chunk in ``folder`` and publish it at ``out`` if ``attempt`` is still current; whether it
-        was published."""
+    def score(self, folder: Location, queries: Location, out: Location, attempt: Attempt) -> bool:
+        """Score the chunk in ``folder`` (its queries in ``queries``) and publish it at ``out`` if ``attempt`` is
+        still current; whether it was published."""
         table = _first_of_each_pair(pa.concat_tables([file.read_table() for file in folder.files(".parquet")]))
         texts = table["text"].to_pylist()
-        query_texts = [self.queries.get(qid) for qid in table["qid"].to_pylist()]
+        known = queries.read_table()
+        by_qid = dict(zip(known["qid"].to_pylist(), known["text"].to_pylist(), strict=True))
+        query_texts = [by_qid.get(qid) for qid in table["qid"].to_pylist()]
         scorable = np.array([t is not None and q is not None for t, q in zip(texts, query_texts, strict=True)])
         scores = np.full(table.num_rows, np.nan, dtype=np.float64)
         if scorable.any():
             rows = np.flatnonzero(scorable)
             keys = zip(table["run"].to_pylist(), table["qid"].to_pylist(), strict=True)  # a list: contiguous rows
             lists = np.array([f"{run}\t{qid}" for run, qid in keys], dtype=object)[rows]
-            pairs = Pairs([query_texts[i] for i in rows], [texts[i] for i in rows], lists)
+            qids, docids = (table[name].to_numpy(zero_copy_only=False)[rows] for name in ("qid", "docid"))
+            pairs = Pairs([query_texts[i] for i in rows], [texts[i] for i in rows], lists, qids, docids)
             scores[rows] = self.scorer.score(pairs)
         result = table.select(["run", "qid", "docid", "rank", "score"]).append_column("rerank_score", pa.array(scores))
         return _publish(result, out, attempt)
@@ -410,43 +527,38 @@ def _first_of_each_pair(table: pa.Table) -> pa.Table:
 
 def _score_chunks(
     config: RerankConfig,
-    queries: dict[str, str],
+    queries: Location,
     pairs: Location,
     scores: Location,
+    prepared: Location | None,
     attempt: Attempt,
     progress: bool,
 ) -> dict[str, Any]:
     """Score every chunk without a result yet on a fixed pool of scorer actors; returns how many it scored
     and where the actors ran. Stops when a result could not be published: another job took the output."""
-    todo = [(folder, _result_file(scores, chunk)) for chunk, folder in sorted(_chunk_folders(pairs).items())]
-    todo = [(folder, result) for folder, result in todo if not result.exists()]
+    todo = [
+        (folder, _chunk_queries(queries, chunk), _result_file(scores, chunk))
+        for chunk, folder in sorted(_chunk_folders(pairs).items())
+    ]
+    todo = [job for job in todo if not job[2].exists()]
     if not todo:
         return {"chunks": 0, "actors": []}
-    resources = on_cluster("resources", config.resources, ray.cluster_resources().get("GPU", 0.0))
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    size = resources.concurrency or max(1, int(cpus // max(resources.num_cpus, 1e-9)))
-    fit = actors_that_fit(resources, ray.nodes())
-    if fit == 0:
-        raise ConfigError(
-            f"config error: resources: no node of the cluster can hold a scorer actor (num_cpus "
-            f"{resources.num_cpus:g}, num_gpus {resources.num_gpus:g}); lower them"
-        )
-    size = min(size, len(todo), fit)
+    pool = _model_pool(config) if scores_with_model(config.scorer) else _sized(Resources(num_cpus=1.0))
+    size = min(pool.concurrency or 1, len(todo))
     # A scorer that dies (a lost node, a killed process) is restarted and its chunk scored again: a chunk's
     # result is written whole, and only by its one call, so a retried call writes the same file.
     actor = ChunkScorer.options(
-        num_cpus=resources.num_cpus,
-        num_gpus=resources.num_gpus or None,
+        num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus or None,
         max_restarts=ACTOR_RESTARTS,
         max_task_retries=-1,  # bounded by the restarts: a call is lost only with an actor that stays dead
     )
-    queries_ref = ray.put(queries)
-    actors = [actor.remote(config.scorer, queries_ref) for _ in range(size)]
+    actors = [actor.remote(config.scorer, prepared) for _ in range(size)]
     placements = ray.get([a.placement.remote() for a in actors])
-    pool = ray.util.ActorPool(actors)
+    actor_pool = ray.util.ActorPool(actors)
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"scoring {len(todo)} chunks on {size} actor(s)", total=len(todo))
-        for published in pool.map_unordered(lambda a, job: a.score.remote(*job, attempt), todo):
+        for published in actor_pool.map_unordered(lambda a, job: a.score.remote(*job, attempt), todo):
             if not published:
                 raise OutputStateError(
                     f"a rerank into {config.output.path}: stopped, another job took the lease {attempt.lease}"

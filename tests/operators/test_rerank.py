@@ -26,7 +26,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 def pointwise(queries: list[str], documents: list[str]) -> Pairs:
     """Pairs for a pointwise scorer: each its own list."""
-    return Pairs(queries, documents, np.arange(len(queries)))
+    return Pairs(queries, documents, np.arange(len(queries)), np.array(queries), np.array(documents))
 
 
 def pairs() -> tuple[list[str], list[str]]:
@@ -110,7 +110,7 @@ def test_first_ranks_a_short_list_by_the_label_logits_of_one_forward(tmp_path: P
     model = write_tiny_encoder(tmp_path / "first", "qwen3-lm", words, lowercase=False)
     scorer = FirstListwiseScorer(FirstListwiseConfig(model=str(model), window=6, stride=3, passage_tokens=12))
     lists = np.array([0] * 5 + [1] * 14)
-    found = scorer.score(Pairs(queries[:19], documents[:19], lists))
+    found = scorer.score(Pairs(queries[:19], documents[:19], lists, np.array(queries[:19]), np.array(documents[:19])))
     assert sorted(found[:5]) == [1, 2, 3, 4, 5] and sorted(found[5:]) == list(range(1, 15))
     passages = [scorer.tokenizer.encode(d, add_special_tokens=False)[:12] for d in documents[:5]]
     with torch.inference_mode():

@@ -32,6 +32,8 @@ from shardflow.storage import Location
 __all__ = ["EmbeddingScorer", "EmbeddingScorerConfig", "EncodeTexts", "PrfConfig", "VectorTable", "rocchio"]
 
 ROLES = ("passage", "query")  # the encoder's prompt kinds, and the partitions of the vectors by role
+ENCODE_ROWS = 256  # texts per block and per call of an encoder actor: enough to sort by length, small enough
+# that every actor of the pool has blocks (a group-by hands over few, large blocks)
 
 
 class PrfConfig(StrictModel):
@@ -82,10 +84,10 @@ def prepare_vectors(config: EmbeddingScorerConfig, texts: JobTexts, folder: Loca
         texts.queries.map_batches(_with_role, fn_kwargs={"role": "query"}, batch_format="pyarrow")
     )
     filesystem, path = folder.arrow_filesystem()
-    both.map_batches(
+    both.repartition(target_num_rows_per_block=ENCODE_ROWS).map_batches(
         EncodeTexts,
         fn_constructor_args=(config.encoder,),
-        batch_size=pool.batch_size,
+        batch_size=ENCODE_ROWS,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=pool.concurrency),
         num_cpus=pool.num_cpus,

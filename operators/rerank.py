@@ -47,6 +47,7 @@ __all__ = [
     "JobTexts",
     "Pairs",
     "Scorer",
+    "device_and_dtype",
     "list_bounds",
 ]
 
@@ -55,6 +56,7 @@ QWEN3_RERANK_SYSTEM = (
     'Note that the answer can only be "yes" or "no".'
 )
 QWEN3_RERANK_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+LABELS = [chr(ord("A") + i) for i in range(26)] + [chr(ord("a") + i) for i in range(26)]  # FIRST's passage labels
 
 
 class CrossEncoderConfig(StrictModel):
@@ -77,11 +79,17 @@ class CausalYesNoConfig(StrictModel):
 
 class FirstListwiseConfig(StrictModel):
     """FIRST (single-token listwise): a causal LM reads a window of passages labelled [A], [B], ... and the
-    logits of its first generated token rank them; windows slide from the bottom of the list to the top."""
+    logits of its first generated token rank them; windows slide from the bottom of the list to the top, or
+    one window holds the whole list (``full_window``) where the labels and the model's context allow."""
 
     kind: Literal["first"] = "first"
     model: str = Field(description="A causal LM trained for listwise ranking: a local folder or a cached model id.")
-    window: int = Field(20, ge=2, le=26, description="Passages per prompt (labelled A..Z).")
+    window: int = Field(20, ge=2, le=len(LABELS), description="Passages per prompt (labelled A..Z, then a..z).")
+    full_window: bool = Field(
+        False,
+        description="One window per list when the list has at most 52 passages and its prompt fits the model's "
+        "context (one pass instead of one per step); else sliding windows of `window`.",
+    )
     stride: int = Field(10, ge=1, description="Positions the window moves up each step.")
     passage_tokens: int = Field(100, ge=8, description="Each passage is cut to this many tokens.")
     token_budget: int | None = Field(None, ge=1)
@@ -134,7 +142,7 @@ class _Batched(Protocol):
     token_budget: int
 
 
-def _device_and_dtype(dtype: str) -> tuple[Any, Any]:
+def device_and_dtype(dtype: str) -> tuple[Any, Any]:
     """The device, and bfloat16 on a GPU / float32 on the CPU unless the config names a dtype."""
     import torch
 
@@ -148,7 +156,7 @@ def _load_causal_lm(model: str, dtype: str) -> tuple[Any, Any, Any]:
     """Device, tokenizer (left padding: the last position is every prompt's own) and model of a causal LM."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device, torch_dtype = _device_and_dtype(dtype)
+    device, torch_dtype = device_and_dtype(dtype)
     path = resolve_model(model)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     if tokenizer.pad_token is None:
@@ -162,7 +170,7 @@ class CrossEncoderScorer:
     def __init__(self, config: CrossEncoderConfig, prepared: Any = None) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.device, dtype = _device_and_dtype(config.dtype)
+        self.device, dtype = device_and_dtype(config.dtype)
         path = resolve_model(config.model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).to(self.device).eval()
@@ -238,10 +246,11 @@ class FirstListwiseScorer:
         self.device, self.tokenizer, self.model = _load_causal_lm(config.model, config.dtype)
         self.config = config
         self.token_budget = config.token_budget or TOKEN_BUDGET[self.device.type]
-        self.labels = [chr(ord("A") + i) for i in range(config.window)]
+        self.labels = LABELS if config.full_window else LABELS[: config.window]
         self.label_ids = [self.tokenizer.convert_tokens_to_ids(label) for label in self.labels]
         if len(set(self.label_ids)) < len(self.labels) or self.tokenizer.unk_token_id in self.label_ids:
             raise ConfigError(f"scorer.model: {config.model}: the labels A..{self.labels[-1]} are not single tokens")
+        self.context = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
 
     def score(self, pairs: Pairs) -> np.ndarray:
         queries, documents = pairs.queries, pairs.documents
@@ -253,11 +262,24 @@ class FirstListwiseScorer:
             logits = _batched_scores(self, {"input_ids": prompts}, self._label_logits, width=len(self.labels))
             return [list(np.argsort(-logits[n, : len(rows)], kind="stable")) for n, (_, rows) in enumerate(requests)]
 
-        final = slide(orders, self.config.window, self.config.stride, rank_windows)
+        windows = [self.window_for(queries[order[0]], [passages[row] for row in order]) for order in orders]
+        final = slide(orders, windows, self.config.stride, rank_windows)
         scores = np.zeros(len(documents), dtype=np.float32)
         for order in final:
             scores[order] = len(order) - np.arange(len(order))
         return scores
+
+    def window_for(self, query: str, passages: list[list[int]]) -> int:
+        """The list's window: the whole list with ``full_window`` where it has a label per passage and its
+        prompt fits the model's context, else ``window``."""
+        whole = len(passages)
+        if (
+            self.config.full_window
+            and whole <= len(self.labels)
+            and len(self.prompt_ids(query, passages)) <= self.context
+        ):
+            return max(whole, 1)
+        return self.config.window
 
     def prompt_ids(self, query: str, passages: list[list[int]]) -> list[int]:
         encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
@@ -291,11 +313,12 @@ def window_plan(length: int, window: int, stride: int) -> list[tuple[int, int]]:
 RankWindows = Callable[[list[tuple[int, list[int]]]], list[list[int]]]
 
 
-def slide(orders: list[list[int]], window: int, stride: int, rank_windows: RankWindows) -> list[list[int]]:
-    """Rerank each list by its windows; step k of every list goes to ``rank_windows`` in one call, as
-    ``(list number, rows in the window)``, and comes back as each window's new order (positions in it)."""
+def slide(orders: list[list[int]], windows: list[int], stride: int, rank_windows: RankWindows) -> list[list[int]]:
+    """Rerank each list by its windows (list i's of ``windows[i]`` passages); step k of every list goes to
+    ``rank_windows`` in one call, as ``(list number, rows in the window)``, and comes back as each window's new
+    order (positions in it)."""
     orders = [list(order) for order in orders]
-    plans = [window_plan(len(order), window, stride) for order in orders]
+    plans = [window_plan(len(order), window, stride) for order, window in zip(orders, windows, strict=True)]
     for step in range(max((len(plan) for plan in plans), default=0)):
         requests = [(i, orders[i][plan[step][0] : plan[step][1]]) for i, plan in enumerate(plans) if step < len(plan)]
         for (i, rows), new_order in zip(requests, rank_windows(requests), strict=True):

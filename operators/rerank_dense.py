@@ -69,8 +69,8 @@ class EncodeTexts:
         flat = pa.array(vectors.ravel(), pa.float32())
         return pa.table(
             {
-                "id": batch["id"],
-                "role": batch["role"],
+                "id": pc.cast(batch["id"], pa.string()),  # Ray Data may hand over large_string
+                "role": pc.cast(batch["role"], pa.string()),
                 "vector": pa.FixedSizeListArray.from_arrays(flat, self.encoder.dimensions),
             }
         )

@@ -19,6 +19,7 @@ from shardflow.operators.rerank import (
     JobTexts,
     Scorer,
 )
+from shardflow.operators.rerank_attention import AttentionScorer, AttentionScorerConfig
 from shardflow.operators.rerank_dense import EmbeddingScorer, EmbeddingScorerConfig
 from shardflow.operators.rerank_lexical import Bm25Config, Bm25Scorer
 from shardflow.storage import Location
@@ -34,7 +35,12 @@ __all__ = [
 ]
 
 ScorerConfig = Annotated[
-    EmbeddingScorerConfig | Bm25Config | CrossEncoderConfig | CausalYesNoConfig | FirstListwiseConfig,
+    EmbeddingScorerConfig
+    | Bm25Config
+    | CrossEncoderConfig
+    | CausalYesNoConfig
+    | FirstListwiseConfig
+    | AttentionScorerConfig,
     Field(discriminator="kind"),
 ]
 
@@ -44,6 +50,7 @@ SCORERS: dict[str, type[Any]] = {
     "cross_encoder": CrossEncoderScorer,
     "causal_yes_no": CausalYesNoScorer,
     "first": FirstListwiseScorer,
+    "attention": AttentionScorer,
 }
 
 

@@ -70,6 +70,7 @@ __all__ = ["CorpusSource", "RerankConfig", "rerank", "run_name"]
 
 MEASURES = ("nDCG@10", "RR@10", "R@100")
 RUN_SUFFIXES = (".gz", ".run", ".txt", ".trec", ".tsv")
+PREPARED_ACTORS = 8  # at most, for scorers that score from what they prepared (a dot product, BM25's sums)
 ACTOR_RESTARTS = 3  # restarts of a scorer actor before the job fails (its calls wait for the restart)
 LEASE_FILE = "_rerank.lease"
 SCORED_WITH = "_SCORED_WITH.json"  # in a scores folder: the inputs its results were computed from
@@ -436,6 +437,13 @@ def _sized(resources: Resources) -> Resources:
     return resources.model_copy(update={"concurrency": min(size, fit)})
 
 
+def _prepared_pool() -> Resources:
+    """Scorers that score from what they prepared: one CPU per actor, at most ``PREPARED_ACTORS`` (each holds
+    all of it, every vector of the job)."""
+    pool = _sized(Resources(num_cpus=1.0))
+    return pool.model_copy(update={"concurrency": min(pool.concurrency or 1, PREPARED_ACTORS)})
+
+
 def _encoder_pool(config: RerankConfig) -> Resources:
     """The model pool of a Ray Data pass: each actor's CPUs cut so that the pool leaves the CPUs its read and
     group-by tasks need (a pool holding every CPU would wait on them forever)."""
@@ -551,7 +559,7 @@ def _score_chunks(
     todo = [job for job in todo if not job[2].exists()]
     if not todo:
         return {"chunks": 0, "actors": []}
-    pool = _model_pool(config) if scores_with_model(config.scorer) else _sized(Resources(num_cpus=1.0))
+    pool = _model_pool(config) if scores_with_model(config.scorer) else _prepared_pool()
     size = min(pool.concurrency or 1, len(todo))
     # A scorer that dies (a lost node, a killed process) is restarted and its chunk scored again: a chunk's
     # result is written whole, and only by its one call, so a retried call writes the same file.

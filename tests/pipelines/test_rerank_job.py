@@ -96,6 +96,22 @@ def test_a_rerun_scores_only_the_missing_chunks_and_writes_the_identical_run(tmp
     assert found == expected != unfused and {line[5] for line in parsed(run)} == {"shardflow-cross_encoder+rrf"}
 
 
+@pytest.mark.usefixtures("ray_local")
+def test_bm25_reranks_with_statistics_of_the_job_s_distinct_candidates(tmp_path: Path) -> None:
+    inputs = write_rerank_task(tmp_path / "in", articles=6)
+    raw = {**inputs, "chunks": 3, "scorer": {"kind": "bm25"}, "output": {"path": str(tmp_path / "out")}}
+    summary = rerank(validate({**raw, "ray": {"progress": False}}, RerankConfig), progress=False)
+    assert summary["pairs"]["pairs"] == 6 * 19 and summary["scored_this_attempt"]["chunks"] == 3
+    (statistics,) = (tmp_path / "out" / "_staging" / "prepared").glob("*/statistics.json")
+    assert json.loads(statistics.read_text())["documents"] == 18  # each candidate once, not once per query
+    lines = parsed(tmp_path / "out" / "shuffled.run")
+    assert {line[5] for line in lines} == {"shardflow-bm25"}
+    for qid in {line[0] for line in lines}:
+        ranked = [line for line in lines if line[0] == qid]
+        assert ranked[-1][2] == f"ghost-{qid}" and len(ranked) == 19
+        assert [float(line[4]) for line in ranked] == sorted((float(line[4]) for line in ranked), reverse=True)
+
+
 def test_run_files_must_be_trec_lines(tmp_path: Path, ray_local: None) -> None:
     inputs = write_rerank_task(tmp_path / "in", articles=2)
     bad = tmp_path / "in" / "bad.run"

@@ -125,9 +125,8 @@ def main() -> None:
         scorer = {"kind": "bm25"}
         pythons = {"this": sys.executable}
     print(f"run set in {folder}: {json.dumps(inputs)}")
-    print(
-        "| shardflow | pairs | seconds | pairs/s | driver peak RSS MiB | nDCG@10 after |\n|---|---:|---:|---:|---:|---:|"
-    )
+    print("| shardflow | pairs | seconds | pairs/s | driver peak RSS MiB | nDCG@10 after |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, python in pythons.items():
         config = {
             **inputs,

@@ -29,7 +29,24 @@ from shardflow.config import validate
 from shardflow.pipelines.rerank import RerankConfig, rerank
 
 REPO = Path(__file__).resolve().parents[1]
-LANGUAGES = ("fra", "deu_1996", "spa", "rus", "arb", "cmn_hans", "hin", "swh", "fin", "tur", "jpn", "pol", "ell_monotonic", "kor", "vie", "ind")
+LANGUAGES = (
+    "fra",
+    "deu_1996",
+    "spa",
+    "rus",
+    "arb",
+    "cmn_hans",
+    "hin",
+    "swh",
+    "fin",
+    "tur",
+    "jpn",
+    "pol",
+    "ell_monotonic",
+    "kor",
+    "vie",
+    "ind",
+)
 EMBEDDING = {"kind": "embedding"}
 ROWS = {
     "first stage": None,
@@ -61,7 +78,12 @@ def udhr_set(udhr: Path, folder: Path, languages: int, articles: int) -> dict:
     (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
     (folder / "corpus.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
     (folder / "qrels.txt").write_text(
-        "".join(f"{q['qid']} 0 {p['doc_id']} 1\n" for q in queries for p in passages if p["doc_id"].endswith(f"-{q['qid'][1:]}"))
+        "".join(
+            f"{q['qid']} 0 {p['doc_id']} 1\n"
+            for q in queries
+            for p in passages
+            if p["doc_id"].endswith(f"-{q['qid'][1:]}")
+        )
     )
     every = []
     for query in queries:
@@ -69,8 +91,16 @@ def udhr_set(udhr: Path, folder: Path, languages: int, articles: int) -> dict:
         random.Random(query["qid"]).shuffle(order)
         every += [f"{query['qid']} Q0 {docid} {rank} 0 all\n" for rank, docid in enumerate(order, 1)]
     (folder / "all.run").write_text("".join(every))
-    inputs = {"queries": str(folder / "queries.jsonl"), "corpus": {"path": str(folder / "corpus.jsonl")}, "qrels": str(folder / "qrels.txt")}
-    job(inputs | {"runs": [str(folder / "all.run")], "top_k": len(passages)}, {"scorer": {"kind": "bm25"}}, folder / "bm25-all")
+    inputs = {
+        "queries": str(folder / "queries.jsonl"),
+        "corpus": {"path": str(folder / "corpus.jsonl")},
+        "qrels": str(folder / "qrels.txt"),
+    }
+    job(
+        inputs | {"runs": [str(folder / "all.run")], "top_k": len(passages)},
+        {"scorer": {"kind": "bm25"}},
+        folder / "bm25-all",
+    )
     (folder / "bm25.run").write_text((folder / "bm25-all" / "all.run").read_text())
     print(f"udhr-xl: {len(queries)} queries, {len(passages)} passages in {languages} languages")
     return inputs | {"runs": [str(folder / "bm25.run")], "top_k": 100}
@@ -89,7 +119,9 @@ def example_set() -> dict:
 
 def job(inputs: dict, settings: dict, out: Path) -> dict:
     """One rerank job; the metrics of its only run (before and after)."""
-    config = validate({**inputs, **settings, "chunks": 4, "output": {"path": str(out)}, "ray": {"progress": False}}, RerankConfig)
+    config = validate(
+        {**inputs, **settings, "chunks": 4, "output": {"path": str(out)}, "ray": {"progress": False}}, RerankConfig
+    )
     summary = rerank(config, progress=False)
     return next(iter(summary["runs"].values()))["metrics"]
 
@@ -113,7 +145,9 @@ def main() -> None:
         chained = {**inputs, "runs": [str(bm25_run)]}
         metrics = job(chained, {"scorer": EMBEDDING, "fusion": {"method": "rrf"}}, folder / name / "bm25+embedding")
         table.setdefault("bm25, then embedding + rrf fusion with bm25", {})[name] = metrics["after"]
-    print("| reranking | example nDCG@10 | example RR@10 | udhr-xl nDCG@10 | udhr-xl RR@10 |\n|---|---:|---:|---:|---:|")
+    print(
+        "| reranking | example nDCG@10 | example RR@10 | udhr-xl nDCG@10 | udhr-xl RR@10 |\n|---|---:|---:|---:|---:|"
+    )
     for row, by_set in table.items():
         cells = [f"{by_set[s][m]:.3f}" for s in sets for m in ("nDCG@10", "RR@10")]
         print(f"| {row} | {' | '.join(cells)} |")

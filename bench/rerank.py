@@ -26,7 +26,7 @@ from embed import mixed_documents
 from sentence_transformers import CrossEncoder
 
 from shardflow.operators.model_source import resolve_model
-from shardflow.operators.rerank import CrossEncoderConfig, CrossEncoderScorer
+from shardflow.operators.rerank import CrossEncoderConfig, CrossEncoderScorer, Pairs
 
 
 def make_cross_encoder(folder: Path) -> Path:
@@ -38,6 +38,11 @@ def make_cross_encoder(folder: Path) -> Path:
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(source).save_pretrained(folder)
     return folder
+
+
+def as_pairs(queries: list[str], documents: list[str]) -> Pairs:
+    """Pointwise pairs: each its own list."""
+    return Pairs(queries, documents, np.arange(len(queries)), np.array(queries), np.array(documents))
 
 
 def main() -> None:
@@ -64,12 +69,12 @@ def main() -> None:
     )
 
     theirs.predict(pairs[:8], batch_size=32, activation_fn=torch.nn.Identity())  # warm-up, both
-    ours.score(pair_queries[:8], documents[:8])
+    ours.score(as_pairs(pair_queries[:8], documents[:8]))
     started = time.perf_counter()
     st_scores = theirs.predict(pairs, batch_size=32, activation_fn=torch.nn.Identity(), show_progress_bar=False)
     st_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    sf_scores = ours.score(pair_queries, documents)
+    sf_scores = ours.score(as_pairs(pair_queries, documents))
     sf_seconds = time.perf_counter() - started
 
     difference = np.abs(np.asarray(st_scores).ravel() - sf_scores).max()

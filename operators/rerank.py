@@ -1,8 +1,8 @@
 """Scorers for reranking: (query, document) pairs in, one relevance score per pair out, in input order.
 
-Each scorer is a small class over a Hugging Face model loaded through transformers, chosen by ``kind`` in
-config. Pairs are tokenized once, sorted by length and cut into batches by a padded-token budget (the
-embedding stage's ``token_budget_batches``), so a batch of short pairs holds many and one of long pairs few.
+Each scorer is a small class chosen by ``kind`` in config, most over a Hugging Face model loaded through
+transformers. Their pairs are tokenized once, sorted by length and cut into batches by a padded-token budget
+(the embedding stage's ``token_budget_batches``), so a batch of short pairs holds many and one of long few.
 
 | kind | model | score |
 |---|---|---|
@@ -11,13 +11,14 @@ embedding stage's ``token_budget_batches``), so a batch of short pairs holds man
 | ``cross_encoder`` | ``AutoModelForSequenceClassification`` | the logit (one label) or P(label 1) (two) |
 | ``causal_yes_no`` | ``AutoModelForCausalLM`` (Qwen3-Reranker recipe) | P("yes") vs "no", last position |
 | ``first`` | ``AutoModelForCausalLM`` (FIRST, single-token listwise) | list length - final position |
+| ``attention`` (``rerank_attention``) | ``AutoModelForCausalLM``, eager attention (ICR) | calibrated attention mass |
 
 Every scorer is a ``Scorer``: ``score(pairs)`` for ``Pairs`` (queries, documents, their ids and which list
 each pair belongs to). Pointwise scorers score pairs independently and ignore the lists; a listwise one ranks
 each list. A scorer whose work is mostly per distinct text (an encoder's vectors, a collection's statistics)
 does that work once per job, before any pair is scored: its class has a ``prepare(config, texts, folder)``
 that reads the job's distinct texts (``JobTexts``) and writes what it needs under ``folder``, which its
-constructor then reads. Such a scorer needs no model (and no GPU) to score: ``scores_with_model`` is False.
+constructor then reads instead of loading a model.
 
 The registry of kinds is ``shardflow.operators.scorers``.
 """
@@ -87,8 +88,8 @@ class FirstListwiseConfig(StrictModel):
     window: int = Field(20, ge=2, le=len(LABELS), description="Passages per prompt (labelled A..Z, then a..z).")
     full_window: bool = Field(
         False,
-        description="One window per list when the list has at most 52 passages and its prompt fits the model's "
-        "context (one pass instead of one per step); else sliding windows of `window`.",
+        description="One window per list where each passage gets a single-token label (A..Z, then a..z where the "
+        "tokenizer has them: up to 52) and the prompt fits the model's context; else sliding windows of `window`.",
     )
     stride: int = Field(10, ge=1, description="Positions the window moves up each step.")
     passage_tokens: int = Field(100, ge=8, description="Each passage is cut to this many tokens.")
@@ -117,9 +118,10 @@ def list_bounds(lists: np.ndarray) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class JobTexts:
-    """A rerank job's distinct texts, for a scorer's ``prepare``: every candidate document with a text once
-    (``docid, text``) and every query of the runs once (``qid, text``), as Ray datasets, and the resources
-    of the scorer pool the job sized to its cluster (``concurrency`` set)."""
+    """A rerank job's distinct texts, for a scorer's ``prepare``: every candidate document with a text once and
+    every query of the runs once, as Ray datasets of ``id, text`` whose blocks hold fixed sets of texts (the
+    same in every run of the job), and the resources of the scorer pool the job sized to its cluster
+    (``concurrency`` set)."""
 
     documents: Any
     queries: Any
@@ -128,8 +130,6 @@ class JobTexts:
 
 class Scorer(Protocol):
     """A loaded model that scores pairs: one score per pair, in input order, higher is more relevant."""
-
-    scores_with_model: bool
 
     def score(self, pairs: Pairs) -> np.ndarray: ...
 
@@ -165,8 +165,6 @@ def _load_causal_lm(model: str, dtype: str) -> tuple[Any, Any, Any]:
 
 
 class CrossEncoderScorer:
-    scores_with_model = True
-
     def __init__(self, config: CrossEncoderConfig, prepared: Any = None) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -194,8 +192,6 @@ class CrossEncoderScorer:
 class CausalYesNoScorer:
     """The Qwen3-Reranker recipe: a chat prompt asking yes or no; the score is P(yes) against P(no) at the
     last position. Left padding, so the last position is every prompt's own; only the document is cut."""
-
-    scores_with_model = True
 
     def __init__(self, config: CausalYesNoConfig, prepared: Any = None) -> None:
         self.device, self.tokenizer, self.model = _load_causal_lm(config.model, config.dtype)
@@ -240,16 +236,17 @@ class FirstListwiseScorer:
     different queries run together in batches. The score of a candidate is its list length minus its final
     position, so higher is better, as for every scorer."""
 
-    scores_with_model = True
-
     def __init__(self, config: FirstListwiseConfig, prepared: Any = None) -> None:
         self.device, self.tokenizer, self.model = _load_causal_lm(config.model, config.dtype)
         self.config = config
         self.token_budget = config.token_budget or TOKEN_BUDGET[self.device.type]
-        self.labels = LABELS if config.full_window else LABELS[: config.window]
-        self.label_ids = [self.tokenizer.convert_tokens_to_ids(label) for label in self.labels]
-        if len(set(self.label_ids)) < len(self.labels) or self.tokenizer.unk_token_id in self.label_ids:
-            raise ConfigError(f"scorer.model: {config.model}: the labels A..{self.labels[-1]} are not single tokens")
+        self.labels, self.label_ids = self._single_token_labels(
+            LABELS if config.full_window else LABELS[: config.window]
+        )
+        if len(self.labels) < config.window:
+            raise ConfigError(
+                f"scorer.model: {config.model}: the labels A..{LABELS[config.window - 1]} are not single tokens"
+            )
         self.context = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
 
     def score(self, pairs: Pairs) -> np.ndarray:
@@ -268,6 +265,16 @@ class FirstListwiseScorer:
         for order in final:
             scores[order] = len(order) - np.arange(len(order))
         return scores
+
+    def _single_token_labels(self, labels: list[str]) -> tuple[list[str], list[int]]:
+        """The longest prefix of ``labels`` that the tokenizer holds as distinct single tokens, and their ids."""
+        ids: list[int] = []
+        for label in labels:
+            token = self.tokenizer.convert_tokens_to_ids(label)
+            if token is None or token == self.tokenizer.unk_token_id or token in ids:
+                break
+            ids.append(token)
+        return labels[: len(ids)], ids
 
     def window_for(self, query: str, passages: list[list[int]]) -> int:
         """The list's window: the whole list with ``full_window`` where it has a label per passage and its

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from shardflow.config import StrictModel
+from shardflow.errors import ConfigError
 from shardflow.operators.embed import TOKEN_BUDGET, token_budget_batches
 from shardflow.operators.model_source import resolve_model
 from shardflow.operators.rerank import Pairs, device_and_dtype, list_bounds
@@ -54,8 +55,6 @@ class Prompt:
 
 
 class AttentionScorer:
-    scores_with_model = True
-
     def __init__(self, config: AttentionScorerConfig, prepared: Any = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,6 +67,8 @@ class AttentionScorer:
         )
         self.token_budget = config.token_budget or TOKEN_BUDGET[self.device.type]
         self.layers = [module for name, module in self.model.named_modules() if name.endswith("self_attn")]
+        if not self.layers:
+            raise ConfigError(f"scorer.model: {config.model}: no `self_attn` modules, whose weights ICR reads")
 
     def score(self, pairs: Pairs) -> np.ndarray:
         passages = [self.encode(document)[: self.config.passage_tokens] for document in pairs.documents]
@@ -92,7 +93,8 @@ class AttentionScorer:
     def prompt(self, query: str, passages: list[list[int]]) -> Prompt:
         """``Here are some paragraphs: [1] ... [n] ... Please answer the query based on them. Query: <query>``,
         with each passage's span and the query's."""
-        ids = self.encode("Here are some paragraphs:\n\n")
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        ids = bos + self.encode("Here are some paragraphs:\n\n")
         spans = []
         for number, passage in enumerate(passages, 1):
             ids += self.encode(f"[{number}] ")
@@ -128,10 +130,13 @@ class AttentionScorer:
             mask[row, pad:] = 1
             queries[row, pad + prompt.query[0] : pad + prompt.query[1]] = 1.0
         received = torch.zeros((len(prompts), width), dtype=torch.float32, device=self.device)
-        queries = queries.to(self.device)
+        tail = max(prompt.query[1] - prompt.query[0] for prompt in prompts)  # left padding: queries end last
+        queries = queries[:, width - tail :].to(self.device)
 
         def add(_module: Any, _inputs: Any, output: Any) -> None:
-            weights = output[1].float()  # batch, heads, from, to
+            if not isinstance(output, tuple) or len(output) < 2 or output[1] is None:
+                raise ConfigError(f"scorer.model: {self.config.model}: its attention returns no weights")
+            weights = output[1][:, :, width - tail :, :].float()  # batch, heads, from (the query rows), to
             received.add_(torch.einsum("bhft,bf->bt", weights, queries))
 
         hooks = [layer.register_forward_hook(add) for layer in self.layers]

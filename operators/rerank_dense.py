@@ -78,16 +78,19 @@ class EncodeTexts:
 
 def prepare_vectors(config: EmbeddingScorerConfig, texts: JobTexts, folder: Location) -> None:
     """Every distinct document and query text of the job encoded once, in one pass over both (one actor pool),
-    written as parquet by role (``role=passage/``, ``role=query/``) under ``folder``."""
+    written as parquet by role (``role=passage/``, ``role=query/``) under ``folder``. Each block of ``texts``
+    is encoded as one call (``batch_size=None``), sorted by length inside: the job hands over blocks of fixed
+    content, so a rerun of the pass batches the same texts together and computes the same vectors."""
     pool = texts.pool
-    both = texts.documents.map_batches(_with_role, fn_kwargs={"role": "passage"}, batch_format="pyarrow").union(
-        texts.queries.map_batches(_with_role, fn_kwargs={"role": "query"}, batch_format="pyarrow")
+    with_role = {"batch_format": "pyarrow", "batch_size": None}  # block by block: blocks stay as they are
+    both = texts.documents.map_batches(_with_role, fn_kwargs={"role": "passage"}, **with_role).union(
+        texts.queries.map_batches(_with_role, fn_kwargs={"role": "query"}, **with_role)
     )
     filesystem, path = folder.arrow_filesystem()
-    both.repartition(target_num_rows_per_block=ENCODE_ROWS).map_batches(
+    both.map_batches(
         EncodeTexts,
         fn_constructor_args=(config.encoder,),
-        batch_size=ENCODE_ROWS,
+        batch_size=None,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=pool.concurrency),
         num_cpus=pool.num_cpus,
@@ -128,7 +131,6 @@ class VectorTable:
 class EmbeddingScorer:
     """Cosine of the prepared query and document vectors (both L2-normalised), with Rocchio feedback if asked."""
 
-    scores_with_model = False
     prepare = staticmethod(prepare_vectors)
 
     def __init__(self, config: EmbeddingScorerConfig, prepared: Location) -> None:

@@ -7,9 +7,10 @@ Statistics (``prepare``), over every distinct candidate document of the job once
 length in tokens, and, for each term of the job's queries, how many documents hold it (df). Only the queries'
 terms are counted, so the statistics are as small as the queries, whatever the corpus.
 
-Score, Lucene's BM25 as Anserini runs it (``k1`` 0.9, ``b`` 0.4 by default): the sum over the query's terms t
-(each as often as the query has it) of ``idf(t) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl))``,
-``idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5))``.
+Score, Okapi BM25 with Lucene's idf and Anserini's defaults (``k1`` 0.9, ``b`` 0.4): the sum over the query's
+terms t (each as often as the query has it) of ``idf(t) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl))``,
+``idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5))``. Lucene 8+ leaves out the constant ``(k1 + 1)`` and rounds
+document lengths: other numbers, the same order up to those roundings.
 
 Tokens: case-folded runs of letters and digits, each CJK ideograph or kana on its own. Scripts written
 without spaces (Thai, Khmer, Burmese) come out as whole runs: a segmenter would do better there.
@@ -94,7 +95,6 @@ def _count(batch: pa.Table, vocabulary: list[str]) -> pa.Table:
 class Bm25Scorer:
     """BM25 of each pair from the job's statistics; each distinct text of a call is tokenized once."""
 
-    scores_with_model = False
     prepare = staticmethod(prepare_statistics)
 
     def __init__(self, config: Bm25Config, prepared: Location) -> None:

@@ -31,7 +31,6 @@ __all__ = [
     "load_scorer",
     "prepare",
     "prepares",
-    "scores_with_model",
 ]
 
 ScorerConfig = Annotated[
@@ -57,11 +56,6 @@ SCORERS: dict[str, type[Any]] = {
 def prepares(config: ScorerConfig) -> bool:
     """Whether the scorer does work per distinct text of the job (``prepare``) before scoring pairs."""
     return hasattr(SCORERS[config.kind], "prepare")
-
-
-def scores_with_model(config: ScorerConfig) -> bool:
-    """Whether scoring pairs needs the scorer's model (and so its GPU); false when ``prepare`` did that work."""
-    return bool(SCORERS[config.kind].scores_with_model)
 
 
 def prepare(config: ScorerConfig, texts: JobTexts, folder: Location) -> None:

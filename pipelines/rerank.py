@@ -7,10 +7,10 @@ Steps, each restartable:
    by chunk. A docid the corpus lacks keeps a null text and is counted, never dropped. The queries are
    staged beside them, one small file per chunk, so that a scorer reads only its chunk's queries.
 2. **prepared** (scorers that work per distinct text: the embedding scorer's vectors, BM25's statistics):
-   the job's distinct candidate documents (a Ray Data group-by on the docid over the pairs) and queries go
-   once through the scorer's ``prepare``, whose result is kept under a folder named like the scores'.
-3. **scores**: a fixed pool of scorer actors (one per GPU, ``num_gpus: 1``, where the scorer needs its model
-   to score; CPU actors where it scores from what it prepared) takes the chunks that have no result yet;
+   the job's distinct candidate documents (a map-reduce of plain tasks over the chunks' pairs) and queries
+   go once through the scorer's ``prepare``, whose result is kept under a folder named like the scores'.
+3. **scores**: a fixed pool of scorer actors (one per GPU, ``num_gpus: 1``; a scorer that prepared scores
+   from that and loads no model) takes the chunks that have no result yet;
    each chunk's result is written whole (atomically), so a job killed midway, run again, scores only the
    chunks still missing, with the same batches, hence the same scores. Results live in a folder named by the
    fingerprint of everything they depend on (pairs inputs, scorer, queries), so results of two
@@ -60,7 +60,6 @@ from shardflow.operators.scorers import (
     load_scorer,
     prepare,
     prepares,
-    scores_with_model,
 )
 from shardflow.steps import DONE, finished, mark_finished, step_facts
 from shardflow.storage import Location, StorageConfig
@@ -70,7 +69,6 @@ __all__ = ["CorpusSource", "RerankConfig", "rerank", "run_name"]
 
 MEASURES = ("nDCG@10", "RR@10", "R@100")
 RUN_SUFFIXES = (".gz", ".run", ".txt", ".trec", ".tsv")
-PREPARED_ACTORS = 8  # at most, for scorers that score from what they prepared (a dot product, BM25's sums)
 ACTOR_RESTARTS = 3  # restarts of a scorer actor before the job fails (its calls wait for the restart)
 LEASE_FILE = "_rerank.lease"
 SCORED_WITH = "_SCORED_WITH.json"  # in a scores folder: the inputs its results were computed from
@@ -140,7 +138,7 @@ def rerank(config: RerankConfig, progress: bool = True, restart: bool = False) -
             output.join("_staging").remove()
         summary = _attempt(config, output, held, progress)
         summary["seconds"] = round(time.monotonic() - started, 3)
-        summary["driver_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+        summary["driver_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10  # KiB on Linux
         output.join("summary.json").put_bytes(json.dumps(summary, indent=2).encode())
     return summary
 
@@ -159,11 +157,12 @@ def _attempt(config: RerankConfig, output: Location, held: Lease, progress: bool
         before = job_retries()
         pairs = _ensure_pairs(config, staging.join("pairs"))
         staged_queries = _stage_queries(queries, config.chunks, staging.join("queries", inputs["queries_xxh64"]))
+        todo = _unscored(staging.join("pairs"), staged_queries, scores)
         prepared = None
-        if prepares(config.scorer):
+        if todo and prepares(config.scorer):
             prepared = _ensure_prepared(config, staging, staged_queries, staging.join("prepared", fingerprint))
         attempt = Attempt(held.where, held.holder["id"])  # what the scorers check before they publish
-        scored = _score_chunks(config, staged_queries, staging.join("pairs"), scores, prepared, attempt, progress)
+        scored = _score_chunks(config, todo, prepared, attempt, progress)
         retries = job_retries().since(before).as_dict()
     held.check()
     runs = {run_name(uri): _write_run(config, uri, scores) for uri in config.runs}
@@ -370,19 +369,23 @@ def _chunk_queries(folder: Location, chunk: int) -> Location:
 def _ensure_prepared(config: RerankConfig, staging: Location, queries: Location, folder: Location) -> Location:
     """The scorer's pass over the job's distinct texts, once per fingerprint of the scores (``folder``)."""
     if not finished(folder, {"scores": folder.name}):
-        documents, job_queries = _distinct_texts(staging.join("pairs"), queries, config.chunks)
-        prepare(config.scorer, JobTexts(documents, job_queries, _encoder_pool(config)), folder)
+        pool = _encoder_pool(config)
+        buckets = max(config.chunks // 4, 4 * (pool.concurrency or 1))
+        documents, job_queries = _distinct_texts(staging.join("pairs"), queries, buckets)
+        prepare(config.scorer, JobTexts(documents, job_queries, pool), folder)
         mark_finished(folder, {"scores": folder.name})
     return folder
 
 
-def _distinct_texts(pairs: Location, queries: Location, chunks: int) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+def _distinct_texts(pairs: Location, queries: Location, buckets: int) -> tuple[ray.data.Dataset, ray.data.Dataset]:
     """``id, text`` of every candidate document with a text, once, and of every query the runs name and the
     queries file holds, once: a map-reduce of plain tasks over the chunks (a task per chunk deduplicates its
-    documents and hashes them into buckets, a task per bucket deduplicates again), which costs seconds where
-    a Ray Data group-by costs ~30 s of shuffle set-up on 2 CPUs. The driver holds references only. A docid
-    the corpus holds twice gets the smallest of its texts, so that every run of the job picks the same."""
-    buckets = max(1, chunks // 4)
+    documents and hashes them into ``buckets``, a task per bucket deduplicates again), which costs seconds
+    where a Ray Data group-by costs ~30 s of shuffle set-up on 2 CPUs. The driver holds references only.
+
+    Each block of the datasets is a fixed set of texts, sorted by id: a bucket of documents, a chunk's queries.
+    A model that encodes block by block therefore batches the same texts together in every run of the job,
+    and computes the same floats. A docid the corpus holds twice gets the smallest of its texts."""
     if not _chunk_folders(pairs):  # no pair at all
         empty = pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())})
         return ray.data.from_arrow(empty), ray.data.from_arrow(empty)
@@ -398,18 +401,19 @@ def _distinct_texts(pairs: Location, queries: Location, chunks: int) -> tuple[ra
 def _chunk_texts(folder: Location, queries: Location, buckets: int) -> tuple[pa.Table, ...]:
     """A chunk's distinct documents (``id, text``) split into ``buckets`` by the hash of the id, and the
     chunk's queries that have a text."""
-    table = pa.concat_tables([file.read_table(["qid", "docid", "text"]) for file in folder.files(".parquet")])
+    parts = [file.read_table(["qid", "docid", "text"]) for file in folder.files(".parquet")]
+    table = pa.concat_tables(parts, promote_options="permissive")
     with_text = table.filter(pc.is_valid(table["text"]))
     documents = _smallest_text(with_text.select(["docid", "text"]).rename_columns(["id", "text"]))
     number = np.array([xxhash.xxh64_intdigest(docid.encode()) % buckets for docid in documents["id"].to_pylist()])
     pieces = [documents.filter(pa.array(number == bucket)) for bucket in range(buckets)]
     texts = queries.read_table().rename_columns(["id", "text"])
-    return (*pieces, texts.filter(pc.is_in(texts["id"], value_set=pc.unique(table["qid"]))))
+    return (*pieces, texts.filter(pc.is_in(texts["id"], value_set=pc.unique(table["qid"]))).sort_by("id"))
 
 
 @ray.remote
 def _distinct(*pieces: pa.Table) -> pa.Table:
-    return _smallest_text(pa.concat_tables(pieces))
+    return _smallest_text(pa.concat_tables(pieces, promote_options="permissive"))
 
 
 def _smallest_text(table: pa.Table) -> pa.Table:
@@ -437,16 +441,9 @@ def _sized(resources: Resources) -> Resources:
     return resources.model_copy(update={"concurrency": min(size, fit)})
 
 
-def _prepared_pool() -> Resources:
-    """Scorers that score from what they prepared: one CPU per actor, at most ``PREPARED_ACTORS`` (each holds
-    all of it, every vector of the job)."""
-    pool = _sized(Resources(num_cpus=1.0))
-    return pool.model_copy(update={"concurrency": min(pool.concurrency or 1, PREPARED_ACTORS)})
-
-
 def _encoder_pool(config: RerankConfig) -> Resources:
-    """The model pool of a Ray Data pass: each actor's CPUs cut so that the pool leaves the CPUs its read and
-    group-by tasks need (a pool holding every CPU would wait on them forever)."""
+    """The model pool of a Ray Data pass: each actor's CPUs cut so that the pool leaves the CPUs its other
+    tasks need (a pool holding every CPU would wait on them forever)."""
     pool = _model_pool(config)
     cpus = ray.cluster_resources().get("CPU", 1.0)
     spare = (cpus - reserved_for_tasks(cpus)) / pool.concurrency
@@ -492,8 +489,8 @@ def _publish(result: pa.Table, out: Location, attempt: Attempt) -> bool:
 
 @ray.remote
 class ChunkScorer:
-    """One model per actor; scores whole chunks and publishes each chunk's result at once, while its job's
-    attempt holds the output."""
+    """One scorer per actor (its model, or what it prepared); scores whole chunks and publishes each chunk's
+    result at once, while its job's attempt holds the output."""
 
     def __init__(self, scorer: ScorerConfig, prepared: Location | None) -> None:
         self.scorer = load_scorer(scorer, prepared)
@@ -531,8 +528,10 @@ class ChunkScorer:
 
 def _first_of_each_pair(table: pa.Table) -> pa.Table:
     """Rows sorted by run, query and rank, one per (run, qid, docid): a docid a run lists twice for a query, or
-    one the corpus holds twice, is scored once, at its best rank."""
-    table = table.sort_by([("run", "ascending"), ("qid", "ascending"), ("docid", "ascending"), ("rank", "ascending")])
+    one the corpus holds twice, is scored once, at its best rank (and with the smaller of its texts, the one
+    the prepared scorers' pass over distinct texts keeps too)."""
+    order = [("run", "ascending"), ("qid", "ascending"), ("docid", "ascending"), ("rank", "ascending")]
+    table = table.sort_by([*order, ("text", "ascending")])
     keys = [table[name].to_numpy(zero_copy_only=False) for name in ("run", "qid", "docid")]
     first = np.ones(table.num_rows, dtype=bool)
     if table.num_rows:
@@ -541,25 +540,27 @@ def _first_of_each_pair(table: pa.Table) -> pa.Table:
     return table.sort_by([("run", "ascending"), ("qid", "ascending"), ("rank", "ascending"), ("docid", "ascending")])
 
 
-def _score_chunks(
-    config: RerankConfig,
-    queries: Location,
-    pairs: Location,
-    scores: Location,
-    prepared: Location | None,
-    attempt: Attempt,
-    progress: bool,
-) -> dict[str, Any]:
-    """Score every chunk without a result yet on a fixed pool of scorer actors; returns how many it scored
-    and where the actors ran. Stops when a result could not be published: another job took the output."""
+def _unscored(pairs: Location, queries: Location, scores: Location) -> list[tuple[Location, Location, Location]]:
+    """``(pairs folder, queries file, result file)`` of every chunk without a result yet."""
     todo = [
         (folder, _chunk_queries(queries, chunk), _result_file(scores, chunk))
         for chunk, folder in sorted(_chunk_folders(pairs).items())
     ]
-    todo = [job for job in todo if not job[2].exists()]
+    return [job for job in todo if not job[2].exists()]
+
+
+def _score_chunks(
+    config: RerankConfig,
+    todo: list[tuple[Location, Location, Location]],
+    prepared: Location | None,
+    attempt: Attempt,
+    progress: bool,
+) -> dict[str, Any]:
+    """Score the chunks of ``todo`` on a fixed pool of scorer actors; returns how many it scored and where the
+    actors ran. Stops when a result could not be published: another job took the output."""
     if not todo:
         return {"chunks": 0, "actors": []}
-    pool = _model_pool(config) if scores_with_model(config.scorer) else _prepared_pool()
+    pool = _model_pool(config)
     size = min(pool.concurrency or 1, len(todo))
     # A scorer that dies (a lost node, a killed process) is restarted and its chunk scored again: a chunk's
     # result is written whole, and only by its one call, so a retried call writes the same file.

@@ -47,6 +47,7 @@ __all__ = [
     "FirstListwiseScorer",
     "JobTexts",
     "Pairs",
+    "actor_placement",
     "Scorer",
     "device_and_dtype",
     "list_bounds",
@@ -119,13 +120,28 @@ def list_bounds(lists: np.ndarray) -> list[tuple[int, int]]:
 @dataclass(frozen=True)
 class JobTexts:
     """A rerank job's distinct texts, for a scorer's ``prepare``: every candidate document with a text once and
-    every query of the runs once, as Ray datasets of ``id, text`` whose blocks hold fixed sets of texts (the
-    same in every run of the job), and the resources of the scorer pool the job sized to its cluster
-    (``concurrency`` set)."""
+    every query of the runs once, as blocks (Ray object refs of ``id, text`` Arrow tables, computed) whose
+    content is fixed (the same in every run of the job), and the resources of the scorer pool the job sized
+    to its cluster (``concurrency`` set)."""
 
-    documents: Any
-    queries: Any
+    documents: list[Any]
+    queries: list[Any]
     pool: Resources
+
+
+def actor_placement() -> dict[str, Any]:
+    """Where the calling actor runs: its node, the GPU Ray pinned it to (``CUDA_VISIBLE_DEVICES``), or none."""
+    import os
+
+    import ray
+
+    context = ray.get_runtime_context()
+    return {
+        "node_id": context.get_node_id(),
+        "gpu_ids": context.get_accelerator_ids().get("GPU", []),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "pid": os.getpid(),
+    }
 
 
 class Scorer(Protocol):

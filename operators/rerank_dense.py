@@ -15,7 +15,7 @@ scored again with ``q'``. It assumes the top of the list is mostly relevant; doc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -26,12 +26,12 @@ from pydantic import Field
 from shardflow.config import StrictModel
 from shardflow.errors import OutputStateError
 from shardflow.operators.embed import EmbedConfig, TextEncoder
-from shardflow.operators.rerank import JobTexts, Pairs, list_bounds
+from shardflow.operators.rerank import JobTexts, Pairs, actor_placement, list_bounds
 from shardflow.storage import Location
 
-__all__ = ["EmbeddingScorer", "EmbeddingScorerConfig", "EncodeTexts", "PrfConfig", "VectorTable", "rocchio"]
+__all__ = ["EmbeddingScorer", "EmbeddingScorerConfig", "PrfConfig", "TextBlockEncoder", "VectorTable", "rocchio"]
 
-ROLES = ("passage", "query")  # the encoder's prompt kinds, and the partitions of the vectors by role
+ACTOR_RESTARTS = 3  # restarts of an encoder actor before the job fails (its calls wait for the restart)
 ENCODE_ROWS = 256  # texts per block and per call of an encoder actor: enough to sort by length, small enough
 # that every actor of the pool has blocks (a group-by hands over few, large blocks)
 
@@ -51,55 +51,48 @@ class EmbeddingScorerConfig(StrictModel):
     prf: PrfConfig | None = Field(None, description="Pseudo-relevance feedback (Rocchio); off: null.")
 
 
-class EncodeTexts:
-    """``id, text, role`` batches -> ``id, role, vector``: one encoder per actor (Ray Data's callable class);
-    ``role`` (``passage`` or ``query``) chooses the encoder's prompt."""
+@ray.remote
+class TextBlockEncoder:
+    """One encoder per actor: encodes whole blocks of texts and writes each block's vectors as one file."""
 
     def __init__(self, config: EmbedConfig) -> None:
         self.encoder = TextEncoder(config)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        roles = batch["role"].to_numpy(zero_copy_only=False)
-        vectors = np.zeros((batch.num_rows, self.encoder.dimensions), dtype=np.float32)
-        texts = batch["text"].to_pylist()
-        for role in ROLES:
-            rows = np.flatnonzero(roles == role)
-            if len(rows):
-                vectors[rows] = self.encoder.encode([texts[i] for i in rows], role)
-        flat = pa.array(vectors.ravel(), pa.float32())
-        return pa.table(
-            {
-                "id": pc.cast(batch["id"], pa.string()),  # Ray Data may hand over large_string
-                "role": pc.cast(batch["role"], pa.string()),
-                "vector": pa.FixedSizeListArray.from_arrays(flat, self.encoder.dimensions),
-            }
-        )
+    def placement(self) -> dict[str, Any]:
+        return actor_placement()
+
+    def encode(self, block: pa.Table, role: str, out: Location) -> int:
+        """``id, vector`` of the block's texts (one call: sorted by length, token-budget batches) at ``out``."""
+        if block.num_rows:
+            vectors = self.encoder.encode(block["text"].to_pylist(), role)
+            flat = pa.array(vectors.ravel(), pa.float32())
+            ids = pc.cast(block["id"], pa.string())
+            vector = pa.FixedSizeListArray.from_arrays(flat, self.encoder.dimensions)
+            out.write_table(pa.table({"id": ids, "vector": vector}))
+        return block.num_rows
 
 
-def prepare_vectors(config: EmbeddingScorerConfig, texts: JobTexts, folder: Location) -> None:
-    """Every distinct document and query text of the job encoded once, in one pass over both (one actor pool),
-    written as parquet by role (``role=passage/``, ``role=query/``) under ``folder``. Each block of ``texts``
-    is encoded as one call (``batch_size=None``), sorted by length inside: the job hands over blocks of fixed
-    content, so a rerun of the pass batches the same texts together and computes the same vectors."""
+def prepare_vectors(config: EmbeddingScorerConfig, texts: JobTexts, folder: Location) -> dict[str, Any]:
+    """Every distinct document and query text of the job encoded once on a fixed pool of encoder actors (the
+    scorer pool's resources: one per GPU), written by role (``role=passage/``, ``role=query/``) under
+    ``folder``, one file per block. A block is encoded by one call, sorted by length inside: the job hands
+    over blocks of fixed content, so a rerun of the pass batches the same texts together and computes the
+    same vectors. An actor that dies is restarted and its block encoded again. Returns where the actors ran."""
     pool = texts.pool
-    with_role = {"batch_format": "pyarrow", "batch_size": None}  # block by block: blocks stay as they are
-    both = texts.documents.map_batches(_with_role, fn_kwargs={"role": "passage"}, **with_role).union(
-        texts.queries.map_batches(_with_role, fn_kwargs={"role": "query"}, **with_role)
+    actor = TextBlockEncoder.options(
+        num_cpus=pool.num_cpus, num_gpus=pool.num_gpus or None, max_restarts=ACTOR_RESTARTS, max_task_retries=-1
     )
-    filesystem, path = folder.arrow_filesystem()
-    both.map_batches(
-        EncodeTexts,
-        fn_constructor_args=(config.encoder,),
-        batch_size=None,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=pool.concurrency),
-        num_cpus=pool.num_cpus,
-        num_gpus=pool.num_gpus or None,
-    ).write_parquet(path, filesystem=filesystem, partition_cols=["role"])
-
-
-def _with_role(batch: pa.Table, role: str) -> pa.Table:
-    return batch.append_column("role", pa.array([role] * batch.num_rows, pa.string()))
+    actors = [actor.remote(config.encoder) for _ in range(pool.concurrency or 1)]
+    placements = ray.get([a.placement.remote() for a in actors])
+    work = [
+        (block, "passage", folder.join("role=passage", f"part-{n:05d}.parquet"))
+        for n, block in enumerate(texts.documents)
+    ]
+    work += [
+        (block, "query", folder.join("role=query", f"part-{n:05d}.parquet")) for n, block in enumerate(texts.queries)
+    ]
+    encoded = ray.util.ActorPool(actors).map_unordered(lambda a, job: a.encode.remote(*job), work)
+    return {"texts": sum(encoded), "actors": placements}
 
 
 @dataclass(frozen=True)

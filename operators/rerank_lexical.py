@@ -22,10 +22,11 @@ import json
 import math
 import re
 from collections import Counter
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import ray
 from pydantic import Field
 
 from shardflow.config import StrictModel
@@ -52,24 +53,15 @@ def tokens(text: str) -> list[str]:
     return TOKEN.findall(text.casefold())
 
 
-def prepare_statistics(config: Bm25Config, texts: JobTexts, folder: Location) -> None:
+def prepare_statistics(config: Bm25Config, texts: JobTexts, folder: Location) -> dict[str, Any]:
     """N, the mean document length and the df of every query term, over the job's distinct candidate
-    documents, as ``statistics.json`` under ``folder``. The driver holds only the queries' vocabulary."""
-    vocabulary = sorted(
-        {
-            term
-            for batch in texts.queries.iter_batches(batch_format="pyarrow")
-            for text in batch["text"].to_pylist()
-            for term in tokens(text)
-        }
-    )
-    counted = texts.documents.map_batches(_count, fn_kwargs={"vocabulary": vocabulary}, batch_format="pyarrow")
+    documents, as ``statistics.json`` under ``folder``: a task per block; the driver holds the queries'
+    vocabulary and one count per block."""
+    vocabulary = sorted(set().union(*ray.get([_terms.remote(block) for block in texts.queries])))
+    vocabulary_ref = ray.put(vocabulary)
     documents, length, df = 0, 0, np.zeros(len(vocabulary), dtype=np.int64)
-    for part in counted.iter_batches(batch_format="pyarrow", batch_size=None):
-        documents += sum(part["documents"].to_pylist())
-        length += sum(part["tokens"].to_pylist())
-        for counts in part["df"].to_pylist():
-            df += np.asarray(counts, dtype=np.int64)
+    for rows, tokens_held, counts in ray.get([_count.remote(block, vocabulary_ref) for block in texts.documents]):
+        documents, length, df = documents + rows, length + tokens_held, df + counts
     statistics = {
         "documents": documents,
         "average_length": length / documents if documents else 0.0,
@@ -77,19 +69,25 @@ def prepare_statistics(config: Bm25Config, texts: JobTexts, folder: Location) ->
         "df": df.tolist(),
     }
     folder.join(STATISTICS).put_bytes(json.dumps(statistics).encode())
+    return {"documents": documents, "terms": len(vocabulary)}
 
 
-def _count(batch: pa.Table, vocabulary: list[str]) -> pa.Table:
-    """One row per batch: its documents, their tokens, and how many of them hold each vocabulary term."""
+@ray.remote
+def _terms(block: pa.Table) -> set[str]:
+    return {term for text in block["text"].to_pylist() for term in tokens(text)}
+
+
+@ray.remote
+def _count(block: pa.Table, vocabulary: list[str]) -> tuple[int, int, np.ndarray]:
+    """A block's documents, their tokens, and how many of them hold each vocabulary term."""
     index = {term: number for number, term in enumerate(vocabulary)}
     df = np.zeros(len(vocabulary), dtype=np.int64)
     total = 0
-    for text in batch["text"].to_pylist():
+    for text in block["text"].to_pylist():
         terms = tokens(text)
         total += len(terms)
-        held = [index[term] for term in set(terms) if term in index]
-        df[held] += 1
-    return pa.table({"documents": [batch.num_rows], "tokens": [total], "df": [df.tolist()]})
+        df[[index[term] for term in set(terms) if term in index]] += 1
+    return block.num_rows, total, df
 
 
 class Bm25Scorer:

@@ -58,9 +58,10 @@ def prepares(config: ScorerConfig) -> bool:
     return hasattr(SCORERS[config.kind], "prepare")
 
 
-def prepare(config: ScorerConfig, texts: JobTexts, folder: Location) -> None:
-    """The scorer's pass over the job's distinct texts, written under ``folder``."""
-    SCORERS[config.kind].prepare(config, texts, folder)
+def prepare(config: ScorerConfig, texts: JobTexts, folder: Location) -> dict[str, Any]:
+    """The scorer's pass over the job's distinct texts, written under ``folder``; what it reports (counts, where
+    its actors ran)."""
+    return SCORERS[config.kind].prepare(config, texts, folder)
 
 
 def load_scorer(config: ScorerConfig, prepared: Location | None = None) -> Scorer:

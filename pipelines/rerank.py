@@ -29,7 +29,6 @@ workers of a killed job that outlive it.
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 import resource
 import time
@@ -47,13 +46,13 @@ from pydantic import Field, field_validator
 from rich.progress import Progress
 
 from shardflow.arrays import run_starts
-from shardflow.cluster.pools import actors_that_fit, on_cluster, reserved_for_tasks
+from shardflow.cluster.pools import actors_that_fit, on_cluster
 from shardflow.cluster.runtime import RayConfig, job_retries, ray_session
 from shardflow.config import Resources, StrictModel
 from shardflow.errors import ConfigError, InputError, OutputStateError
 from shardflow.fusion import FusionConfig, fuse
 from shardflow.lease import Lease, lease
-from shardflow.operators.rerank import JobTexts, Pairs
+from shardflow.operators.rerank import JobTexts, Pairs, actor_placement
 from shardflow.operators.scorers import (
     EmbeddingScorerConfig,
     ScorerConfig,
@@ -158,15 +157,17 @@ def _attempt(config: RerankConfig, output: Location, held: Lease, progress: bool
         pairs = _ensure_pairs(config, staging.join("pairs"))
         staged_queries = _stage_queries(queries, config.chunks, staging.join("queries", inputs["queries_xxh64"]))
         todo = _unscored(staging.join("pairs"), staged_queries, scores)
-        prepared = None
+        prepared, prepared_facts = None, {}
         if todo and prepares(config.scorer):
-            prepared = _ensure_prepared(config, staging, staged_queries, staging.join("prepared", fingerprint))
+            prepared = staging.join("prepared", fingerprint)
+            prepared_facts = _ensure_prepared(config, staging, staged_queries, prepared)
         attempt = Attempt(held.where, held.holder["id"])  # what the scorers check before they publish
         scored = _score_chunks(config, todo, prepared, attempt, progress)
         retries = job_retries().since(before).as_dict()
     held.check()
     runs = {run_name(uri): _write_run(config, uri, scores) for uri in config.runs}
-    return {"pairs": pairs, "scored_this_attempt": scored, "retries": retries, "runs": runs}
+    summary = {"pairs": pairs, "prepared_this_attempt": prepared_facts, "scored_this_attempt": scored}
+    return {**summary, "retries": retries, "runs": runs}
 
 
 def _job_inputs(config: RerankConfig, queries: dict[str, str]) -> dict[str, Any]:
@@ -366,35 +367,40 @@ def _chunk_queries(folder: Location, chunk: int) -> Location:
     return folder.join(f"chunk-{chunk:05d}.parquet")
 
 
-def _ensure_prepared(config: RerankConfig, staging: Location, queries: Location, folder: Location) -> Location:
-    """The scorer's pass over the job's distinct texts, once per fingerprint of the scores (``folder``)."""
-    if not finished(folder, {"scores": folder.name}):
-        pool = _encoder_pool(config)
-        buckets = max(config.chunks // 4, 4 * (pool.concurrency or 1))
-        documents, job_queries = _distinct_texts(staging.join("pairs"), queries, buckets)
-        prepare(config.scorer, JobTexts(documents, job_queries, pool), folder)
-        mark_finished(folder, {"scores": folder.name})
-    return folder
+def _ensure_prepared(config: RerankConfig, staging: Location, queries: Location, folder: Location) -> dict[str, Any]:
+    """The scorer's pass over the job's distinct texts, once per fingerprint of the scores (``folder``); what it
+    reported, or nothing when an earlier attempt finished it."""
+    if finished(folder, {"scores": folder.name}):
+        return {}
+    pool = _model_pool(config)
+    buckets = max(config.chunks // 4, 4 * (pool.concurrency or 1))
+    documents, job_queries = _distinct_texts(staging.join("pairs"), queries, buckets)
+    facts = prepare(config.scorer, JobTexts(documents, job_queries, pool), folder)
+    mark_finished(folder, {"scores": folder.name})
+    return facts
 
 
-def _distinct_texts(pairs: Location, queries: Location, buckets: int) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+def _distinct_texts(pairs: Location, queries: Location, buckets: int) -> tuple[list[Any], list[Any]]:
     """``id, text`` of every candidate document with a text, once, and of every query the runs name and the
     queries file holds, once: a map-reduce of plain tasks over the chunks (a task per chunk deduplicates its
     documents and hashes them into ``buckets``, a task per bucket deduplicates again), which costs seconds
     where a Ray Data group-by costs ~30 s of shuffle set-up on 2 CPUs. The driver holds references only.
 
-    Each block of the datasets is a fixed set of texts, sorted by id: a bucket of documents, a chunk's queries.
-    A model that encodes block by block therefore batches the same texts together in every run of the job,
-    and computes the same floats. A docid the corpus holds twice gets the smallest of its texts."""
-    if not _chunk_folders(pairs):  # no pair at all
-        empty = pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())})
-        return ray.data.from_arrow(empty), ray.data.from_arrow(empty)
+    Each block is a fixed set of texts, sorted by id: a bucket of documents, a chunk's queries. A model that
+    encodes block by block therefore batches the same texts together in every run of the job, and computes the
+    same floats. A docid the corpus holds twice gets the smallest of its texts. The blocks are computed before
+    this returns: a pool of model actors that takes every CPU next would leave these tasks none."""
     mapped = [
         _chunk_texts.options(num_returns=buckets + 1).remote(folder, _chunk_queries(queries, chunk), buckets)
         for chunk, folder in sorted(_chunk_folders(pairs).items())
     ]
-    per_bucket = [_distinct.remote(*[pieces[bucket] for pieces in mapped]) for bucket in range(buckets)]
-    return ray.data.from_arrow_refs(per_bucket), ray.data.from_arrow_refs([pieces[buckets] for pieces in mapped])
+    per_bucket = (
+        [_distinct.remote(*[pieces[bucket] for pieces in mapped]) for bucket in range(buckets)] if mapped else []
+    )
+    per_chunk = [pieces[buckets] for pieces in mapped]
+    if mapped:
+        ray.wait([*per_bucket, *per_chunk], num_returns=len(per_bucket) + len(per_chunk), fetch_local=False)
+    return per_bucket, per_chunk
 
 
 @ray.remote
@@ -439,15 +445,6 @@ def _sized(resources: Resources) -> Resources:
             f"{resources.num_cpus:g}, num_gpus {resources.num_gpus:g}); lower them"
         )
     return resources.model_copy(update={"concurrency": min(size, fit)})
-
-
-def _encoder_pool(config: RerankConfig) -> Resources:
-    """The model pool of a Ray Data pass: each actor's CPUs cut so that the pool leaves the CPUs its other
-    tasks need (a pool holding every CPU would wait on them forever)."""
-    pool = _model_pool(config)
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    spare = (cpus - reserved_for_tasks(cpus)) / pool.concurrency
-    return pool.model_copy(update={"num_cpus": min(pool.num_cpus, spare)})
 
 
 # ---------------------------------------------------------------- step 3: scores
@@ -496,14 +493,7 @@ class ChunkScorer:
         self.scorer = load_scorer(scorer, prepared)
 
     def placement(self) -> dict[str, Any]:
-        """Where this actor runs: the GPU Ray pinned it to (``CUDA_VISIBLE_DEVICES``), or none."""
-        context = ray.get_runtime_context()
-        return {
-            "node_id": context.get_node_id(),
-            "gpu_ids": context.get_accelerator_ids().get("GPU", []),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "pid": os.getpid(),
-        }
+        return actor_placement()
 
     def score(self, folder: Location, queries: Location, out: Location, attempt: Attempt) -> bool:
         """Score the chunk in ``folder`` (its queries in ``queries``) and publish it at ``out`` if ``attempt`` is

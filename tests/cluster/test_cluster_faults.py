@@ -159,17 +159,18 @@ def test_an_s3_outage_mid_run_costs_time_not_documents(
     assert verdicts(output, manifest, StorageConfig(**settings)) == undisturbed["verdicts"], note
 
 
-def test_a_scoring_node_lost_and_replaced_mid_rerank(
+def test_a_model_node_lost_and_replaced_mid_rerank(
     cluster: LocalCluster, tmp_path: Path, rerank_reference: dict
 ) -> None:
     rng, note = random.Random(SEED), f"SHARDFLOW_FAULT_SEED={SEED}"
     settings = rerank_reference["settings"]
     driver = start_driver(cluster, "rerank", {**settings, "output": {"path": str(tmp_path / "out")}}, tmp_path)
-    scores = tmp_path / "out" / "_staging" / "scores"
+    vectors = tmp_path / "out" / "_staging" / "prepared"
     try:
-        wait_for(lambda: any(scores.glob("*/chunk-*.parquet")), driver, "a scored chunk")
+        # the embedding scorer's encoders (one per GPU) write a file per block of texts: strike after the first
+        wait_for(lambda: any(vectors.glob("*/role=*/part-*.parquet")), driver, "an encoded block")
         time.sleep(rng.uniform(0, 0.5))
-        cluster.remove(GPU_WORKER)  # both scorer actors lived there (one per GPU)
+        cluster.remove(GPU_WORKER)  # both encoder actors lived there (one per GPU)
         time.sleep(2)
         cluster.start(GPU_WORKER)  # a replacement joins; the actors restart on it
         finish(driver, note)
@@ -179,4 +180,4 @@ def test_a_scoring_node_lost_and_replaced_mid_rerank(
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert (tmp_path / "out" / "shuffled.run").read_bytes() == rerank_reference["run"], note
     assert summary["runs"]["shuffled"]["metrics"] == rerank_reference["summary"]["runs"]["shuffled"]["metrics"]
-    assert summary["retries"]["actor_restarts"].get("ChunkScorer", 0) >= 1, (note, summary["retries"])
+    assert summary["retries"]["actor_restarts"].get("TextBlockEncoder", 0) >= 1, (note, summary["retries"])

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import ray
 
@@ -43,12 +44,14 @@ def job() -> tuple[dict[str, str], dict[str, str], Pairs]:
 
 
 def job_texts(queries: dict[str, str], documents: dict[str, str]) -> JobTexts:
-    as_rows = lambda texts: [{"id": key, "text": text} for key, text in texts.items()]  # noqa: E731
-    return JobTexts(
-        ray.data.from_items(as_rows(documents), override_num_blocks=3),
-        ray.data.from_items(as_rows(queries)),
-        Resources(num_cpus=1, concurrency=1),
-    )
+    """The texts in blocks as the job hands them over (documents in three blocks)."""
+
+    def block(texts: dict[str, str]) -> ray.ObjectRef:
+        return ray.put(pa.table({"id": list(texts), "text": list(texts.values())}))
+
+    ids = sorted(documents)
+    thirds = [{key: documents[key] for key in ids[start::3]} for start in range(3)]
+    return JobTexts([block(part) for part in thirds], [block(queries)], Resources(num_cpus=1, concurrency=1))
 
 
 @pytest.fixture(scope="module")

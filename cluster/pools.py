@@ -59,7 +59,7 @@ def actors_that_fit(resources: Resources, nodes: list[dict]) -> int:
     return total
 
 
-def reserved_for_tasks(cluster_cpus: float) -> float:
+def _reserved_for_tasks(cluster_cpus: float) -> float:
     """One CPU for read and write tasks (half of a one-CPU machine)."""
     return min(1.0, cluster_cpus / 2)
 
@@ -67,7 +67,7 @@ def reserved_for_tasks(cluster_cpus: float) -> float:
 def plan_pools(stages: list[tuple[str, Resources]], cluster_cpus: float, cluster_gpus: float = 0.0) -> list[Pool]:
     """One ``Pool`` per ``(config key, resources)``, in order; a config that would hang is a ``ConfigError``."""
     stages = [(key, on_cluster(key, resources, cluster_gpus)) for key, resources in stages]
-    spare = cluster_cpus - reserved_for_tasks(cluster_cpus)
+    spare = cluster_cpus - _reserved_for_tasks(cluster_cpus)
     fixed = sum(r.concurrency * r.num_cpus for _, r in stages if r.concurrency)
     autoscaled = [r for _, r in stages if not r.concurrency and r.num_cpus > 0]
     share = (spare - fixed) / len(autoscaled) if autoscaled else spare - fixed
@@ -75,7 +75,7 @@ def plan_pools(stages: list[tuple[str, Resources]], cluster_cpus: float, cluster
         keys = ", ".join(f"{key}.resources" for key, _ in stages)
         raise ConfigError(
             f"config error: {keys}: the actor pools ask for {fixed:g} CPU of the cluster's {cluster_cpus:g}, "
-            f"leaving less than {reserved_for_tasks(cluster_cpus):g} to read and write, and the job would hang; "
+            f"leaving less than {_reserved_for_tasks(cluster_cpus):g} to read and write, and the job would hang; "
             "lower concurrency or num_cpus (fractions such as 0.5 are fine)"
         )
     pools = []

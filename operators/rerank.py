@@ -39,6 +39,7 @@ from shardflow.operators.embed import TOKEN_BUDGET, token_budget_batches
 from shardflow.operators.model_source import resolve_model
 
 __all__ = [
+    "ACTOR_RESTARTS",
     "CausalYesNoConfig",
     "CausalYesNoScorer",
     "CrossEncoderConfig",
@@ -58,6 +59,7 @@ QWEN3_RERANK_SYSTEM = (
     'Note that the answer can only be "yes" or "no".'
 )
 QWEN3_RERANK_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+ACTOR_RESTARTS = 3  # restarts of a model actor (encoder, scorer) before the job fails; its calls wait for it
 LABELS = [chr(ord("A") + i) for i in range(26)] + [chr(ord("a") + i) for i in range(26)]  # FIRST's passage labels
 
 

@@ -26,12 +26,11 @@ from pydantic import Field
 from shardflow.config import StrictModel
 from shardflow.errors import OutputStateError
 from shardflow.operators.embed import EmbedConfig, TextEncoder
-from shardflow.operators.rerank import JobTexts, Pairs, actor_placement, list_bounds
+from shardflow.operators.rerank import ACTOR_RESTARTS, JobTexts, Pairs, actor_placement, list_bounds
 from shardflow.storage import Location
 
 __all__ = ["EmbeddingScorer", "EmbeddingScorerConfig", "PrfConfig", "TextBlockEncoder", "VectorTable", "rocchio"]
 
-ACTOR_RESTARTS = 3  # restarts of an encoder actor before the job fails (its calls wait for the restart)
 ENCODE_ROWS = 256  # texts per block and per call of an encoder actor: enough to sort by length, small enough
 # that every actor of the pool has blocks (a group-by hands over few, large blocks)
 

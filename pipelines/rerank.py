@@ -52,7 +52,7 @@ from shardflow.config import Resources, StrictModel
 from shardflow.errors import ConfigError, InputError, OutputStateError
 from shardflow.fusion import FusionConfig, fuse
 from shardflow.lease import Lease, lease
-from shardflow.operators.rerank import JobTexts, Pairs, actor_placement
+from shardflow.operators.rerank import ACTOR_RESTARTS, JobTexts, Pairs, actor_placement
 from shardflow.operators.scorers import (
     EmbeddingScorerConfig,
     ScorerConfig,
@@ -68,7 +68,6 @@ __all__ = ["CorpusSource", "RerankConfig", "rerank", "run_name"]
 
 MEASURES = ("nDCG@10", "RR@10", "R@100")
 RUN_SUFFIXES = (".gz", ".run", ".txt", ".trec", ".tsv")
-ACTOR_RESTARTS = 3  # restarts of a scorer actor before the job fails (its calls wait for the restart)
 LEASE_FILE = "_rerank.lease"
 SCORED_WITH = "_SCORED_WITH.json"  # in a scores folder: the inputs its results were computed from
 PAIRS_INPUTS = ("runs", "corpus", "top_k", "chunks")
@@ -428,14 +427,10 @@ def _smallest_text(table: pa.Table) -> pa.Table:
 
 
 def _model_pool(config: RerankConfig) -> Resources:
-    """The scorer's resources on this cluster with ``concurrency`` set: one actor per GPU, or CPU actors where
-    there is none."""
-    return _sized(on_cluster("resources", config.resources, ray.cluster_resources().get("GPU", 0.0)))
-
-
-def _sized(resources: Resources) -> Resources:
-    """``resources`` with ``concurrency`` set (as many actors as the cluster's CPUs allow, unless set, and no
-    more than its nodes can hold); a ``ConfigError`` where no node can hold one."""
+    """The scorer's resources on this cluster with ``concurrency`` set: one actor per GPU, or CPU actors (as
+    many as the CPUs allow) where there is none, never more than the nodes can hold; a ``ConfigError`` where
+    no node can hold one."""
+    resources = on_cluster("resources", config.resources, ray.cluster_resources().get("GPU", 0.0))
     cpus = ray.cluster_resources().get("CPU", 1.0)
     size = resources.concurrency or max(1, int(cpus // max(resources.num_cpus, 1e-9)))
     fit = actors_that_fit(resources, ray.nodes())

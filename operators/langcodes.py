@@ -15,6 +15,8 @@ from importlib.resources import files
 from shardflow.schema import safe_label
 
 LABEL_PREFIX = "__label__"
+UNDETERMINED = "und_Zyyy"  # no language could be told (too little text; a model's und_* answer)
+NOISE = "zxx_Zxxx"  # not language: OpenLID-v3's label, and GlotLID's zxx_Latn, zxx_Arab, zxx_Zzzz... map to it
 SCRIPT_SAMPLE_CHARS = 120  # letters enough to tell a script; read only for multi-script labels
 
 # First word of a Unicode character name -> ISO 15924 code, for the scripts the label table mentions.
@@ -94,26 +96,41 @@ def dominant_script(text: str) -> str | None:
 def normalise_labels(labels: list[str], text: str) -> list[str]:
     """Normalise a model's labels for one text; the text's script is read at most once, and only if needed. A
     label that could not stand in a path is escaped (``safe_label``)."""
-    return [safe_label(code) for code in _normalised(labels, text)]
-
-
-def _normalised(labels: list[str], text: str) -> list[str]:
     script: str | None = None
     script_read = False
     codes = []
     for label in labels:
-        code = label.removeprefix(LABEL_PREFIX)
-        entry = None if "_" in code else lid176_table().get(code)
-        if "_" in code or (entry is not None and not entry[1]):
-            codes.append(entry[0] if entry else code)
-            continue
-        if not script_read:
-            script, script_read = dominant_script(text), True
-        if entry is None:
-            codes.append(f"{code}_{script or 'Zyyy'}")
-        else:
-            codes.append(entry[1].get(script or "", entry[0]))
+        code = fixed_code(label)
+        if code is None:
+            if not script_read:
+                script, script_read = dominant_script(text), True
+            code = _with_script(label.removeprefix(LABEL_PREFIX), script)
+        codes.append(code)
     return codes
+
+
+@lru_cache(maxsize=1 << 14)
+def fixed_code(label: str) -> str | None:
+    """The code of ``label`` where it does not depend on the text's script (most labels); else ``None``."""
+    code = label.removeprefix(LABEL_PREFIX)
+    if code.startswith("zxx_"):
+        return NOISE
+    entry = None if "_" in code else lid176_table().get(code)
+    if "_" in code or (entry is not None and not entry[1]):
+        return safe_label(entry[0] if entry else code)
+    return None
+
+
+def default_code(label: str) -> str:
+    """The code of ``label`` in its language's usual script (``__label__sr`` -> ``srp_Cyrl``)."""
+    return fixed_code(label) or _with_script(label.removeprefix(LABEL_PREFIX), None)
+
+
+def _with_script(code: str, script: str | None) -> str:
+    entry = lid176_table().get(code)
+    if entry is None:
+        return safe_label(f"{code}_{script or 'Zyyy'}")
+    return safe_label(entry[1].get(script or "", entry[0]))
 
 
 def normalise_label(label: str, text: str) -> str:

@@ -41,10 +41,16 @@ READ_SCHEMA = pa.schema(
 
 LANG_TOPK_TYPE = pa.list_(pa.struct([pa.field("lang", pa.string()), pa.field("score", pa.float32())]))
 
+SEG_LANGS_TYPE = pa.list_(pa.string())
+SEG_SCORES_TYPE = pa.list_(pa.float32())
+
 LANGID_FIELDS = [
     pa.field(LANG, pa.string()),
     pa.field("lang_score", pa.float32()),
     pa.field("lang_topk", LANG_TOPK_TYPE),
+    pa.field("lang_mix", pa.float32()),  # share of the confident lines' letters in other languages
+    pa.field("seg_langs", SEG_LANGS_TYPE),  # one label per line of text (split at \n), as HPLT's seg_langs
+    pa.field("seg_scores", SEG_SCORES_TYPE),
 ]
 
 # Columns that exist only while rows are in flight; the writer keeps each where it explains the row.

@@ -101,6 +101,12 @@ class CorpusConfig(StrictModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _index_reads_parquet(self) -> CorpusConfig:
+        if self.index is not None and self.output.format != "parquet":
+            raise ValueError("index: is built from the corpus's parquet files: leave it out with output.format: hplt")
+        return self
+
     @property
     def encoder(self) -> Any | None:
         """The settings of the stage whose vectors the corpus keeps (the last one that embeds)."""
@@ -215,7 +221,7 @@ class Stream:
             if global_stage.sees == "input":
                 seen_by_input.append(lookup)
         documents = self.apply(source(todo, self.run.output.ledger.markers), chain)
-        documents.write_datasink(CorpusSink(self.run.output.ledger, self.config.output.compression))
+        documents.write_datasink(CorpusSink(self.run.output.ledger, self.config.output))
 
     def materialise(self, source: Source, chain: list[OperatorSpec], before: str) -> Source:
         """Every shard through ``chain`` into staging (the shards an earlier attempt wrote whole are kept);

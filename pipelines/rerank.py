@@ -275,7 +275,10 @@ def _read_corpus(source: CorpusSource, where: Location) -> ray.data.Dataset:
         else:
             kind = "jsonl"
     arrow_fs, local = where.arrow_filesystem()
-    if kind == "shardflow":
+    if kind == "shardflow" and _written_as_hplt(where):
+        data = ray.data.read_json(where.join("corpus").arrow_filesystem()[1], filesystem=arrow_fs, lines=True)
+        id_field, text_field = "id", "text"
+    elif kind == "shardflow":
         data = ray.data.read_parquet(
             where.join("corpus").arrow_filesystem()[1],
             filesystem=arrow_fs,
@@ -303,6 +306,12 @@ def _read_corpus(source: CorpusSource, where: Location) -> ray.data.Dataset:
     return data.map_batches(
         _corpus_columns, fn_kwargs={"id_field": id_field, "text_field": text_field}, batch_format="pyarrow"
     )
+
+
+def _written_as_hplt(output: Location) -> bool:
+    """Whether a shardflow output's corpus is HPLT's JSON lines (``output.format: hplt``), not parquet."""
+    manifest = output.join("manifest.json").read_json() or {}
+    return manifest.get("config", {}).get("output", {}).get("format") == "hplt"
 
 
 def _corpus_columns(batch: pa.Table, id_field: str, text_field: str) -> pa.Table:

@@ -27,6 +27,62 @@ SAMPLE = REPO / "configs" / "sample" / "hplt-v2"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+# One record of each HPLT release's layout, and a plain one: what the readers and the HPLT output are tested on.
+TEXT = "Kaikki ihmiset syntyvät vapaina ja tasavertaisina arvoltaan ja oikeuksiltaan."
+
+V12 = {
+    "id": 7,
+    "document_lang": "fi",
+    "scores": [0.9],
+    "langs": ["fi"],
+    "text": TEXT,
+    "url": "https://a.example/1",
+    "collection": "wide5",
+}
+V2 = {
+    "f": "x.warc.gz",
+    "o": 1,
+    "s": 2,
+    "rs": 3,
+    "u": "https://b.example/2",
+    "c": "text/html",
+    "ts": "2021-05-09T10:26:25Z",
+    "collection": "wide17",
+    "lang": ["fin_Latn", "est_Latn", "eng_Latn"],
+    "prob": [0.9, 0.05, 0.01],
+    "text": TEXT,
+    "seg_langs": ["fin_Latn"],
+    "id": "b8ff3519",
+    "filter": "keep",
+    "pii": [[1, 3]],
+    "doc_scores": [7.7],
+    "robots": "allowed",
+}
+V3 = {
+    **{k: v for k, v in V2.items() if k not in ("collection", "robots")},
+    "id": "c3",
+    "crawl_id": "cc40",
+    "robotstxt": "allowed",
+    "de": "x",
+    "xml": "<p/>",
+    "html_lang": ["fi"],
+    "cluster_size": 2,
+    "web-register": {"IN": 0.8},
+}
+V4 = {
+    "id": "d4",
+    "u": "https://d.example/4",
+    "ts": "2024-01-01T00:00:00Z",
+    "text": TEXT,
+    "openlid_v2": {"lang": "fin_Latn", "prob": 0.97},
+    "glotlid_v3": {"lang": ["fin_Latn"], "prob": [0.99]},
+    "openlid_v3": {"lang": ["fin_Latn", "est_Latn"], "prob": [0.95, 0.03]},
+    "md": "# t",
+    "allowed": True,
+}
+PLAIN = {"text": TEXT, "id": 42, "extra": {"k": [1, 2]}}
+
+
 def jsonl_bytes(records: list[Any]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
 

@@ -3,7 +3,8 @@
 Layout of an output::
 
     OUTPUT/manifest.json                 written last: an output is complete if and only if it exists
-    OUTPUT/corpus/lang=xxx_Scri/*.parquet    kept documents
+    OUTPUT/corpus/lang=xxx_Scri/*.parquet    kept documents (output.format: parquet)
+    OUTPUT/corpus/xxx_Scri/<n>.jsonl.zst     kept documents (output.format: hplt; see ``hplt.py``)
     OUTPUT/removed/lang=xxx_Scri/*.parquet   documents a stage dropped, with drop_reason
     OUTPUT/quarantine/*.parquet          records that never became documents: source, reason, raw bytes
     OUTPUT/<artifact>/                   what stages build beside the corpus (dedup indexes, the dense index)
@@ -30,6 +31,8 @@ from pydantic import Field
 
 from shardflow.config import StrictModel
 from shardflow.errors import OutputStateError
+from shardflow.output.hplt import SUFFIX as HPLT_SUFFIX
+from shardflow.output.hplt import HpltVersion, hplt_shard, number_shards
 from shardflow.output.ledger import LedgerSink, ShardLedger, file_name, grouped
 from shardflow.output.manifest import CORPUS, KINDS, QUARANTINE, REMOVED, artifact_names, build_manifest, stage_errors
 from shardflow.schema import (
@@ -70,6 +73,12 @@ class WriterConfig(StrictModel):
         "overwrite: replace whatever is there; error: refuse if anything is there.",
     )
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    format: Literal["parquet", "hplt"] = Field(
+        "parquet",
+        description="parquet: corpus/lang=xxx_Scri/*.parquet; hplt: HPLT's corpus/xxx_Scri/<n>.jsonl.zst with HPLT's "
+        "field names (removed/ and quarantine/ stay parquet).",
+    )
+    hplt_version: HpltVersion = Field("v2", description="Field names of format: hplt: v2 or v3 (crawl_id, robotstxt).")
 
 
 @dataclass(frozen=True)
@@ -154,11 +163,13 @@ class OutputLayout:
                     "run the same command again: finished shards are kept and the rest redone"
                 )
             manifest = build_manifest(entries, shards, marked, stage_names, self.fingerprint) | extra
+            manifest["files"] = number_shards(manifest["files"])
             self._check_errors(manifest, entries, max_error_fraction)
             self.staging.join(COMMIT_PLAN).put_bytes(json.dumps(manifest).encode())
         artifacts = [path for name in artifact_names(manifest) for path in manifest[name]["files"]]
-        for path in [entry["path"] for entry in manifest["files"]] + artifacts:
-            source = self.staging.join(path)
+        moves = [(entry.get("staged", entry["path"]), entry["path"]) for entry in manifest["files"]]
+        for staged, path in moves + [(path, path) for path in artifacts]:
+            source = self.staging.join(staged)
             if source.exists():
                 source.move_to(self.root.join(path))
         self.root.join(MANIFEST).put_bytes(json.dumps(manifest, indent=2).encode())
@@ -206,10 +217,21 @@ class OutputLayout:
 
 
 class CorpusSink(LedgerSink):
-    """Writes each block's rows to corpus/, removed/ or quarantine/ under staging, per shard and language."""
+    """Writes each block's rows to corpus/, removed/ or quarantine/ under staging, per shard and language; the
+    corpus as parquet or as HPLT's JSON lines."""
+
+    def __init__(self, ledger: ShardLedger, config: WriterConfig) -> None:
+        super().__init__(ledger, config.compression)
+        self.hplt_version: HpltVersion | None = config.hplt_version if config.format == "hplt" else None
 
     def get_name(self) -> str:
         return "WriteCorpus"
+
+    def write_file(self, where: Location, table: pa.Table) -> None:
+        if self.hplt_version and where.name.endswith(HPLT_SUFFIX):
+            where.put_bytes(hplt_shard(table, self.hplt_version))
+        else:
+            super().write_file(where, table)
 
     def files(self, block: pa.Table) -> Iterable[tuple[str, pa.Table, dict[str, Any]]]:
         uris, lines = split_source(block[SOURCE])
@@ -221,8 +243,12 @@ class CorpusSink(LedgerSink):
             for uri, is_q, is_d, lang in zip(uris, quarantined, dropped, langs, strict=True)
         ]
         for (kind, uri, lang), first_line, rows in grouped(block, labels, lines):
-            name = file_name(uri, first_line)
-            path = f"{QUARANTINE}/{name}" if kind == QUARANTINE else f"{kind}/lang={lang}/{name}"
+            if kind == CORPUS and self.hplt_version:
+                path = f"{CORPUS}/{lang}/{file_name(uri, first_line, HPLT_SUFFIX)}"
+            elif kind == QUARANTINE:
+                path = f"{QUARANTINE}/{file_name(uri, first_line)}"
+            else:
+                path = f"{kind}/lang={lang}/{file_name(uri, first_line)}"
             facts = {
                 "kind": kind,
                 "lang": lang,

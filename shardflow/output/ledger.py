@@ -115,14 +115,18 @@ class LedgerSink(Datasink, ABC):
             self.ledger.record(written)
         return written
 
+    def write_file(self, where: Location, table: pa.Table) -> None:
+        """Write one file's rows (parquet; a subclass may write other formats)."""
+        where.write_table(table, self.compression)
+
     def _write_file(self, path: str, table: pa.Table, facts: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
-        self.ledger.folder.join(path).write_table(table, self.compression)
+        self.write_file(self.ledger.folder.join(path), table)
         if "seconds" in facts:
             facts["seconds"]["write"] = facts["seconds"].get("write", 0.0) + time.perf_counter() - started
         return {"path": path, **facts}
 
 
-def file_name(uri: str, first_line: int) -> str:
+def file_name(uri: str, first_line: int, suffix: str = ".parquet") -> str:
     """The name of the file of one shard's rows from ``first_line`` on: a retry writes the same name."""
-    return f"{shard_key(uri)}-{first_line:010d}.parquet"
+    return f"{shard_key(uri)}-{first_line:010d}{suffix}"

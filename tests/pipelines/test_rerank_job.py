@@ -211,15 +211,13 @@ def test_a_straggler_of_a_replaced_attempt_cannot_publish_a_chunk(tmp_path: Path
 @pytest.mark.usefixtures("ray_local")
 def test_a_changed_scorer_or_queries_refuses_to_resume_and_restart_starts_over(tmp_path: Path) -> None:
     inputs = write_rerank_task(tmp_path / "in", articles=3)
-    texts = [json.loads(line)["text"] for line in Path(inputs["corpus"]["path"]).read_text().splitlines()]
-    scorer = {"kind": "cross_encoder", "model": str(write_tiny_encoder(tmp_path / "ce", "bert-1", texts))}
-    raw = {**inputs, "chunks": 2, "scorer": {**scorer, "max_length": 64}, "ray": {"progress": False}}
+    raw = {**inputs, "chunks": 2, "scorer": {"kind": "bm25", "k1": 0.9}, "ray": {"progress": False}}
     out, run = {"path": str(tmp_path / "out")}, tmp_path / "out" / "shuffled.run"
     rerank(validate({**raw, "output": out}, RerankConfig), progress=False)
     before = run.read_bytes()
 
-    shorter = {**raw, "scorer": {**scorer, "max_length": 8}}
-    with pytest.raises(ConfigError, match=r"scorer\.max_length: 64 -> 8\); rerun with --restart"):
+    shorter = {**raw, "scorer": {"kind": "bm25", "k1": 2.0}}
+    with pytest.raises(ConfigError, match=r"scorer\.k1: 0\.9 -> 2\.0\); rerun with --restart"):
         rerank(validate({**shorter, "output": out}, RerankConfig), progress=False)
     queries = tmp_path / "in" / "other-queries.jsonl"
     queries.write_text(Path(inputs["queries"]).read_text().replace("All human beings", "All people"))
@@ -244,22 +242,22 @@ def corpus_as(form: str, docs: list[dict], folder: Path) -> dict:
         pq.write_table(table, folder / "corpus.parquet")
         return {"path": str(folder / "corpus.parquet"), "id_field": "pid", "text_field": "body"}
     write_shard(folder / "shards" / "a.jsonl.zst", [{"id": d["doc_id"], "text": d["text"]} for d in docs])
-    config = {"input": {"paths": [str(folder / "shards")]}, "output": {"path": str(folder / "corpus")}}
-    run_corpus(validate({**config, "ray": {"progress": False}}, CorpusConfig))
+    output = {"path": str(folder / "corpus"), "format": "hplt" if form == "hplt" else "parquet"}
+    config = {"input": {"paths": [str(folder / "shards")]}, "output": output, "ray": {"progress": False}}
+    run_corpus(validate(config, CorpusConfig))
     return {"path": str(folder / "corpus")}
 
 
 @pytest.mark.usefixtures("ray_local")
-@pytest.mark.parametrize("form", ["tsv", "parquet", "shardflow"])
+@pytest.mark.parametrize("form", ["tsv", "parquet", "shardflow", "hplt"])
 def test_the_corpus_may_be_tsv_parquet_or_a_shardflow_output(tmp_path: Path, form: str) -> None:
     inputs = write_rerank_task(tmp_path / "in", articles=3)
     docs = [json.loads(line) for line in Path(inputs["corpus"]["path"]).read_text().splitlines()]
-    model = write_tiny_encoder(tmp_path / "ce", "bert-1", [d["text"] for d in docs])
     raw = {
         **inputs,
         "corpus": corpus_as(form, docs, tmp_path / "in"),
         "chunks": 2,
-        "scorer": {"kind": "cross_encoder", "model": str(model), "max_length": 64},
+        "scorer": {"kind": "bm25"},  # any scorer: what is tested is reading the corpus
         "output": {"path": str(tmp_path / "out")},
         "ray": {"progress": False},
     }
@@ -274,15 +272,13 @@ def test_runs_queries_corpus_and_output_on_s3(s3_storage, tmp_path: Path, ray_lo
     fs, _ = Location(f"s3://{bucket}", storage).filesystem()
     for name in ("shuffled.run", "queries.jsonl", "corpus.jsonl", "qrels.txt"):
         fs.put_file(str(tmp_path / "in" / name), f"{bucket}/in/{name}")
-    texts = [json.loads(line)["text"] for line in (tmp_path / "in" / "corpus.jsonl").read_text().splitlines()]
-    model = write_tiny_encoder(tmp_path / "ce", "bert-2", texts)
     raw = {
         "runs": [f"s3://{bucket}/in/shuffled.run"],
         "queries": f"s3://{bucket}/in/queries.jsonl",
         "corpus": {"path": f"s3://{bucket}/in/corpus.jsonl"},
         "qrels": f"s3://{bucket}/in/qrels.txt",
         "chunks": 2,
-        "scorer": {"kind": "cross_encoder", "model": str(model), "max_length": 64},
+        "scorer": {"kind": "bm25"},  # its statistics are prepared on S3 too
         "output": {"path": f"s3://{bucket}/out"},
         "storage": storage.model_dump(),
         "ray": {"progress": False},

@@ -276,7 +276,7 @@ def _read_corpus(source: CorpusSource, where: Location) -> ray.data.Dataset:
             kind = "jsonl"
     arrow_fs, local = where.arrow_filesystem()
     if kind == "shardflow" and _written_as_hplt(where):
-        data = ray.data.read_json(where.join("corpus").arrow_filesystem()[1], filesystem=arrow_fs, lines=True)
+        data = ray.data.read_json(where.join("corpus").arrow_filesystem()[1], filesystem=arrow_fs)
         id_field, text_field = "id", "text"
     elif kind == "shardflow":
         data = ray.data.read_parquet(

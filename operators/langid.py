@@ -52,7 +52,7 @@ class LangIdConfig(StrictModel):
     document_from: Literal["segments", "whole"] = Field(
         "segments",
         description="segments: the language of most characters among confident lines (one prediction over the first "
-        "max_chars characters where no line is confident); whole: that one prediction.",
+        "max_chars characters where no line could be identified); whole: that one prediction.",
     )
     min_segment_letters: int = Field(
         10,

@@ -65,15 +65,15 @@ def split_segments(texts: pa.Array | pa.ChunkedArray, min_letters: int) -> Segme
 
 @dataclass(frozen=True)
 class DocumentVotes:
-    """Per document: its label from the votes (``None`` where no segment was confident), that label's share of
+    """Per document: its label from the votes (``None`` where no segment was identified), that label's share of
     the evidence, the alternatives, the share of characters in other labels; per segment: label and
     probability."""
 
     labels: list[str | None]
     scores: np.ndarray
     topk: list[list[tuple[str, float]]]
-    mix: np.ndarray  # NaN where no segment was confident
-    shares: list[dict[str, float]]  # each label's share of the confident characters
+    mix: np.ndarray  # NaN where no segment was identified
+    shares: list[dict[str, float]]  # each label's share of the voting characters
     seg_labels: list[str]
     seg_scores: np.ndarray
 
@@ -81,14 +81,16 @@ class DocumentVotes:
 def vote(segments: Segments, documents: int, predict: Predict, min_score: float, top_k: int) -> DocumentVotes:
     """Identify every identifiable segment (the others - numbers, punctuation, a word or two - are ``und_Zyyy``
     and do not vote), then weigh the confident ones (top probability at least ``min_score``) by their
-    characters.
+    characters. In a document where no segment is confident, every identified segment votes: measured on
+    HPLT excerpts this labels as well as a second prediction over the whole document, which would cost a
+    third more model time there.
 
-    - label: the language with the most characters among confident segments; a tie goes to the larger
+    - label: the language with the most characters among voting segments; a tie goes to the larger
       evidence, then to the first label in alphabetical order.
-    - evidence of a language: sum over confident segments of characters x the probability the model gives the
-      language (among its top-k), over the characters of all confident segments. The label's evidence is the
+    - evidence of a language: sum over voting segments of characters x the probability the model gives the
+      language (among its top-k), over the characters of all voting segments. The label's evidence is the
       document's score; for a pure document it is the weighted mean of its segments' probabilities.
-    - mix: the share of confident characters whose segment voted for another language (or for noise).
+    - mix: the share of voting characters whose segment voted for another language (or for noise).
     """
     n = len(segments.texts)
     seg_labels, seg_scores = [UNDETERMINED] * n, np.zeros(n, np.float64)
@@ -104,7 +106,10 @@ def vote(segments: Segments, documents: int, predict: Predict, min_score: float,
             rows.append((i, index.setdefault(label, len(index)), prob))
         top[i] = index[found[0][0]]
     names = sorted(index, key=index.__getitem__)
-    confident = (top >= 0) & (seg_scores >= min_score)
+    identified = top >= 0
+    confident = identified & (seg_scores >= min_score)
+    unsure = np.bincount(segments.parent[confident], minlength=documents) == 0
+    confident |= identified & unsure[segments.parent]  # no line is sure: every identified one votes
     weights = np.where(confident, segments.chars, 0.0)
     shape = (documents, max(len(names), 1))
     letters = np.zeros(shape)
@@ -141,5 +146,6 @@ def _winners(letters: np.ndarray, evidence: np.ndarray, names: list[str]) -> np.
 
 def _alternatives(evidence: np.ndarray, winner: int, names: list[str], top_k: int) -> list[tuple[str, float]]:
     """The label first, then the other languages with evidence, most first (at most ``top_k`` in all)."""
-    order = [winner] + [c for c in np.argsort(-evidence, kind="stable") if c != winner and evidence[c] > 0]
+    best = np.argsort(-evidence, kind="stable")[: top_k + 1]
+    order = [winner] + [c for c in best.tolist() if c != winner and evidence[c] > 0]
     return [(names[c], float(evidence[c])) for c in order[:top_k]]

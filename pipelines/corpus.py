@@ -103,7 +103,7 @@ class CorpusConfig(StrictModel):
 
     @model_validator(mode="after")
     def _index_reads_parquet(self) -> CorpusConfig:
-        if self.index is not None and self.output.format != "parquet":
+        if self.index is not None and getattr(self.output, "format", "parquet") != "parquet":  # refresh: parquet
             raise ValueError("index: is built from the corpus's parquet files: leave it out with output.format: hplt")
         return self
 

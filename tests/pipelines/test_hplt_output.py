@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import zstandard
+from fsspec.implementations.local import LocalFileSystem
 
 from shardflow.config import validate
 from shardflow.errors import ConfigError
@@ -122,3 +123,31 @@ def test_the_dense_index_needs_parquet(tmp_path: Path) -> None:
     }
     with pytest.raises(ConfigError, match="leave it out with output.format: hplt"):
         validate(raw, CorpusConfig)
+
+
+def test_a_crash_while_moving_hplt_shards_into_place_is_finished_by_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inputs = [str(SAMPLE / lang / "1.jsonl.zst") for lang in LANGS]
+    real_mv, moved = LocalFileSystem.mv, []
+
+    def failing_mv(self: LocalFileSystem, source: str, target: str, **kwargs: Any) -> None:
+        if "/_staging/" in str(source) and str(source).endswith(".jsonl.zst"):  # a staged shard moved to <n>
+            if len(moved) == 2:
+                raise OSError("disk went away")
+            moved.append(target)
+        return real_mv(self, source, target, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "mv", failing_mv)
+    with pytest.raises(OSError, match="disk went away"):
+        run(inputs, tmp_path / "out", stages=[{"op": "langid"}])
+    assert not (tmp_path / "out" / "manifest.json").exists() and len(moved) == 2
+    monkeypatch.undo()
+
+    manifest = run(inputs, tmp_path / "out", stages=[{"op": "langid"}])  # the commit plan is finished
+    corpus = sorted(e["path"] for e in manifest["files"] if e["kind"] == "corpus")
+    on_disk = sorted(str(f.relative_to(tmp_path / "out")) for f in (tmp_path / "out").glob("corpus/*/*.jsonl.zst"))
+    assert on_disk == corpus and {str(tmp_path / "out" / path) for path in corpus} >= set(map(str, moved))
+    records = [r for f in (tmp_path / "out" / "corpus").glob("*/*.jsonl.zst") for r in read_records(f)]
+    assert sorted(r["id"] for r in records) == sorted(r["id"] for r in sample_records() if r["lang"][0] in LANGS)
+    assert not (tmp_path / "out" / "_staging").exists()

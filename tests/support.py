@@ -83,6 +83,24 @@ V4 = {
 PLAIN = {"text": TEXT, "id": 42, "extra": {"k": [1, 2]}}
 
 
+def fail_third_staged_move(monkeypatch: Any, suffix: str) -> list[str]:
+    """Make the commit's third move of a staged ``suffix`` file into place fail (as if the disk went away);
+    returns the targets of the moves that succeeded."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    real_mv, moved = LocalFileSystem.mv, []
+
+    def failing_mv(self: LocalFileSystem, source: str, target: str, **kwargs: Any) -> None:
+        if "/_staging/" in str(source) and str(source).endswith(suffix):
+            if len(moved) == 2:
+                raise OSError("disk went away")
+            moved.append(target)
+        return real_mv(self, source, target, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "mv", failing_mv)
+    return moved
+
+
 def jsonl_bytes(records: list[Any]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
 

@@ -14,14 +14,13 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from fsspec.implementations.local import LocalFileSystem
 
 from shardflow.config import load_config, validate
 from shardflow.errors import ConfigError, OutputStateError
 from shardflow.lease import lease
 from shardflow.pipelines.corpus import RUN_LEASE, CorpusConfig, run_corpus
 from shardflow.storage import Location, StorageConfig
-from support import SAMPLE, sample_records, write_shard
+from support import SAMPLE, fail_third_staged_move, sample_records, write_shard
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -245,20 +244,11 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_documents(tmp_path: 
 def test_a_crash_while_committing_is_finished_by_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shards = [str(SAMPLE / lang / "1.jsonl.zst") for lang in ("fin_Latn", "eng_Latn", "rus_Cyrl", "jpn_Jpan")]
     output = tmp_path / "out"
-    real_mv, moves = LocalFileSystem.mv, []
-
-    def failing_mv(self, source, target, **kwargs):
-        if "/_staging/" in str(source) and str(source).endswith(".parquet"):  # a staged file moved into place
-            if len(moves) == 2:
-                raise OSError("disk went away")
-            moves.append(source)
-        return real_mv(self, source, target, **kwargs)
-
-    monkeypatch.setattr(LocalFileSystem, "mv", failing_mv)
+    fail_third_staged_move(monkeypatch, ".parquet")
     with pytest.raises(OSError, match="disk went away"):
         run_corpus(corpus_config(shards, str(output)))
     assert not (output / "manifest.json").exists() and list(output.glob("_staging/*/COMMIT.json"))
-    monkeypatch.setattr(LocalFileSystem, "mv", real_mv)
+    monkeypatch.undo()
 
     finished = run_corpus(corpus_config(shards, str(output)))
     assert finished.manifest["shards_this_attempt"] == 4  # from the plan written by the first attempt

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import zstandard
-from fsspec.implementations.local import LocalFileSystem
 
 from shardflow.config import validate
 from shardflow.errors import ConfigError
@@ -17,7 +16,7 @@ from shardflow.operators.readers import ReaderConfig, shard_rows
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
 from shardflow.shards import list_shards
 from shardflow.storage import Location
-from support import PLAIN, SAMPLE, V2, V3, V4, V12, sample_records, write_shard
+from support import PLAIN, SAMPLE, V2, V3, V4, V12, fail_third_staged_move, sample_records, write_shard
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -129,16 +128,7 @@ def test_a_crash_while_moving_hplt_shards_into_place_is_finished_by_the_next_run
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inputs = [str(SAMPLE / lang / "1.jsonl.zst") for lang in LANGS]
-    real_mv, moved = LocalFileSystem.mv, []
-
-    def failing_mv(self: LocalFileSystem, source: str, target: str, **kwargs: Any) -> None:
-        if "/_staging/" in str(source) and str(source).endswith(".jsonl.zst"):  # a staged shard moved to <n>
-            if len(moved) == 2:
-                raise OSError("disk went away")
-            moved.append(target)
-        return real_mv(self, source, target, **kwargs)
-
-    monkeypatch.setattr(LocalFileSystem, "mv", failing_mv)
+    moved = fail_third_staged_move(monkeypatch, ".jsonl.zst")  # a staged shard moved to its <n>
     with pytest.raises(OSError, match="disk went away"):
         run(inputs, tmp_path / "out", stages=[{"op": "langid"}])
     assert not (tmp_path / "out" / "manifest.json").exists() and len(moved) == 2

@@ -50,8 +50,19 @@ NUMBERED = re.compile(r"^(corpus/[^/]+)/[^/]+\.jsonl\.zst$")
 
 def hplt_shard(rows: pa.Table, version: HpltVersion, level: int = 3) -> bytes:
     """``rows`` (kept documents) as one zstd-compressed JSON-lines shard."""
-    lines = b"".join(orjson.dumps(hplt_record(row, version)) + b"\n" for row in rows.to_pylist())
+    lines = b"".join(_json_line(hplt_record(row, version)) for row in rows.to_pylist())
     return zstandard.ZstdCompressor(level=level).compress(lines)
+
+
+def _json_line(record: dict[str, Any]) -> bytes:
+    """One record as a line. An input field nested as deep as JSON may be (orjson writes 254 levels) sits two
+    levels deeper under ``shardflow.input``: there it is kept as its JSON text, so no record fails a shard."""
+    try:
+        return orjson.dumps(record) + b"\n"
+    except TypeError:
+        notes = record[ANNOTATIONS]
+        notes["input"] = orjson.dumps(notes.get("input")).decode()
+        return orjson.dumps(record) + b"\n"
 
 
 def hplt_record(row: dict[str, Any], version: HpltVersion) -> dict[str, Any]:

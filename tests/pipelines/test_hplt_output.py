@@ -7,12 +7,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 import zstandard
 
 from shardflow.config import validate
 from shardflow.errors import ConfigError
 from shardflow.operators.readers import ReaderConfig, shard_rows
+from shardflow.output.hplt import hplt_shard
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
 from shardflow.shards import list_shards
 from shardflow.storage import Location
@@ -141,3 +143,13 @@ def test_a_crash_while_moving_hplt_shards_into_place_is_finished_by_the_next_run
     records = [r for f in (tmp_path / "out" / "corpus").glob("*/*.jsonl.zst") for r in read_records(f)]
     assert sorted(r["id"] for r in records) == sorted(r["id"] for r in sample_records() if r["lang"][0] in LANGS)
     assert not (tmp_path / "out" / "_staging").exists()
+
+
+def test_a_replaced_input_field_as_deep_as_json_allows_is_kept_as_its_text() -> None:
+    deep: Any = "x"
+    for _ in range(252):  # as deep as orjson writes in meta (254 levels with it and the field)
+        deep = [deep]
+    row = {"doc_id": "d", "text": "t", "meta": json.dumps({"seg_langs": deep}), "seg_langs": ["fin_Latn"]}
+    (line,) = zstandard.ZstdDecompressor().decompress(hplt_shard(pa.Table.from_pylist([row]), "v2")).splitlines()
+    record = json.loads(line)
+    assert record["seg_langs"] == ["fin_Latn"] and json.loads(record["shardflow"]["input"]) == {"seg_langs": deep}

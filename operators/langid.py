@@ -114,7 +114,7 @@ class LanguageId(Operator):
             top = votes.topk[row] if voted and not whole else self.detect(text)
             lang, score = top[0] if top else (UNDETERMINED, 0.0)
             if voted and whole:
-                lang_mix[row] = 1.0 - votes.shares[row].get(lang, 0.0)
+                lang_mix[row] = 1.0 - votes.share(row, lang)
             langs.append(lang)
             scores.append(score)
             topks.append([{"lang": code, "score": prob} for code, prob in top])

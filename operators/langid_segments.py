@@ -65,17 +65,20 @@ def split_segments(texts: pa.Array | pa.ChunkedArray, min_letters: int) -> Segme
 
 @dataclass(frozen=True)
 class DocumentVotes:
-    """Per document: its label from the votes (``None`` where no segment was identified), that label's share of
-    the evidence, the alternatives, the share of characters in other labels; per segment: label and
-    probability."""
+    """Per document: its label from the votes (``None`` where no segment was identified), the alternatives with
+    their evidence, the share of characters in other labels; per segment: label and probability."""
 
     labels: list[str | None]
-    scores: np.ndarray
     topk: list[list[tuple[str, float]]]
     mix: np.ndarray  # NaN where no segment was identified
-    shares: list[dict[str, float]]  # each label's share of the voting characters
     seg_labels: list[str]
     seg_scores: np.ndarray
+    names: list[str]  # the labels of the batch, in the columns' order of ``shares``
+    shares: np.ndarray  # documents x labels: each label's share of the document's voting characters
+
+    def share(self, document: int, label: str) -> float:
+        """``label``'s share of ``document``'s voting characters (0 for a label no segment of it voted for)."""
+        return float(self.shares[document, self.names.index(label)]) if label in self.names else 0.0
 
 
 def vote(segments: Segments, documents: int, predict: Predict, min_score: float, top_k: int) -> DocumentVotes:
@@ -112,34 +115,30 @@ def vote(segments: Segments, documents: int, predict: Predict, min_score: float,
     confident |= identified & unsure[segments.parent]  # no line is sure: every identified one votes
     weights = np.where(confident, segments.chars, 0.0)
     shape = (documents, max(len(names), 1))
-    letters = np.zeros(shape)
-    np.add.at(letters, (segments.parent[confident], top[confident]), weights[confident])
+    chars = np.zeros(shape)
+    np.add.at(chars, (segments.parent[confident], top[confident]), weights[confident])
     evidence = np.zeros(shape)
     if rows:
         seg, label, prob = (np.array(column) for column in zip(*rows, strict=True))
         np.add.at(evidence, (segments.parent[seg], label), weights[seg] * prob)
-    total = letters.sum(axis=1)
-    evidence = np.divide(evidence, total[:, None], out=np.zeros(shape), where=total[:, None] > 0)
-    winners = _winners(letters, evidence, names)
-    labels = [names[w] if total[d] > 0 else None for d, w in enumerate(winners)]
-    best = letters[np.arange(documents), winners]
-    mix = np.where(total > 0, 1.0 - np.divide(best, total, out=np.zeros(documents), where=total > 0), np.nan)
-    scores = evidence[np.arange(documents), winners]
-    topk = [_alternatives(evidence[d], winners[d], names, top_k) if total[d] > 0 else [] for d in range(documents)]
-    shares = [
-        {names[c]: letters[d, c] / total[d] for c in np.flatnonzero(letters[d])} if total[d] > 0 else {}
-        for d in range(documents)
-    ]
-    return DocumentVotes(labels, scores, topk, mix, shares, seg_labels, seg_scores)
+    total = chars.sum(axis=1, keepdims=True)
+    evidence = np.divide(evidence, total, out=np.zeros(shape), where=total > 0)
+    shares = np.divide(chars, total, out=np.zeros(shape), where=total > 0)
+    winners = _winners(chars, evidence, names)
+    voted = total[:, 0] > 0
+    labels = [names[w] if voted[d] else None for d, w in enumerate(winners)]
+    mix = np.where(voted, 1.0 - shares[np.arange(documents), winners], np.nan)
+    topk = [_alternatives(evidence[d], winners[d], names, top_k) if voted[d] else [] for d in range(documents)]
+    return DocumentVotes(labels, topk, mix, seg_labels, seg_scores, names, shares)
 
 
-def _winners(letters: np.ndarray, evidence: np.ndarray, names: list[str]) -> np.ndarray:
-    """Per document, the label with most letters; ties by evidence, then by name."""
-    winners = letters.argmax(axis=1)
-    most = letters.max(axis=1, keepdims=True)
-    tied = np.flatnonzero(((letters == most).sum(axis=1) > 1) & (most[:, 0] > 0))
+def _winners(chars: np.ndarray, evidence: np.ndarray, names: list[str]) -> np.ndarray:
+    """Per document, the label with most characters; ties by evidence, then by name."""
+    winners = chars.argmax(axis=1)
+    most = chars.max(axis=1, keepdims=True)
+    tied = np.flatnonzero(((chars == most).sum(axis=1) > 1) & (most[:, 0] > 0))
     for d in tied:
-        candidates = np.flatnonzero(letters[d] == letters[d].max())
+        candidates = np.flatnonzero(chars[d] == chars[d].max())
         winners[d] = min(candidates, key=lambda c: (-evidence[d, c], names[c]))
     return winners
 

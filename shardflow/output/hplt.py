@@ -109,7 +109,7 @@ def number_shards(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
     numbered = []
     for entry in sorted(files, key=lambda e: e["path"]):
         match = NUMBERED.match(entry["path"])
-        if match is None or "staged" in entry:
+        if match is None:
             numbered.append(entry)
             continue
         folder = match.group(1)

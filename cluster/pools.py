@@ -9,15 +9,24 @@ is a scheduling token, not a thread limit, so this costs no speed).
 A stage that asks for GPUs gets a fixed pool, one actor per ``num_gpus`` of the cluster's GPUs (Ray's
 autoscaling would add GPU actors one at a time), each pinned by Ray to its own device; on a cluster with no
 GPU it falls back to CPU actors, with a warning, so the same config runs on a laptop.
+
+A pool is only busy if it gets enough blocks: a reader emits blocks of up to ``input.batch_rows`` rows, and
+Ray Data hands a block to one actor, so a one-file corpus of 2,000 passages would give all of it to one GPU of
+eight. ``block_rows`` says how many rows each block (and batch) handed to a pool holds: few enough that the
+run's records make ``BLOCKS_PER_ACTOR`` blocks for every actor, never more than the stage's ``batch_size``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from shardflow.config import Resources
 from shardflow.errors import ConfigError
+
+BLOCKS_PER_ACTOR = 4  # blocks per actor: a slow block does not leave the others idle at the end of a run
+MIN_BLOCK_ROWS = 16  # below this a block costs more in scheduling than it holds in work
 
 
 @dataclass(frozen=True)
@@ -89,3 +98,14 @@ def plan_pools(stages: list[tuple[str, Resources]], cluster_cpus: float, cluster
         else:
             pools.append(Pool(0.0, 1, max(1, int(cluster_cpus))))
     return pools
+
+
+def block_rows(records: int, actors: int, batch_size: int) -> int | None:
+    """Rows per block (and per batch) handed to a pool of ``actors`` in a run of about ``records`` records;
+    None for a pool of one actor, which takes the blocks as they come: smaller ones would feed nobody else
+    and cost a model more padding (it sorts texts by length within a call: the sample's embedding takes 7%
+    longer in calls of 444 rows than of 1,199, 16-35% longer in calls of 150)."""
+    if actors <= 1 or not records:
+        return None
+    wanted = math.ceil(records / (BLOCKS_PER_ACTOR * actors))
+    return max(1, min(batch_size, max(MIN_BLOCK_ROWS, wanted)))

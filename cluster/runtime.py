@@ -15,7 +15,7 @@ from pydantic import Field
 
 from shardflow.config import StrictModel
 
-__all__ = ["RayConfig", "Retries", "job_retries", "ray_session"]
+__all__ = ["RayConfig", "Retries", "job_retries", "quiet_ray", "ray_session"]
 
 STATE_LIMIT = 10_000  # rows per state-API query: the most the API server answers (RAY_MAX_LIMIT_FROM_API_SERVER)
 NOT_RETRIES = {"TASK_CANCELLED"}  # Ray Data cancels work it no longer needs at the end of a run
@@ -26,18 +26,58 @@ class RayConfig(StrictModel):
 
     address: str | None = Field(None, description="Ray cluster address; None starts an embedded local Ray.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all).")
-    progress: bool = Field(True, description="Show Ray Data's progress bars.")
+    progress: bool = Field(True, description="Show rows per stage as the run goes (shardflow.progress).")
+    progress_interval: float = Field(
+        30.0, gt=0, description="Seconds between progress lines where stderr is no terminal (a job's log, CI)."
+    )
+    verbose: bool = Field(False, description="Show Ray's own INFO logs and Ray Data's block counters as well.")
+
+
+HARMLESS = (  # warnings that say nothing a shardflow user can act on, every run
+    "Token authentication is enabled for this Ray cluster",  # what shardflow's cluster configs ask for
+    "does not have any available CPUs",  # the pools hold them by design; plan_pools leaves one to the tasks
+    "Progress bars disabled",  # shardflow shows its own
+    # Ray Data's memory advice, every 30 s: a model actor's memory is the model's, known before the run
+    "of memory per worker on",
+    "To disable issue detection",
+)
+
+
+class _Harmless(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in HARMLESS)
+
+
+def quiet_ray(verbose: bool) -> None:
+    """Keep Ray's chatter off the console unless ``verbose``: Ray Data's INFO lines (execution plans, block
+    counters twice a second where there is no terminal) go to its log file only, and the ``HARMLESS``
+    warnings nowhere. Warnings and errors that are not known to be harmless stay."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = verbose
+    for handler in _console_handlers("ray.data"):  # Ray Data's file handler keeps everything
+        handler.setLevel(logging.INFO if verbose else logging.WARNING)  # INFO: Ray Data's own default
+    for handler in _console_handlers("ray") + _console_handlers("ray.data"):
+        for known in [f for f in handler.filters if isinstance(f, _Harmless)]:
+            handler.removeFilter(known)
+        if not verbose:
+            handler.addFilter(_Harmless())
+
+
+def _console_handlers(logger: str) -> list[logging.Handler]:
+    return [handler for handler in logging.getLogger(logger).handlers if isinstance(handler, logging.StreamHandler)]
 
 
 @contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+def ray_session(address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> Iterator[None]:
     """Run the body with Ray initialised; shut down afterwards only what this call started.
 
     With no address, Ray starts a private local instance (``num_cpus`` caps it; its dashboard listens on
     127.0.0.1 only: it serves the state API that ``job_retries`` asks). An address (``ray://...``,
     ``auto``, ``HOST:PORT``) joins an existing cluster. A session that is already initialised (tests,
-    notebooks) is used as it is.
+    notebooks) is used as it is. Ray's logs are quieted unless ``verbose`` (``quiet_ray``).
     """
+    quiet_ray(verbose)
     if ray.is_initialized():
         yield
         return

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from shardflow import progress
 from shardflow.config import Resources
 from shardflow.errors import ConfigError
 from shardflow.output.corpus import OutputLayout
@@ -45,6 +46,7 @@ class Annotations:
     columns: dict[str, pa.Array]
     drop_reasons: list[str | None] = field(default_factory=list)
     quarantine_reasons: list[str | None] = field(default_factory=list)
+    tokens: int = 0  # what a model read for these rows (the progress display's tokens/s)
 
 
 class Operator(ABC):
@@ -92,6 +94,7 @@ class Operator(ABC):
             batch = _merge(batch, DROP_REASON, self._prefixed(found.drop_reasons), positions)
         if found.quarantine_reasons:
             batch = self._quarantine(batch, docs, found.quarantine_reasons, positions)
+        progress.report(self.name, batch.num_rows, found.tokens)
         return with_seconds(batch, self.name, time.perf_counter() - started)
 
     def _annotate_safely(self, docs: pa.Table) -> Annotations:

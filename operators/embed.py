@@ -139,6 +139,10 @@ class TextEncoder:
         return self.config.dimensions or int(self.model.config.hidden_size)
 
     def encode(self, texts: list[str], kind: Literal["query", "passage"] = "passage") -> np.ndarray:
+        return self.encode_counted(texts, kind)[0]
+
+    def encode_counted(self, texts: list[str], kind: Literal["query", "passage"]) -> tuple[np.ndarray, int]:
+        """The vectors of ``texts`` and how many tokens the model read for them."""
         prompt = self.family.query_prompt if kind == "query" else self.family.passage_prompt
         encoded = self.tokenizer([prompt + text for text in texts], truncation=True, max_length=self.max_length)[
             "input_ids"
@@ -147,7 +151,7 @@ class TextEncoder:
         vectors = np.zeros((len(texts), self.dimensions), dtype=np.float32)
         for batch in token_budget_batches(lengths, self.token_budget):
             vectors[batch] = self._forward([encoded[i] for i in batch])
-        return vectors
+        return vectors, int(lengths.sum())
 
     def _forward(self, ids: list[list[int]]) -> np.ndarray:
         import torch
@@ -198,9 +202,10 @@ class Embedder(Operator):
         self.added_fields = [pa.field(EMBEDDING, pa.list_(pa.float16(), self.encoder.dimensions))]
 
     def annotate(self, docs: pa.Table) -> Annotations:
-        vectors = self.encoder.encode(docs[TEXT].to_pylist(), "passage").astype(np.float16)
+        vectors, tokens = self.encoder.encode_counted(docs[TEXT].to_pylist(), "passage")
+        vectors = vectors.astype(np.float16)
         broken = ~np.isfinite(vectors).all(axis=1)  # NaN from the model, or beyond float16's range
         flat = pa.array(np.where(broken[:, None], 0, vectors).ravel(), pa.float16())
         column = pa.FixedSizeListArray.from_arrays(flat, self.encoder.dimensions, mask=pa.array(broken))
         reasons = [NON_FINITE if bad else None for bad in broken] if broken.any() else []
-        return Annotations({EMBEDDING: column}, quarantine_reasons=reasons)
+        return Annotations({EMBEDDING: column}, quarantine_reasons=reasons, tokens=tokens)

@@ -27,12 +27,13 @@ import xxhash
 import zstandard
 from pydantic import Field
 
+from shardflow import progress
 from shardflow.config import StrictModel
 from shardflow.schema import READ_SCHEMA, stage_error, with_seconds
 from shardflow.shards import Shard, read_shards
 from shardflow.storage import Location
 
-__all__ = ["ReaderConfig", "map_record", "read_documents", "read_shard", "shard_rows"]
+__all__ = ["ReaderConfig", "detect_layout", "map_record", "read_documents", "read_shard", "shard_rows"]
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -99,10 +100,16 @@ def read_shard(shard: Shard, config: ReaderConfig) -> Iterator[pa.Table]:
         rows.append(row)
         size += len(row.get("text") or "") + len(row.get("raw") or b"") + len(row.get("meta") or "")
         if len(rows) >= config.batch_rows or size >= config.batch_bytes:
-            yield with_seconds(pa.Table.from_pylist(rows, schema=READ_SCHEMA), "read", time.perf_counter() - started)
+            yield _block(rows, started)
             rows, size, emitted, started = [], 0, True, time.perf_counter()
     if rows or not emitted:
-        yield with_seconds(pa.Table.from_pylist(rows, schema=READ_SCHEMA), "read", time.perf_counter() - started)
+        yield _block(rows, started)
+
+
+def _block(rows: list[dict[str, Any]], started: float) -> pa.Table:
+    """The rows read as one block, with the time they took; counted on the progress display."""
+    progress.report(progress.READ, len(rows))
+    return with_seconds(pa.Table.from_pylist(rows, schema=READ_SCHEMA), "read", time.perf_counter() - started)
 
 
 UNREADABLE = (FileNotFoundError, PermissionError, IsADirectoryError)
@@ -384,7 +391,7 @@ Layout = Literal["v1.2", "v2", "v3", "v4", "plain"]
 V4_LID_MODELS = ("openlid_v3", "openlid_v2", "glotlid_v3")  # the first present one fills source_lang
 
 
-def _detect_layout(obj: dict[str, Any]) -> Layout:
+def detect_layout(obj: dict[str, Any]) -> Layout:
     """Which HPLT release wrote this record, from the field names that only that release uses."""
     if "document_lang" in obj:
         return "v1.2"
@@ -399,7 +406,7 @@ def _detect_layout(obj: dict[str, Any]) -> Layout:
 
 def map_record(obj: dict[str, Any], fmt: str, max_doc_bytes: int) -> dict[str, Any]:
     """The document columns of ``obj``; every field it does not map goes to ``meta`` as JSON."""
-    layout: Layout = "plain" if fmt == "jsonl" else _detect_layout(obj)
+    layout: Layout = "plain" if fmt == "jsonl" else detect_layout(obj)
     rest = dict(obj)
     text = rest.pop("text", None)
     if text is None:

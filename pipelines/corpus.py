@@ -27,8 +27,10 @@ from typing import Any
 
 import ray
 from pydantic import Field, field_validator, model_validator
+from rich.console import Console
 
-from shardflow.cluster.pools import Pool, plan_pools
+from shardflow import progress
+from shardflow.cluster.pools import Pool, block_rows, plan_pools
 from shardflow.cluster.runtime import RayConfig, job_retries, ray_session
 from shardflow.config import StrictModel
 from shardflow.errors import OutputStateError
@@ -37,8 +39,10 @@ from shardflow.operators.base import GlobalStage, OperatorSpec, RunContext, run_
 from shardflow.operators.index import IndexConfig, build_index, write_index_card
 from shardflow.operators.readers import ReaderConfig, read_documents
 from shardflow.operators.registry import STAGES, PlannedStage
+from shardflow.operators.sniff import estimate_records
 from shardflow.output.corpus import CorpusSink, OutputLayout, WriterConfig
 from shardflow.output.materialised import DocumentsSink, documents_ledger, read_documents_of
+from shardflow.progress import watching
 from shardflow.shards import Shard, list_shards, read_shards
 from shardflow.steps import DONE, finished, mark_finished, step_facts
 from shardflow.storage import Location, StorageConfig
@@ -131,8 +135,8 @@ class RunResult:
     seconds: float
 
 
-def run_corpus(config: CorpusConfig) -> RunResult:
-    """Run (or resume, or recognise as done) the corpus job.
+def run_corpus(config: CorpusConfig, console: Console | None = None) -> RunResult:
+    """Run (or resume, or recognise as done) the corpus job; its progress is shown on ``console``, if given.
 
     Everything that can fail on the user's input (output state, model files, input paths, dedup indexes) is
     checked before Ray starts; Ray is joined or started (``config.ray``) only for the data to flow. The run
@@ -140,10 +144,10 @@ def run_corpus(config: CorpusConfig) -> RunResult:
     """
     where = Location(config.output.path, config.storage).join(RUN_LEASE)
     with lease(where, f"a run into {config.output.path}") as held:
-        return _run_holding(config, held)
+        return _run_holding(config, held, console if config.ray.progress else None)
 
 
-def _run_holding(config: CorpusConfig, held: Lease) -> RunResult:
+def _run_holding(config: CorpusConfig, held: Lease, console: Console | None) -> RunResult:
     started = time.monotonic()
     layout = OutputLayout(Location(config.output.path, config.storage), config.fingerprint())
     if layout.prepare(config.output.if_exists) == "done":
@@ -163,13 +167,14 @@ def _run_holding(config: CorpusConfig, held: Lease) -> RunResult:
     index_todo = config.index is not None and not layout.staging.join(DENSE_INDEX, DONE).exists()
     retries: dict[str, Any] = {}
     if todo or index_todo:
-        with ray_session(config.ray.address, config.ray.num_cpus):
-            ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress
+        with ray_session(config.ray.address, config.ray.num_cpus, config.ray.verbose):
             before = job_retries()
-            if todo:
-                Stream(config, run, planned, global_stages).write(todo)
-            if index_todo:
-                _ensure_dense_index(config, layout)
+            with watching(console, config.ray.progress_interval):
+                if todo:
+                    Stream(config, run, planned, global_stages).write(todo)
+                if index_todo:
+                    progress.begin("dense index")
+                    _ensure_dense_index(config, layout)
             retries = job_retries().since(before).as_dict()
     seconds = time.monotonic() - started
     extra = {
@@ -196,6 +201,7 @@ class Stream:
         self.config, self.run, self.planned, self.global_stages = config, run, planned, global_stages
         # A config that would hang fails here, before any global pass.
         self.pools = _plan_stage_pools([stage for stage in planned if not stage.is_global], run.attempt)
+        self.records = estimate_records(run.shards)  # sizes the blocks handed to the pools
 
     def read_input(self, shards: list[Shard], markers: Location | None = None) -> ray.data.Dataset:
         return read_documents(shards, self.config.input, markers)
@@ -212,6 +218,7 @@ class Stream:
             global_stage = self.global_stages[stage.key]
             if global_stage.sees == "upstream" and not all(spec.lookup for spec in chain):
                 source, chain = self.materialise(source, chain, stage.key), []
+            progress.begin(f"{global_stage.name} pass", self.records, whole=True)
             if global_stage.sees == "upstream":
                 global_stage.prepare(self.apply(source(self.run.shards, None), chain))
             else:
@@ -220,6 +227,7 @@ class Stream:
             chain.append(lookup)
             if global_stage.sees == "input":
                 seen_by_input.append(lookup)
+        progress.begin("corpus", self.records, whole=len(todo) == len(self.run.shards))
         documents = self.apply(source(todo, self.run.output.ledger.markers), chain)
         documents.write_datasink(CorpusSink(self.run.output.ledger, self.config.output))
 
@@ -230,6 +238,8 @@ class Stream:
         ledger = documents_ledger(folder)
         missing = ledger.keep_finished(self.run.shards)
         if missing:
+            label = f"documents for the {self.global_stages[before].name} pass"
+            progress.begin(label, self.records, whole=len(missing) == len(self.run.shards))
             written = self.apply(source(missing, ledger.markers), chain)
             written.write_datasink(DocumentsSink(ledger, self.config.output.compression))
         if ledger.keep_finished(self.run.shards):
@@ -237,7 +247,7 @@ class Stream:
         return partial(_read_materialised, folder=folder, task_bytes=self.config.input.task_bytes)
 
     def apply(self, dataset: ray.data.Dataset, chain: list[OperatorSpec]) -> ray.data.Dataset:
-        return _apply_operators(dataset, chain, self.pools)
+        return _apply_operators(dataset, chain, self.pools, self.records)
 
 
 def _read_materialised(
@@ -276,18 +286,24 @@ def apply_stages(dataset: ray.data.Dataset, stages: list[Any], storage: StorageC
     return _apply_operators(dataset, chain, _plan_stage_pools(planned, attempt))
 
 
-def _apply_operators(dataset: ray.data.Dataset, chain: list[OperatorSpec], pools: dict[str, Pool]) -> ray.data.Dataset:
-    """Each operator as an actor pool (the model loads once per actor), or a stateless one in tasks."""
+def _apply_operators(
+    dataset: ray.data.Dataset, chain: list[OperatorSpec], pools: dict[str, Pool], records: int | None = None
+) -> ray.data.Dataset:
+    """Each operator as an actor pool (the model loads once per actor), or a stateless one in tasks. Ahead of
+    a pool, blocks are cut (streaming, no barrier) so that about ``records`` rows give every actor work."""
     for spec in chain:
         if spec.resources is None:
             dataset = dataset.map_batches(run_in_task, fn_kwargs={"spec": spec}, batch_format="pyarrow")
             continue
         pool = pools[spec.key]
+        rows = block_rows(records or 0, pool.max_size, spec.resources.batch_size)
+        if rows is not None:
+            dataset = dataset.repartition(target_num_rows_per_block=rows)
         dataset = dataset.map_batches(
             spec.operator,
             fn_constructor_kwargs=spec.arguments,
             batch_format="pyarrow",
-            batch_size=spec.resources.batch_size,
+            batch_size=rows or spec.resources.batch_size,
             num_cpus=pool.num_cpus,
             num_gpus=pool.num_gpus or None,
             compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),

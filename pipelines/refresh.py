@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import orjson
 from pydantic import Field, model_validator
+from rich.console import Console
 
 from shardflow.cluster.runtime import ray_session
 from shardflow.config import StrictModel
@@ -48,6 +49,7 @@ from shardflow.operators.registry import STAGES
 from shardflow.output.corpus import WriterConfig
 from shardflow.output.manifest import CORPUS
 from shardflow.pipelines.corpus import CorpusConfig, run_corpus
+from shardflow.progress import watching
 from shardflow.shards import Shard, list_shards
 from shardflow.steps import finished, mark_finished
 from shardflow.storage import ConditionalWritesUnsupported, Location, join
@@ -107,17 +109,20 @@ class RefreshResult:
     seconds: float
 
 
-def refresh(config: RefreshConfig, rebuild: bool = False, drop_missing: bool = False) -> RefreshResult:
+def refresh(
+    config: RefreshConfig, rebuild: bool = False, drop_missing: bool = False, console: Console | None = None
+) -> RefreshResult:
     """Publish version N+1 if the inputs hold anything new (or ``rebuild``); else leave version N as it is.
-    ``drop_missing`` lets a full rebuild leave out published shards that are no longer in the inputs."""
+    ``drop_missing`` lets a full rebuild leave out published shards that are no longer in the inputs. The
+    build's progress is shown on ``console``, if given."""
     started = time.monotonic()
     with lease(_root_of(config).join(LEASE_FILE), f"a refresh of {config.output.path}") as held:
-        version, published, record = _refresh_once(config, held, rebuild, drop_missing)
+        version, published, record = _refresh_once(config, held, rebuild, drop_missing, console)
     return RefreshResult(version, published, record, time.monotonic() - started)
 
 
 def _refresh_once(
-    config: RefreshConfig, held: Lease, rebuild: bool, drop_missing: bool
+    config: RefreshConfig, held: Lease, rebuild: bool, drop_missing: bool, console: Console | None
 ) -> tuple[int | None, bool, dict[str, Any] | None]:
     """The refresh under the lease: (current version, whether this call published it, its record)."""
     root = _root_of(config)
@@ -128,7 +133,11 @@ def _refresh_once(
     if plan is None:
         _collect_garbage(config, current["version"] if current else 0)
         return (current and current["version"]), False, published
-    with ray_session(config.ray.address, config.ray.num_cpus):
+    shown = console if config.ray.progress else None
+    with (
+        ray_session(config.ray.address, config.ray.num_cpus, config.ray.verbose),
+        watching(shown, config.ray.progress_interval),
+    ):
         record = _build_version(config, plan, published, held)
     held.check()
     write_version_record(root, plan["version"], record)

@@ -29,6 +29,7 @@ workers of a killed job that outlive it.
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import resource
 import time
@@ -43,10 +44,11 @@ import pyarrow.parquet as pq
 import ray
 import xxhash
 from pydantic import Field, field_validator
+from rich.console import Console
 from rich.progress import Progress
 
 from shardflow.arrays import run_starts
-from shardflow.cluster.pools import actors_that_fit, on_cluster
+from shardflow.cluster.pools import BLOCKS_PER_ACTOR, actors_that_fit, on_cluster
 from shardflow.cluster.runtime import RayConfig, job_retries, ray_session
 from shardflow.config import Resources, StrictModel
 from shardflow.errors import ConfigError, InputError, OutputStateError
@@ -65,6 +67,8 @@ from shardflow.storage import Location, StorageConfig
 from shardflow.trec import read_queries, run_lines
 
 __all__ = ["CorpusSource", "RerankConfig", "rerank", "run_name"]
+
+log = logging.getLogger(__name__)
 
 MEASURES = ("nDCG@10", "RR@10", "R@100")
 RUN_SUFFIXES = (".gz", ".run", ".txt", ".trec", ".tsv")
@@ -123,9 +127,12 @@ def run_name(uri: str) -> str:
     return name
 
 
-def rerank(config: RerankConfig, progress: bool = True, restart: bool = False) -> dict[str, Any]:
+def rerank(
+    config: RerankConfig, progress: bool = True, restart: bool = False, console: Console | None = None
+) -> dict[str, Any]:
     """Run (or resume) the job; returns the summary also written to ``OUTPUT/summary.json``. ``restart``
-    discards the job's staged work first: the way on after a change of the pairs' inputs, scorer or queries."""
+    discards the job's staged work first: the way on after a change of the pairs' inputs, scorer or queries.
+    The scoring's progress bar goes to ``console`` (default: stderr)."""
     started = time.monotonic()
     for uri in [*config.runs, config.queries, *([config.qrels] if config.qrels else [])]:
         if not config.at(uri).exists():
@@ -134,14 +141,14 @@ def rerank(config: RerankConfig, progress: bool = True, restart: bool = False) -
     with lease(output.join(LEASE_FILE), f"a rerank into {config.output.path}") as held:
         if restart:
             output.join("_staging").remove()
-        summary = _attempt(config, output, held, progress)
+        summary = _attempt(config, output, held, Progress(console=console, disable=not progress, transient=True))
         summary["seconds"] = round(time.monotonic() - started, 3)
         summary["driver_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10  # KiB on Linux
         output.join("summary.json").put_bytes(json.dumps(summary, indent=2).encode())
     return summary
 
 
-def _attempt(config: RerankConfig, output: Location, held: Lease, progress: bool) -> dict[str, Any]:
+def _attempt(config: RerankConfig, output: Location, held: Lease, progress: Progress) -> dict[str, Any]:
     """The job's steps under its lease: staged work of other inputs refused, then pairs, scores and runs."""
     queries = dict(read_queries(config.at(config.queries)))
     staging = output.join("_staging")
@@ -150,8 +157,7 @@ def _attempt(config: RerankConfig, output: Location, held: Lease, progress: bool
     fingerprint = xxhash.xxh64_hexdigest(json.dumps(inputs, sort_keys=True).encode())
     scores = staging.join("scores", fingerprint)
     scores.join(SCORED_WITH).put_bytes(json.dumps(inputs, indent=2).encode())
-    with ray_session(config.ray.address, config.ray.num_cpus):
-        ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress and progress
+    with ray_session(config.ray.address, config.ray.num_cpus, config.ray.verbose):
         before = job_retries()
         pairs = _ensure_pairs(config, staging.join("pairs"))
         staged_queries = _stage_queries(queries, config.chunks, staging.join("queries", inputs["queries_xxh64"]))
@@ -548,7 +554,7 @@ def _score_chunks(
     todo: list[tuple[Location, Location, Location]],
     prepared: Location | None,
     attempt: Attempt,
-    progress: bool,
+    progress: Progress,
 ) -> dict[str, Any]:
     """Score the chunks of ``todo`` on a fixed pool of scorer actors; returns how many it scored and where the
     actors ran. Stops when a result could not be published: another job took the output."""
@@ -567,7 +573,14 @@ def _score_chunks(
     actors = [actor.remote(config.scorer, prepared) for _ in range(size)]
     placements = ray.get([a.placement.remote() for a in actors])
     actor_pool = ray.util.ActorPool(actors)
-    with Progress(disable=not progress, transient=True) as bar:
+    if config.chunks < BLOCKS_PER_ACTOR * (pool.concurrency or 1):  # a chunk is one actor's work
+        log.warning(
+            "chunks: %d for %d scorer actors leaves some idle at times; %d or more keeps every one busy",
+            config.chunks,
+            pool.concurrency,
+            BLOCKS_PER_ACTOR * (pool.concurrency or 1),
+        )
+    with progress as bar:
         task = bar.add_task(f"scoring {len(todo)} chunks on {size} actor(s)", total=len(todo))
         for published in actor_pool.map_unordered(lambda a, job: a.score.remote(*job, attempt), todo):
             if not published:

@@ -21,6 +21,7 @@ import orjson
 import pyarrow as pa
 from ray.data import Datasink
 
+from shardflow import progress
 from shardflow.shards import Shard, shard_key
 from shardflow.storage import Location
 
@@ -105,12 +106,11 @@ class LedgerSink(Datasink, ABC):
         non-empty block; the facts name the ``shard`` (URI) and count its ``rows``."""
 
     def write(self, blocks: Iterable[pa.Table], ctx: Any) -> list[dict[str, Any]]:
-        written = [
-            self._write_file(path, table, facts)
-            for block in blocks
-            if block.num_rows
-            for path, table, facts in self.files(block)
-        ]
+        written = []
+        for block in blocks:
+            if block.num_rows:
+                written += [self._write_file(path, table, facts) for path, table, facts in self.files(block)]
+                progress.report(progress.WRITE, block.num_rows)
         if written:
             self.ledger.record(written)
         return written

@@ -1,10 +1,10 @@
-"""Actor pool sizing: pools never take the CPUs that read and write tasks need."""
+"""Actor pool sizing: pools never take the CPUs that read and write tasks need; every actor gets blocks."""
 
 from __future__ import annotations
 
 import pytest
 
-from shardflow.cluster.pools import Pool, plan_pools
+from shardflow.cluster.pools import MIN_BLOCK_ROWS, Pool, block_rows, plan_pools
 from shardflow.config import Resources
 from shardflow.errors import ConfigError
 
@@ -50,3 +50,11 @@ def test_a_fixed_pool_is_never_larger_than_the_nodes_can_hold() -> None:
     assert actors_that_fit(Resources(num_cpus=1, num_gpus=1), nodes) == 5
     assert actors_that_fit(Resources(num_cpus=0.5, num_gpus=1), nodes) == 6
     assert actors_that_fit(Resources(num_cpus=3, num_gpus=0), nodes) == 2
+
+
+def test_blocks_give_every_actor_of_a_pool_four_and_never_outgrow_a_batch() -> None:
+    assert block_rows(2_640, actors=8, batch_size=1000) == 83  # a one-file corpus: 32 blocks for 8 GPUs
+    assert block_rows(1_000_000, actors=8, batch_size=1000) == 1000  # a big run: whole batches
+    assert block_rows(60, actors=4, batch_size=1000) == MIN_BLOCK_ROWS  # 4 blocks of 16, 16, 16 and 12
+    assert block_rows(2_640, actors=1, batch_size=1000) is None  # one actor: nobody else to feed
+    assert block_rows(0, actors=8, batch_size=1000) is None  # no estimate (a benchmark's own dataset)

@@ -95,14 +95,14 @@ def test_the_operator_adds_float16_vectors_to_the_documents_in_play(checkpoints:
 
 def test_a_vector_with_nan_or_beyond_float16_is_quarantined_not_indexed(checkpoints: dict[str, Path]) -> None:
     embedder = Embedder(EmbedConfig(model=str(checkpoints["bert"])), StorageConfig())
-    real = embedder.encoder.encode
+    real = embedder.encoder.encode_counted
 
-    def overflowing(texts: list[str], kind: str = "passage") -> np.ndarray:
-        vectors = real(texts, kind)
+    def overflowing(texts: list[str], kind: str) -> tuple[np.ndarray, int]:
+        vectors, tokens = real(texts, kind)
         vectors[1, 0], vectors[3, 5] = np.nan, 1e6  # a model that diverged; a value float16 cannot hold
-        return vectors
+        return vectors, tokens
 
-    embedder.encoder.encode = overflowing
+    embedder.encoder.encode_counted = overflowing
     nothing = pa.nulls(4, pa.string())
     batch = pa.table(
         {TEXT: texts()[:4], "quarantine_reason": nothing, "drop_reason": nothing, "raw": pa.nulls(4, pa.large_binary())}

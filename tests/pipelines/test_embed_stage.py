@@ -1,5 +1,6 @@
 """The embed stage in the corpus job: vectors land in the corpus; GPU stages get one pinned actor per GPU
-(Ray's logical GPUs stand in for real ones), and run on CPU actors where the cluster has none."""
+(Ray's logical GPUs stand in for real ones), each with a share of the rows, and run on CPU actors where the
+cluster has none."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def test_embeddings_land_in_the_corpus_on_cpu_actors_when_there_is_no_gpu(tmp_pa
 
 PINNING = textwrap.dedent(
     """
-    import json, os, sys
+    import json, os, sys, time
     import ray
     from shardflow.pipelines import corpus
     from shardflow.operators.embed import Embedder
@@ -62,8 +63,24 @@ PINNING = textwrap.dedent(
 
         def __init__(self, config, storage):
             super().__init__(config, storage)
+            self.write(None)  # started
+
+        def annotate(self, docs):
+            self.write(docs.num_rows)
+            # Busy until every actor has a block (or a minute has passed): Ray Data hands the next block to
+            # the least busy actor, so this holds the first ones back only if the blocks really are there.
+            deadline = time.monotonic() + 60
+            while self.with_rows() < 4 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            return super().annotate(docs)
+
+        def with_rows(self):
+            with open(self.record) as seen:
+                return len({pid for pid, _, rows in map(json.loads, seen) if rows is not None})
+
+        def write(self, rows):
             with open(self.record, "a") as out:
-                out.write(json.dumps([os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")]) + "\\n")
+                out.write(json.dumps([os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES"), rows]) + "\\n")
 
     STAGES.implementations["embed"] = Probe
     ray.init(num_cpus=8, num_gpus=4, include_dashboard=False, log_to_driver=False)
@@ -76,10 +93,10 @@ PINNING = textwrap.dedent(
 )
 
 
-def test_gpu_stage_runs_one_actor_per_gpu_each_on_its_own_device(tmp_path: Path) -> None:
-    shards, model = corpus(tmp_path)
+def test_gpu_stage_runs_one_actor_per_gpu_each_on_its_own_device_each_with_rows(tmp_path: Path) -> None:
+    shards, model = corpus(tmp_path)  # one file: the reader emits its 60 rows as one block
     config = {
-        "input": {"paths": [str(shards)], "batch_rows": 10},
+        "input": {"paths": [str(shards)]},
         "output": {"path": str(tmp_path / "out")},
         "stages": [{"op": "embed", "model": str(model), "resources": {"num_gpus": 1, "num_cpus": 1}}],
         "ray": {"progress": False},
@@ -95,5 +112,8 @@ def test_gpu_stage_runs_one_actor_per_gpu_each_on_its_own_device(tmp_path: Path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["kept"] == 60
     seen = [json.loads(line) for line in actors.read_text().splitlines()]
-    assert len({pid for pid, _ in seen}) == 4  # a fixed pool: one actor per logical GPU
-    assert sorted(device for _, device in seen) == ["0", "1", "2", "3"]
+    started = [(pid, device) for pid, device, rows in seen if rows is None]
+    assert len({pid for pid, _ in started}) == 4  # a fixed pool: one actor per logical GPU
+    assert sorted(device for _, device in started) == ["0", "1", "2", "3"]
+    rows = {pid: sum(r for p, _, r in seen if p == pid and r is not None) for pid, _ in started}
+    assert sum(rows.values()) == 60 and all(rows.values()), rows  # every actor embedded a share

@@ -1,5 +1,7 @@
 """The run report: one self-contained HTML file (inline SVG, no scripts, no network) and the same numbers
-as JSON, both computed from ``manifest.json`` alone, so a report can be rebuilt for any finished output.
+as JSON, computed from ``manifest.json``, so a report can be rebuilt for any finished output; beside every
+drop and quarantine reason, a few of the records it removed (read from ``removed/`` and ``quarantine/``, a
+bounded number of files), so that a threshold can be judged by eye.
 
     shardflow report OUTPUT      # writes OUTPUT/report.html and OUTPUT/report.json
 """
@@ -8,16 +10,17 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from typing import Any
 
-from shardflow.errors import InputError
-from shardflow.schema import STAGE_ERROR
+from shardflow.inspection import drop_reasons, quarantine_reasons, read_manifest, reason_examples, visible
 from shardflow.storage import Location
 
 TOP_LANGUAGES = 20
 DEDUP_STAGES = ("exact_dedup", "fuzzy_dedup")
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
 CHARTS = ("languages", "drop-reasons", "duplicates", "scores", "timing", "quarantine")
+EXAMPLES_PER_REASON = 3
 
 
 def _report_numbers(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -44,12 +47,8 @@ def _report_numbers(manifest: dict[str, Any]) -> dict[str, Any]:
         "counts": manifest["counts"],
         "stages": manifest["stages"],
         "timing": manifest.get("timing", {}),
-        "quarantine_reasons": {  # the read's, and the records that made a later stage raise
-            reason: n
-            for stage in manifest["stages"]
-            for reason, n in stage["reasons"].items()
-            if stage["name"] == "read" or reason.startswith(f"{STAGE_ERROR}:")
-        },
+        "drop_reasons": drop_reasons(manifest),
+        "quarantine_reasons": quarantine_reasons(manifest),
         "dedup_ran": any(name in DEDUP_STAGES for name in stage_names),
         "languages": languages,
         "created": manifest["created"],
@@ -59,10 +58,8 @@ def _report_numbers(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def write_report(output: Location) -> tuple[str, str]:
     """Read ``OUTPUT/manifest.json``, write ``report.html`` and ``report.json`` beside it; return their URIs."""
-    manifest = output.join("manifest.json").read_json()
-    if manifest is None:
-        raise InputError(f"{output} has no manifest.json: it is not a finished shardflow output")
-    numbers = _report_numbers(manifest)
+    manifest = read_manifest(output)
+    numbers = _report_numbers(manifest) | {"examples": reason_examples(output, manifest, EXAMPLES_PER_REASON)}
     html, data = output.join("report.html"), output.join("report.json")
     data.put_bytes(json.dumps(numbers, indent=2).encode())
     html.put_bytes(_render_html(numbers, output.uri).encode())
@@ -89,7 +86,7 @@ def _render_html(numbers: dict[str, Any], output: str) -> str:
         _section(
             "drop-reasons",
             "Drop reasons per language",
-            "Documents each stage removed, by reason (stacked).",
+            "Documents each stage removed, by reason (stacked); below, each reason with a few of its documents.",
             _bars(
                 [
                     (lang, sorted(n["drop_reasons"].items()))
@@ -99,7 +96,8 @@ def _render_html(numbers: dict[str, Any], output: str) -> str:
                     if n["dropped"]
                 ],
                 stacked=True,
-            ),
+            )
+            + _reasons_with_examples(numbers["drop_reasons"], numbers["examples"]),
         ),
         _section(
             "duplicates",
@@ -136,7 +134,8 @@ def _render_html(numbers: dict[str, Any], output: str) -> str:
             _bars(
                 [(reason, [("records", n)]) for reason, n in sorted(numbers["quarantine_reasons"].items())],
                 stacked=False,
-            ),
+            )
+            + _reasons_with_examples(numbers["quarantine_reasons"], numbers["examples"]),
         ),
     ]
     stage_rows = "".join(
@@ -148,7 +147,9 @@ def _render_html(numbers: dict[str, Any], output: str) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>shardflow report: {html.escape(output)}</title>
 <style>body{{font:14px system-ui,sans-serif;margin:2em auto;max-width:980px;color:#222}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}section{{margin:2em 0}}.note{{color:#555}}</style></head>
+td:first-child,th:first-child{{text-align:left}}section{{margin:2em 0}}.note{{color:#555}}
+details{{margin:.4em 0}}summary{{cursor:pointer}}pre{{white-space:pre-wrap;background:#f6f6f6;padding:6px;
+margin:.2em 0 .8em}}</style></head>
 <body><h1>shardflow run report</h1>
 <p>Output <code>{html.escape(output)}</code>, committed {html.escape(numbers["created"])}.</p>
 <p id="summary"><b>read {counts["read"]:,}</b> = kept {counts["kept"]:,} + dropped {counts["dropped"]:,}
@@ -171,6 +172,47 @@ def _top_reasons(reasons: dict[str, int], numbers: dict[str, Any]) -> list[tuple
     shown = [(reason, reasons[reason]) for reason in frequent if reason in reasons]
     other = sum(n for reason, n in reasons.items() if reason not in frequent)
     return shown + ([("other", other)] if other else [])
+
+
+def _reasons_with_examples(reasons: dict[str, int], examples: dict[str, list[dict[str, Any]]]) -> str:
+    """A table of ``reasons`` (most frequent first), each linked to its examples in a collapsed ``<details>``."""
+    if not reasons:
+        return ""
+    ranked = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+    rows = "".join(
+        f'<tr><td><a href="#{_anchor(reason)}">{html.escape(reason)}</a></td><td>{n:,}</td>'
+        f"<td>{len(examples.get(reason, []))}</td></tr>"
+        for reason, n in ranked
+    )
+    shown = "".join(_examples_of(reason, n, examples.get(reason, [])) for reason, n in ranked)
+    return f"<table><tr><th>reason</th><th>records</th><th>examples</th></tr>{rows}</table>{shown}"
+
+
+def _examples_of(reason: str, n: int, found: list[dict[str, Any]]) -> str:
+    body = "".join(_example(example) for example in found) or (
+        '<p class="note">None found in the files the report reads (a bounded number); '
+        f"<code>shardflow inspect OUTPUT --reason {html.escape(reason)}</code> searches them all.</p>"
+    )
+    return (
+        f'<details id="{_anchor(reason)}"><summary>{html.escape(reason)}: {len(found)} of {n:,} records</summary>'
+        f"{body}</details>"
+    )
+
+
+def _example(example: dict[str, Any]) -> str:
+    """One removed document or quarantined record: where it came from, and the start of its text, escaped."""
+    facts = " &middot; ".join(
+        f"{name} <code>{html.escape(visible(str(example[name])))}</code>"
+        for name in ("doc_id", "lang", "source", "url", "dup_cluster", "detail")
+        if example[name] is not None and not (name == "dup_cluster" and example[name] == example["doc_id"])
+    )
+    text = html.escape(visible(example["excerpt"])) + ("&hellip;" if example["truncated"] else "")
+    return f'<p class="note">{facts}</p><pre>{text}</pre>'
+
+
+def _anchor(reason: str) -> str:
+    """The id of a reason's examples: ``reason-quality-c4.too_few_sentences``."""
+    return "reason-" + re.sub(r"[^A-Za-z0-9_.]+", "-", reason)
 
 
 def _section(chart_id: str, title: str, note: str, svg: str) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from shardflow.config import validate
@@ -20,7 +22,7 @@ from support import SAMPLE, write_shard
 def finished_output(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("report")
     spam = b"".join(b'{"id": "s%d", "text": "spam spam spam\\n"}\n' % i for i in range(3))
-    write_shard(folder / "in" / "bad.jsonl", b'{"text": \n{"id": 3}\n' + spam)
+    write_shard(folder / "in" / "bad.jsonl", b'{"text": "<script>alert(1)</script>\n{"id": 3}\n' + spam)
     paths = [str(folder / "in")] + [str(SAMPLE / lang) for lang in ("fin_Latn", "eng_Latn", "jpn_Jpan")]
     config = validate(
         {
@@ -59,6 +61,36 @@ def test_report_numbers_equal_the_manifest(finished_output: Path) -> None:
     assert sum(n["identified"] for n in numbers["languages"].values()) == manifest["stages"][1]["in"]
     assert set(numbers["timing"]) == {"read", "duplicate_ids", "langid", "quality", "write"}  # the id pass's lookup too
     assert all(t["busy_seconds"] > 0 for t in numbers["timing"].values())
+
+
+def test_report_links_every_reason_to_a_few_escaped_examples(finished_output: Path) -> None:
+    html_uri, json_uri = write_report(Location(str(finished_output)))
+    page = Path(html_uri).read_text()
+    examples = json.loads(Path(json_uri).read_text())["examples"]
+    manifest = json.loads((finished_output / "manifest.json").read_text())
+    reasons = {reason: n for stage in manifest["stages"] for reason, n in stage["reasons"].items()}
+    removed = {
+        row["doc_id"]: row
+        for entry in manifest["files"]
+        if entry["kind"] == "removed"
+        for row in pq.read_table(finished_output / entry["path"]).to_pylist()
+    }
+    shown = {
+        html.unescape(reason): (anchor, int(count), body)
+        for anchor, reason, count, body in re.findall(
+            r'<details id="(reason-[^"]+)"><summary>(.*?): (\d+) of [\d,]+ records</summary>(.*?)</details>', page, re.S
+        )
+    }
+    assert set(shown) == set(examples) == set(reasons) and len(reasons) >= 3
+    for reason, n in reasons.items():
+        anchor, count, body = shown[reason]
+        assert count == len(examples[reason]) == min(3, n) and f'<a href="#{anchor}">' in page
+        for example in examples[reason]:
+            assert example["reason"] == reason and html.escape(example["source"]) in body
+            if example["kind"] == "removed":
+                assert removed[example["doc_id"]]["drop_reason"] == reason
+                assert example["excerpt"] == removed[example["doc_id"]]["text"][:300]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in shown["invalid_json"][2]  # the record as read, escaped
 
 
 def test_a_folder_without_manifest_is_a_clear_error(tmp_path: Path) -> None:

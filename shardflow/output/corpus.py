@@ -52,7 +52,7 @@ from shardflow.shards import Shard
 from shardflow.steps import DONE
 from shardflow.storage import Location
 
-__all__ = ["CorpusSink", "OutputLayout", "RunState", "WriterConfig"]
+__all__ = ["CorpusSink", "OutputLayout", "RunState", "WriterConfig", "reason_kind"]
 
 MANIFEST = "manifest.json"
 STAGING = "_staging"
@@ -102,16 +102,21 @@ class OutputLayout:
     # ------------------------------------------------------------ before a run (driver)
 
     def prepare(self, if_exists: str) -> RunState:
-        """Decide, from what the output holds, whether this run is done already, starts fresh or resumes."""
+        """Decide (``state``) whether this run is done already, starts fresh or resumes; under overwrite, first
+        remove whatever the output holds."""
+        if if_exists == "overwrite":
+            self._clear()
+        return self.state(if_exists)
+
+    def state(self, if_exists: str) -> RunState:
+        """What a run with ``if_exists`` would do with what the output holds, read only (``shardflow validate``
+        asks too): ``done``, ``resume`` or ``fresh`` (always, under overwrite: ``prepare`` clears the output
+        first); an output the run must not touch is an ``OutputStateError``."""
+        if if_exists == "overwrite":
+            return "fresh"
         manifest = self.manifest()
         staged = self.root.join(STAGING).children()
         ours = [entry for entry in staged if entry.name == self.fingerprint]
-        if if_exists == "overwrite":
-            plans = [entry.join(COMMIT_PLAN).read_json() or {} for entry in staged]  # a commit cut short
-            older = {name for found in [manifest or {}, *plans] for name in artifact_names(found)}
-            for name in (MANIFEST, STAGING, *sorted(older), *KINDS):
-                self.root.join(name).remove()
-            return "fresh"
         if manifest is not None:
             if manifest.get("fingerprint") == self.fingerprint and if_exists == "resume":
                 return "done"
@@ -130,6 +135,14 @@ class OutputLayout:
         if ours and if_exists == "error":
             raise OutputStateError(f"{self.root} holds an unfinished run; output.if_exists=error forbids resuming it")
         return "resume" if ours else "fresh"
+
+    def _clear(self) -> None:
+        """Remove the manifest, every staged run and what commits moved into place (a commit cut short too)."""
+        staged = self.root.join(STAGING).children()
+        plans = [entry.join(COMMIT_PLAN).read_json() or {} for entry in staged]
+        older = {name for found in [self.manifest() or {}, *plans] for name in artifact_names(found)}
+        for name in (MANIFEST, STAGING, *sorted(older), *KINDS):
+            self.root.join(name).remove()
 
     def resume(self, shards: list[Shard]) -> list[Shard]:
         """Keep what an earlier attempt finished; clear the rest; return the shards still to read (none when
@@ -294,10 +307,10 @@ def _reason_counts(kind: str, rows: pa.Table) -> dict[str, int]:
         return {}
     if kind == REMOVED:
         return dict(Counter(rows[DROP_REASON].to_pylist()))
-    return dict(Counter(_reason_kind(reason) for reason in rows[QUARANTINE_REASON].to_pylist()))
+    return dict(Counter(reason_kind(reason) for reason in rows[QUARANTINE_REASON].to_pylist()))
 
 
-def _reason_kind(reason: str) -> str:
+def reason_kind(reason: str) -> str:
     """A quarantine reason without its details: ``invalid_json``, or ``stage_error:<stage>``."""
     parts = reason.split(":", 2)
     return ":".join(parts[:2]) if parts[0] == STAGE_ERROR else parts[0]

@@ -1,6 +1,7 @@
 """The ``shardflow`` command.
 
     shardflow run CONFIG [--set a.b=value ...] [--address ADDR]
+    shardflow validate CONFIG [--set a.b=value ...] [--address ADDR]
     shardflow search INDEX --queries FILE --out RUN [--k 100]
     shardflow refresh CONFIG [--set a.b=value ...] [--rebuild] [--drop-missing] [--address ADDR]
     shardflow rerank CONFIG [--set a.b=value ...] [--top-k N] [--address ADDR] [--restart]
@@ -17,17 +18,20 @@ import argparse
 import sys
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from shardflow import __version__
+from shardflow import __version__, inspection
 from shardflow.errors import ShardflowError
 from shardflow.pipelines.jobs import JOBS
 from shardflow.report import write_report
 from shardflow.storage import Location, StorageConfig
+from shardflow.terminal import terminal
 
 TOP_LANGUAGES = 15
+TOP_LANGUAGES_IN_LOG = 10
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,8 +58,19 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("config", help="YAML config (see configs/sample.yaml)")
     _add_overrides(run)
-    run.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
+    _add_ray_options(run)
     run.set_defaults(handler=_run_command)
+    validate = commands.add_parser(
+        "validate",
+        help="check a run config and what it names, without running it",
+        description="Everything `shardflow run` checks before work starts, without starting it: the config, the "
+        "inputs (listed, heads sniffed), each stage's model, the actor pools planned on the cluster, the output's "
+        "state and a rough cost. Writes nothing and starts no Ray. Exit 0 when no check fails, 2 otherwise.",
+    )
+    validate.add_argument("config", help="YAML config (see configs/sample.yaml)")
+    _add_overrides(validate)
+    validate.add_argument("--address", help="plan the pools on this running Ray cluster (default: this machine)")
+    validate.set_defaults(handler=_validate_command, verbose=False)
     refresh = commands.add_parser(
         "refresh",
         help="add the new shards to a published corpus and publish its next version",
@@ -71,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let a full rebuild leave out published shards that are no longer in the inputs (their documents)",
     )
-    refresh.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
+    _add_ray_options(refresh)
     refresh.set_defaults(handler=_refresh_command)
     report = commands.add_parser(
         "report",
@@ -82,6 +97,21 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("output", help="a finished output folder (local or s3://)")
     report.add_argument("--config", help="a run config whose storage: section reaches the output (for s3://)")
     report.set_defaults(handler=_report_command)
+    inspect = commands.add_parser(
+        "inspect",
+        help="counts, examples of what each reason removed, and where a document went",
+        description="Without options: the counts per stage and language. --reason (and/or --lang): N documents "
+        "that reason removed, with their source and the start of their text. --doc: where that document went "
+        "(kept, dropped by which stage, quarantined) and its duplicate cluster.",
+    )
+    inspect.add_argument("output", help="a finished output folder (local or s3://)")
+    asked = inspect.add_mutually_exclusive_group()
+    asked.add_argument("--reason", help="a drop reason (quality:c4.too_few_sentences) or a quarantine reason")
+    asked.add_argument("--doc", help="a doc_id: where it went and why")
+    inspect.add_argument("--lang", help="examples of this language only (fin_Latn)")
+    inspect.add_argument("-n", type=_positive, default=5, help="examples to print (default 5)")
+    inspect.add_argument("--config", help="a run config whose storage: section reaches the output (for s3://)")
+    inspect.set_defaults(handler=_inspect_command)
     rerank = commands.add_parser(
         "rerank",
         help="rerank TREC run files with a model, as CONFIG says",
@@ -92,7 +122,7 @@ def parser() -> argparse.ArgumentParser:
     rerank.add_argument("config", help="YAML config (see configs/rerank.yaml)")
     _add_overrides(rerank)
     rerank.add_argument("--top-k", type=_positive, help="candidates per query to rerank (overrides top_k)")
-    rerank.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
+    _add_ray_options(rerank)
     rerank.add_argument(
         "--restart",
         action="store_true",
@@ -152,6 +182,22 @@ def _add_overrides(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_ray_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
+    command.add_argument(
+        "--verbose", action="store_true", help="show Ray's own logs and block counters beside shardflow's progress"
+    )
+
+
+def _ray_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides, then what ``--address`` and ``--verbose`` ask for."""
+    return (
+        args.overrides
+        + ([f"ray.address={args.address}"] if args.address else [])
+        + (["ray.verbose=true"] if args.verbose else [])
+    )
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -163,24 +209,34 @@ def _run_command(args: argparse.Namespace) -> int:
     from shardflow.config import load_config
     from shardflow.pipelines.corpus import CorpusConfig, run_corpus
 
-    overrides = args.overrides + ([f"ray.address={args.address}"] if args.address else [])
-    config = load_config(args.config, CorpusConfig, overrides)
-    console = Console(stderr=True, soft_wrap=True)
-    result = run_corpus(config)
-    if result.already_done:
-        console.print(f"[yellow]{escape(config.output.path)} is already complete for this config; nothing to do.[/]")
-    _print_summary(console, result.manifest, config.output.path)
-    console.print(f"report: {escape(write_report(Location(config.output.path, config.storage))[0])}")
+    config = load_config(args.config, CorpusConfig, _ray_overrides(args))
+    with terminal(config.ray.verbose) as console:
+        result = run_corpus(config, console)
+        if result.already_done:
+            done = f"{escape(config.output.path)} is already complete for this config; nothing to do."
+            console.print(f"[yellow]{done}[/]")
+        _print_summary(console, result.manifest, config.output.path)
+        console.print(f"report: {escape(write_report(Location(config.output.path, config.storage))[0])}")
     return 0
+
+
+def _validate_command(args: argparse.Namespace) -> int:
+    from shardflow.pipelines.validate import validate_run
+
+    failed = False
+    for check in validate_run(args.config, _ray_overrides(args)):
+        print(check, flush=True)
+        failed |= check.status == "FAIL"
+    return 2 if failed else 0
 
 
 def _refresh_command(args: argparse.Namespace) -> int:
     from shardflow.config import load_config
     from shardflow.pipelines.refresh import RefreshConfig, refresh
 
-    overrides = args.overrides + ([f"ray.address={args.address}"] if args.address else [])
-    config = load_config(args.config, RefreshConfig, overrides)
-    result = refresh(config, rebuild=args.rebuild, drop_missing=args.drop_missing)
+    config = load_config(args.config, RefreshConfig, _ray_overrides(args))
+    with terminal(config.ray.verbose) as console:
+        result = refresh(config, rebuild=args.rebuild, drop_missing=args.drop_missing, console=console)
     record, root = result.record, config.output.path
     if not result.published:
         shown = f"version {result.version}" if result.version else "nothing published yet"
@@ -245,10 +301,10 @@ def _rerank_command(args: argparse.Namespace) -> int:
     from shardflow.config import load_config
     from shardflow.pipelines.rerank import RerankConfig, rerank
 
-    overrides = args.overrides + ([f"ray.address={args.address}"] if args.address else [])
-    overrides += [f"top_k={args.top_k}"] if args.top_k else []
+    overrides = _ray_overrides(args) + ([f"top_k={args.top_k}"] if args.top_k else [])
     config = load_config(args.config, RerankConfig, overrides)
-    summary = rerank(config, restart=args.restart)
+    with terminal(config.ray.verbose) as console:
+        summary = rerank(config, progress=config.ray.progress, restart=args.restart, console=console)
     pairs = summary["pairs"]
     print(
         f"{pairs['pairs']:,} pairs ({pairs['missing_docids']:,} with a docid the corpus lacks), "
@@ -278,6 +334,81 @@ def _search_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_command(args: argparse.Namespace) -> int:
+    output = Location(args.output, _storage_of(args.config))
+    console = Console(emoji=False, highlight=False, soft_wrap=True)  # document text is data, never markup
+    if args.doc is not None:
+        _print_location(console, inspection.locate(output, args.doc))
+    elif args.reason is not None or args.lang is not None:
+        found = inspection.examples(output, args.reason, args.lang, args.n)
+        asked = " in ".join(escape(part) for part in (args.reason or "any drop reason", args.lang) if part)
+        console.print(f"[bold]{len(found)} example(s) of {asked}[/]")
+        for example in found:
+            _print_record(console, example)
+    else:
+        _print_counts(console, inspection.counts(output), output.uri)
+    return 0
+
+
+def _print_counts(console: Console, found: dict[str, Any], output: str) -> None:
+    """Every stage with every reason, every language with its top drop reasons, and how to see examples."""
+    stages = Table(title="Stages", title_justify="left")
+    for column in ("stage", "in", "out", "dropped", "quarantined", "reasons"):
+        stages.add_column(column, justify="left" if column in ("stage", "reasons") else "right", overflow="fold")
+    for stage in found["stages"]:
+        reasons = "\n".join(f"{reason}={n:,}" for reason, n in sorted(stage["reasons"].items(), key=lambda r: -r[1]))
+        numbers = (f"{stage[k]:,}" for k in ("in", "out", "dropped", "quarantined"))
+        stages.add_row(escape(stage["name"]), *numbers, escape(reasons))
+    console.print(stages)
+    languages = Table(title="Languages", title_justify="left")
+    for column in ("lang", "kept", "dropped", "top drop reasons"):
+        languages.add_column(column, justify="right" if column in ("kept", "dropped") else "left", overflow="fold")
+    for lang, counts in found["languages"].items():
+        ranked = sorted(counts["drop_reasons"].items(), key=lambda r: -r[1])
+        top = escape(", ".join(f"{reason}={n:,}" for reason, n in ranked[:3]) + (", ..." if len(ranked) > 3 else ""))
+        languages.add_row(escape(lang), f"{counts['kept']:,}", f"{counts['dropped']:,}", top)
+    console.print(languages)
+    total = found["counts"]
+    console.print(
+        f"read {total['read']:,} = kept {total['kept']:,} + dropped {total['dropped']:,} + quarantined "
+        f"{total['quarantined']:,}\nexamples: shardflow inspect {escape(output)} --reason REASON [--lang LANG] "
+        "[-n N]; one document: --doc ID"
+    )
+
+
+def _print_location(console: Console, found: dict[str, Any]) -> None:
+    """Every place the id is, then its duplicate cluster: the kept representative's id and the members."""
+    for place in found["places"]:
+        _print_record(console, place)
+    if found["dup_cluster"] is None:
+        return
+    members, shown = found["members"], found["members"][: inspection.MAX_MEMBERS]
+    first = "the first " if len(members) > len(shown) else ""
+    console.print(
+        f"[bold]duplicate cluster {escape(inspection.visible(found['dup_cluster']))}[/] (the id of the document "
+        f"kept for it), {first}{len(shown)} member(s) in corpus/ and removed/:"
+    )
+    for member in shown:
+        where = f"{member['kind']} {member['lang']}" + (f" {member['reason']}" if member["reason"] else "")
+        console.print(f"  {escape(inspection.visible(member['doc_id']))}  {escape(where)}")
+
+
+def _print_record(console: Console, record: dict[str, Any]) -> None:
+    """One document, or quarantined record, as a block: where it is, why, and the start of its text with its
+    control characters visible."""
+    why = {
+        "corpus": "kept",
+        "removed": f"dropped: {record['reason']}",
+        "quarantine": f"quarantined: {record['detail']}",
+    }
+    console.print(f"[bold]-- {escape(inspection.visible(why[record['kind']]))}[/]")
+    for name in ("doc_id", "lang", "source", "url", "dup_cluster", "file"):
+        if record[name] is not None and not (name == "dup_cluster" and record[name] == record["doc_id"]):
+            console.print(f"  {name:<11} {escape(inspection.visible(str(record[name])))}")
+    text = inspection.visible(record["excerpt"]) + ("..." if record["truncated"] else "")
+    console.print(escape("\n".join(f"  | {line}" for line in text.split("\n"))))
+
+
 def _storage_of(config_path: str | None) -> StorageConfig:
     """The ``storage:`` section of a run config, or the default (AWS_* environment variables)."""
     from shardflow.config import load_config
@@ -288,22 +419,26 @@ def _storage_of(config_path: str | None) -> StorageConfig:
 
 def _print_summary(console: Console, manifest: dict[str, Any], output: str) -> None:
     """Stages, languages and where the output is: what a person checks after a run. Every name is escaped:
-    labels come from models and paths from users, and Rich would read ``[/x]`` in them as markup."""
+    labels come from models and paths from users, and Rich would read ``[/x]`` in them as markup. In a log
+    (no terminal) the tables are drawn without frames and the reasons cut to one line: every line counts."""
     output = escape(output)
-    stages = Table(title="Stages", title_justify="left")
+    log = not console.is_terminal
+    frame = {"box": box.SIMPLE_HEAD, "show_edge": False} if log else {}
+    stages = Table(title="Stages", title_justify="left", **frame)
     for column in ("stage", "in", "out", "dropped", "quarantined", "reasons"):
-        stages.add_column(column, justify="left" if column in ("stage", "reasons") else "right")
+        stages.add_column(column, justify="left" if column in ("stage", "reasons") else "right", overflow="fold")
     for stage in manifest["stages"]:
         reasons = _top_reasons(stage["reasons"])
         counts = (f"{stage[k]:,}" for k in ("in", "out", "dropped", "quarantined"))
         stages.add_row(escape(stage["name"]), *counts, escape(reasons))
     console.print(stages)
 
-    languages = Table(title=f"Languages (top {TOP_LANGUAGES} by kept documents)", title_justify="left")
+    shown = TOP_LANGUAGES_IN_LOG if log else TOP_LANGUAGES
+    languages = Table(title=f"Languages (top {shown} by kept documents)", title_justify="left", **frame)
     for column in ("lang", "kept", "dropped"):
         languages.add_column(column, justify="left" if column == "lang" else "right")
     ranked = sorted(manifest["languages"].items(), key=lambda item: -item[1]["kept"])
-    for lang, counts in ranked[:TOP_LANGUAGES]:
+    for lang, counts in ranked[:shown]:
         languages.add_row(escape(lang), f"{counts['kept']:,}", f"{counts['dropped']:,}")
     console.print(languages)
 

@@ -108,4 +108,4 @@ def block_rows(records: int, actors: int, batch_size: int) -> int | None:
     if actors <= 1 or not records:
         return None
     wanted = math.ceil(records / (BLOCKS_PER_ACTOR * actors))
-    return max(1, min(batch_size, max(MIN_BLOCK_ROWS, wanted)))
+    return min(batch_size, max(MIN_BLOCK_ROWS, wanted))
